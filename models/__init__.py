@@ -1,0 +1,1 @@
+"""Neural network families used as darktable proxies (slider-conditioned UNets and friends)."""

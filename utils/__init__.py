@@ -1,0 +1,1 @@
+"""Library code of darktable neural proxies: the darktable wrapper, data, training, evaluation."""

@@ -1,0 +1,392 @@
+"""PyDarktable: run the real darktable-cli and read its tap-outs.
+
+One call = one image, one history, a fresh private config, cache and dump directory, a
+timeout, and every temporary file removed afterwards. Tap-outs are identified by the file
+names darktable writes (``NNNN_<operation>_cpu_<in|out>_<C|M>.pfm``), never by listing order;
+NNNN is darktable's processing counter, so it also gives the pipe order. darktable runs with
+``-d params``, and a history item whose params darktable rejected (wrong struct size or
+version: darktable then silently uses the module's defaults) is an error.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+import Constants as C
+from utils.errors import DarktableError, UserError
+from utils.pfm import read_tapout, write_tiff
+from utils.registry import ProxyType
+from utils.xmp import HistoryItem, build_xmp
+
+log = logging.getLogger(__name__)
+
+# File types darktable opens as display-referred images; everything else it decodes as raw.
+DISPLAY_EXTENSIONS = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".exr", ".pfm", ".webp",
+                      ".avif", ".heic", ".heif", ".jxl", ".jp2", ".j2k", ".ppm", ".pgm", ".pnm"}
+
+FIX_HINT = ("run 'make darktable' (Debian/Ubuntu, as root) or install darktable >= 4.4 and "
+            "set DARKTABLE_CLI to its darktable-cli")
+
+
+def is_raw(path: str | Path) -> bool:
+    return Path(path).suffix.lower() not in DISPLAY_EXTENSIONS
+
+
+# ------------------------------------------------------------------ pure parsing
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """``darktable 5.0.1`` / ``this is darktable 4.4.2+12~gabc`` -> (5, 0, 1) / (4, 4, 2)."""
+    m = re.search(r"darktable\s+(?:release-)?(\d+)\.(\d+)(?:\.(\d+))?", text)
+    if not m:
+        raise ValueError(f"no darktable version in {text[:80]!r}")
+    return tuple(int(g) for g in m.groups() if g is not None)
+
+
+@dataclass(frozen=True)
+class DumpName:
+    index: int        # darktable's processing counter: the pipe order
+    operation: str
+    device: str       # "cpu" (we disable OpenCL)
+    kind: str         # "in", "out" or "diff"
+    layout: str       # "C" 3 channels, "M" 1-channel mosaic
+
+
+_DUMP_RE = re.compile(r"^(\d+)_([a-z0-9_]+?)_(cpu|cl|gpu)[0-9]*_(in|out|diff)_([CM])\.(pfm|ppm|pgm)$")
+
+
+def parse_dump_name(name: str) -> DumpName | None:
+    """Parse a tap-out file name; ``None`` for files that are not tap-outs."""
+    m = _DUMP_RE.match(name)
+    if not m:
+        return None
+    return DumpName(int(m[1]), m[2], m[3], m[4], m[5])
+
+
+@dataclass(frozen=True)
+class ParamsCheck:
+    operation: str
+    version: int
+    version_ok: bool
+    params_ok: bool
+
+
+def parse_params_report(log_text: str) -> list[ParamsCheck]:
+    """Read the per-history-item lines of darktable's ``-d params`` output.
+
+    darktable prints ``[history] successfully loaded module <op> from history`` followed by
+    ``params v. <N>:  version ok|WRONG  params ok|WRONG``: ``version ok`` means the modversion
+    we wrote is the installed one, ``params ok`` that the blob has the struct's size.
+    """
+    checks, current = [], None
+    for line in log_text.splitlines():
+        m = re.search(r"\[history\] successfully loaded module (\S+) from history", line)
+        if m:
+            current = m[1]
+            continue
+        m = re.search(r"^\s*params v\. (\d+):\s*version (ok|WRONG)\s*params (ok|WRONG)", line)
+        if m and current is not None:
+            checks.append(ParamsCheck(current, int(m[1]), m[2] == "ok", m[3] == "ok"))
+            current = None
+    return checks
+
+
+def check_params_accepted(history: Sequence[HistoryItem], log_text: str) -> None:
+    """Raise when darktable did not load every history item with our exact params."""
+    checks = parse_params_report(log_text)
+    for item in history:
+        if not item.enabled:
+            continue
+        found = [c for c in checks if c.operation == item.operation and c.version == item.version]
+        if not found:
+            raise DarktableError(
+                f"darktable did not report loading {item.operation} v{item.version} from our "
+                "history; its params may have been replaced by defaults")
+        bad = [c for c in found if not (c.version_ok and c.params_ok)]
+        if bad:
+            what = "module version" if not bad[0].version_ok else "params size"
+            raise DarktableError(
+                f"darktable rejected our {item.operation} params v{item.version} ({what} WRONG, "
+                f"{len(item.params)} bytes) and would silently use its defaults; the installed "
+                f"darktable has another {item.operation} struct: add it to utils/registry.py")
+
+
+def _tail(text: str, lines: int = 4) -> str:
+    kept = [ln.strip() for ln in text.splitlines() if ln.strip() and "running darktable as root" not in ln]
+    return " | ".join(kept[-lines:]) or "(no output)"
+
+
+# ------------------------------------------------------------------ finding darktable
+
+@dataclass(frozen=True)
+class DarktableInstall:
+    path: str
+    version: tuple[int, ...]
+
+    @property
+    def version_string(self) -> str:
+        return ".".join(map(str, self.version))
+
+
+def own_install_path() -> Path:
+    """Where ``make`` puts the project's own darktable (Debian 12: a chroot wrapper)."""
+    return Path(C.CACHE_DIR) / "bin" / "darktable-cli"
+
+
+def probe_version(path: str) -> tuple[int, ...]:
+    """Run ``darktable-cli --version`` and parse it; UserError when it does not run."""
+    try:
+        proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise UserError(f"cannot run darktable-cli {path!r} ({e}); {FIX_HINT}") from None
+    try:
+        return parse_version(proc.stdout + proc.stderr)
+    except ValueError:
+        raise UserError(f"{path!r} --version printed no darktable version (exit {proc.returncode}: "
+                        f"{_tail(proc.stdout + proc.stderr, 2)}); {FIX_HINT}") from None
+
+
+def _check(path: str, source: str) -> DarktableInstall:
+    exe = shutil.which(path) if os.sep not in path else path
+    if not exe or not os.access(exe, os.X_OK):
+        raise UserError(f"darktable-cli {path!r} (from {source}) does not exist or is not "
+                        f"executable; {FIX_HINT}")
+    version = probe_version(exe)
+    if version[:2] < C.DARKTABLE_MIN_VERSION:
+        need = ".".join(map(str, C.DARKTABLE_MIN_VERSION))
+        raise UserError(f"darktable {'.'.join(map(str, version))} at {exe} (from {source}) is too "
+                        f"old: --dump-pipe needs darktable >= {need}; {FIX_HINT}")
+    return DarktableInstall(exe, version)
+
+
+@functools.lru_cache(maxsize=None)
+def find_darktable(setting: str | None = None) -> DarktableInstall:
+    """Resolve darktable-cli: $DARKTABLE_CLI, Constants.DARKTABLE_PATH, PATH, our own install.
+
+    An explicitly configured path (environment or setting) must work; a darktable-cli on PATH
+    that is too old (Debian 12 ships 4.2) falls through to the project's own install.
+    """
+    setting = C.DARKTABLE_PATH if setting is None else setting
+    if os.environ.get("DARKTABLE_CLI"):
+        return _check(os.environ["DARKTABLE_CLI"], "the DARKTABLE_CLI environment variable")
+    if setting:
+        return _check(setting, "Constants.DARKTABLE_PATH")
+    on_path = shutil.which("darktable-cli")
+    too_old = None
+    if on_path:
+        try:
+            return _check(on_path, "PATH")
+        except UserError as e:
+            too_old = e
+    own = own_install_path()
+    if own.exists():
+        return _check(str(own), "the project's own install")
+    if too_old:
+        raise too_old
+    raise UserError(f"darktable-cli not found (DARKTABLE_CLI unset, none on PATH, no install in "
+                    f"{own.parent.parent}); {FIX_HINT}")
+
+
+# ------------------------------------------------------------------ running darktable
+
+@dataclass
+class Render:
+    """What one darktable call produced."""
+
+    tapouts: dict[tuple[str, str], np.ndarray]   # (operation, "in"|"out") -> float32 array
+    order: list[str]                              # dumped operations in pipe order
+    log: str
+    output: np.ndarray | None = None              # the exported image (float, sRGB), if asked
+    dump_files: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def io(self, operation: str) -> tuple[np.ndarray, np.ndarray]:
+        return self.tapouts[(operation, "in")], self.tapouts[(operation, "out")]
+
+
+class Darktable:
+    """A resolved, version-checked darktable-cli and the way we call it."""
+
+    def __init__(self, install: DarktableInstall | None = None, timeout: float | None = None):
+        self.install = install or find_darktable()
+        self.timeout = C.DARKTABLE_TIMEOUT_S if timeout is None else timeout
+        self._versions: dict[str, int] = {}
+
+    @property
+    def version(self) -> tuple[int, ...]:
+        return self.install.version
+
+    def command(self, image: Path, xmp: Path, output: Path, work: Path, dump: Sequence[str],
+                size: int, hq: bool) -> list[str]:
+        cmd = [self.install.path, str(image), str(xmp), str(output),
+               "--width", str(size), "--height", str(size), "--hq", "true" if hq else "false",
+               "--apply-custom-presets", "false",
+               "--core", "--configdir", str(work / "config"), "--cachedir", str(work / "cache"),
+               "--library", ":memory:", "--dumpdir", str(work / "dump"), "--disable-opencl",
+               "-d", "params"]
+        if dump:
+            cmd += ["--dump-pipe", ",".join(dump)]
+        return cmd
+
+    def run(self, cmd: list[str], cwd: Path) -> str:
+        """Run one darktable-cli command; its output, or DarktableError naming what failed."""
+        log.debug("running %s", shlex.join(cmd))
+        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}  # spinning OpenMP threads slow parallel calls
+        try:
+            proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    errors="replace", start_new_session=True)
+        except OSError as e:
+            raise DarktableError(f"cannot start {shlex.join(cmd[:1])}: {e}; {FIX_HINT}") from None
+        try:
+            out, _ = proc.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            out, _ = proc.communicate()
+            raise DarktableError(f"darktable-cli timed out after {self.timeout:g} s running "
+                                 f"'{shlex.join(cmd)}': {_tail(out)}") from None
+        except BaseException:
+            _kill_group(proc)
+            raise
+        if proc.returncode != 0:
+            raise DarktableError(f"darktable-cli exited with status {proc.returncode} running "
+                                 f"'{shlex.join(cmd)}': {_tail(out)}")
+        return out
+
+    def render(self, image: str | Path, history: Sequence[HistoryItem] = (),
+               dump: Sequence[str] = (), size: int = 0, hq: bool = True, output: bool = False,
+               check_params: bool = True) -> Render:
+        """Process ``image`` with ``history`` and return the tap-outs of the ``dump`` modules.
+
+        ``size`` bounds the export (0 = full size); with ``hq`` darktable processes everything
+        before ``finalscale`` at full resolution, without it demosaic already downscales.
+        """
+        image = Path(image).resolve()
+        if not image.is_file():
+            raise UserError(f"input image {image} does not exist")
+        work = Path(tempfile.mkdtemp(prefix="dtp-"))
+        try:
+            for sub in ("config", "cache", "dump"):
+                (work / sub).mkdir()
+            xmp = work / "edit.xmp"
+            xmp.write_text(build_xmp(list(history), is_raw(image)))
+            out_file = work / "output.pfm"
+            text = self.run(self.command(image, xmp, out_file, work, dump, size, hq), cwd=work)
+            if check_params:
+                check_params_accepted(history, text)
+            render = self._collect(work / "dump", dump, text)
+            if output:
+                if not out_file.exists():
+                    raise DarktableError(f"darktable wrote no output image for {image}: {_tail(text)}")
+                render.output = read_tapout(out_file)
+            return render
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    @staticmethod
+    def _collect(dump_dir: Path, wanted: Sequence[str], text: str) -> Render:
+        found: dict[tuple[str, str], tuple[int, Path]] = {}
+        indices: dict[str, int] = {}
+        for path in (dump_dir / "export").glob("*") if (dump_dir / "export").is_dir() else ():
+            name = parse_dump_name(path.name)
+            if name is None or name.kind == "diff":
+                continue
+            key = (name.operation, name.kind)
+            if key in found:
+                raise DarktableError(f"darktable dumped {name.operation} {name.kind} twice "
+                                     "(several instances of one module are not supported)")
+            found[key] = (name.index, path)
+            indices[name.operation] = min(indices.get(name.operation, name.index), name.index)
+        for op in wanted:
+            for kind in ("in", "out"):
+                if (op, kind) not in found:
+                    raise DarktableError(
+                        f"darktable wrote no '{kind}' tap-out for {op}: the module is not in the "
+                        f"pipe for this input (e.g. a raw-only module on a TIFF): {_tail(text, 2)}")
+        return Render(
+            tapouts={k: read_tapout(p) for k, (_, p) in found.items() if k[0] in wanted},
+            order=sorted(indices, key=indices.get),
+            log=text,
+            dump_files={k: p.name for k, (_, p) in found.items()})
+
+    def module_version(self, proxy: ProxyType) -> int:
+        """The params version of ``proxy``'s module in this darktable (probed once, cached)."""
+        op = proxy.operation
+        if op in self._versions:
+            return self._versions[op]
+        cache_file = Path(C.CACHE_DIR) / "module_versions.json"
+        key = f"{self.install.path}|{self.install.version_string}|{op}"
+        cached = _read_json(cache_file)
+        if key in cached:
+            self._versions[op] = cached[key]
+            return cached[key]
+        version = self._probe_module_version(proxy)
+        cached = _read_json(cache_file)   # re-read: another process may have written meanwhile
+        cached[key] = version
+        _write_json_atomic(cache_file, cached)
+        self._versions[op] = version
+        return version
+
+    def _probe_module_version(self, proxy: ProxyType) -> int:
+        with tempfile.TemporaryDirectory(prefix="dtp-probe-") as tmp:
+            probe = Path(tmp) / "probe.tif"
+            write_tiff(probe, np.full((8, 8, 3), 0.5, np.float32))
+            for struct in sorted(proxy.structs, key=lambda s: -s.version):
+                item = HistoryItem(proxy.operation, struct.version, proxy.params({}, struct.version))
+                text = self.render(probe, [item], check_params=False).log
+                if any(c.operation == proxy.operation and c.version_ok and c.params_ok
+                       for c in parse_params_report(text)):
+                    return struct.version
+        known = ", ".join(str(s.version) for s in proxy.structs)
+        raise UserError(f"darktable {self.install.version_string} accepts none of the {proxy.operation} "
+                        f"params versions this project knows ({known}); add its struct to "
+                        "utils/registry.py")
+
+    def history_item(self, proxy: ProxyType, values: dict[str, float]) -> HistoryItem:
+        """A history item setting ``proxy``'s sliders to ``values`` (others at defaults)."""
+        version = self.module_version(proxy)
+        return HistoryItem(proxy.operation, version, proxy.params(values, version))
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    """``python -m utils.darktable``: print the darktable-cli in use, or why there is none."""
+    dt = find_darktable()
+    print(f"darktable-cli: {dt.path} (darktable {dt.version_string})")
+
+
+if __name__ == "__main__":
+    from utils.errors import cli_main
+    cli_main(main)()
