@@ -1,9 +1,35 @@
 """Settings of darktable neural proxies: every default in one place.
 
-Each setting is a module-level constant with a one-line comment (units, options).
+Each setting is a module-level constant with a one-line comment (units, options). Any of
+them can be overridden for one run, from the environment (``DTP_<NAME>=value``) or the
+command line (``--set NAME=value``, which wins); unknown names and ill-typed values are
+refused. The resolved settings are saved with every dataset and run (``settings.json``).
 """
 import os
 from pathlib import Path
+
+# ---------------------------------------------------------------- behaviour (seed names)
+INTERACTIVE = False               # ask before each stage (generation stage 1 / 2, training)
+GENERATE_STAGE_1 = True           # generate training data (stage 1) before training
+GENERATE_STAGE_2 = True           # generate held-out evaluation data (stage 2)
+TRAIN_PROXY = True                # train the proxy after generating data
+
+# ---------------------------------------------------------------- data generation
+STAGE_2_SAMPLES_PER_IMAGE = 10    # slider settings per evaluation image (stage 2)
+TAPOUT_SIZE = 256                 # pixels; long side of stored tap-outs (0 = full resolution)
+DARKTABLE_BATCH_SIZE = 32        # samples per darktable-cli process (its ~1.3 s start-up is amortised)
+DARKTABLE_RETRIES = 2             # extra tries of a failed darktable call before a sample counts as failed
+SEED = 0                          # seed of slider sampling (and, later, training)
+
+# ---------------------------------------------------------------- training (seed names)
+PROXY_MODEL_BATCH_SIZE = 8        # samples per optimisation step
+PROXY_MODEL_NUM_EPOCH = 50        # epochs
+SAVE_OUTPUT_FREQ = 10             # epochs between prediction grids in NAME_predictions/
+
+# ---------------------------------------------------------------- evaluation (seed names)
+PARAM_TUNING_NUM_ITER = 200       # gradient steps of single-proxy slider regression
+CREATE_ANIMATION = True           # save regression frames and an mp4 in NAME_animations/
+PIPELINE_CREATE_ANIMATION = True  # the same for pipeline regression
 
 # ---------------------------------------------------------------- darktable
 DARKTABLE_PATH = ""               # darktable-cli to use; "" = DARKTABLE_CLI env, then PATH, then our own install
@@ -17,4 +43,4 @@ BUILTIN_IMAGE_LONG_SIDE = 512     # pixels; long side of the built-in raw DNGs
 BUILTIN_IMAGES_VERSION = 1        # bump to rebuild the cached built-in images
 
 # ---------------------------------------------------------------- folders
-IMAGE_ROOT_DIR = "runs"           # where datasets, weights, predictions and reports go
+IMAGE_ROOT_DIR = "runs"           # ROOT: datasets, weights, predictions, params, reports

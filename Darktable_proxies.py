@@ -1,22 +1,30 @@
 #!/usr/bin/env python3
-"""Darktable neural proxies: generate darktable ground truth for one module (proxy type).
+"""Darktable neural proxies: generate darktable ground truth for a module (proxy type).
+
+Stage 1 renders N slider settings of every training image, stage 2 the held-out evaluation
+images; each sample is the module's darktable input and output tap-out and its sliders.
 
 Examples:
   python Darktable_proxies.py --list-proxies
-  python Darktable_proxies.py exposure --preview 3
+  python Darktable_proxies.py exposure -n 50 --generate-only
+  python Darktable_proxies.py colorbalancergb -n 20 -p saturation_global,contrast --workers 2
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 import Constants as C
+from utils.cli import add_common_args, ask, disk_usage, proxy_name, root_dir, slider_names
 from utils.darktable import Darktable
+from utils.dataset import Shard, generate, read_manifest
 from utils.errors import UserError, cli_main
 from utils.images import builtin_images, list_images
-from utils.preview import render_preview
 from utils.registry import PROXIES, describe, get_proxy
+from utils.settings import configure
+from utils.visual import save_dataset_preview
 
 log = logging.getLogger("darktable_proxies")
 
@@ -28,32 +36,81 @@ def parse_args() -> argparse.Namespace:
         epilog=f"proxy types and their sliders (range sampled and learned):\n{proxies}")
     parser.add_argument("proxy", nargs="?", metavar="PROXY", help="proxy type (see below)")
     parser.add_argument("--list-proxies", action="store_true", help="print every proxy type and exit")
-    parser.add_argument("-p", "--params", default="", help="comma-separated sliders (default: all)")
-    parser.add_argument("--images", type=Path, help="input images (default: the built-in training set)")
-    parser.add_argument("--preview", type=int, metavar="K", default=0,
-                        help="render K settings per image and save the tap-outs and a contact sheet")
-    parser.add_argument("--size", type=int, default=256, help="long side of the tap-outs, pixels (0 = full)")
-    parser.add_argument("--out", type=Path, default=Path(C.IMAGE_ROOT_DIR), help="output root")
+    parser.add_argument("-n", type=int, metavar="N", help="slider settings per stage-1 image")
+    parser.add_argument("-p", "--params", metavar="SLIDERS", help="comma-separated sliders to learn (default: all)")
+    parser.add_argument("-c", "--name", metavar="NAME", help="proxy name (default: <proxy>_<sliders...>)")
+    parser.add_argument("-d", "--dataset", metavar="DATASET",
+                        help="use an existing stage-1 dataset (a name under ROOT/stage_1 or a path); no generation")
+    parser.add_argument("--images", type=Path, metavar="DIR", help="stage-1 images (default: built-in training set)")
+    parser.add_argument("--eval-images", type=Path, metavar="DIR", help="stage-2 images (default: built-in evaluation set)")
+    parser.add_argument("--size", type=int, metavar="PX", help=f"long side of stored tap-outs, 0 = full (default {C.TAPOUT_SIZE})")
+    parser.add_argument("--workers", type=int, metavar="K", help="darktable processes in parallel (default: cores)")
+    parser.add_argument("--seed", type=int, metavar="S", help=f"seed of slider sampling (default {C.SEED})")
+    parser.add_argument("--shard", metavar="I/N", help="generate only the I-th of N equal shares of the samples")
+    parser.add_argument("--generate-only", action="store_true", help="stop after data generation")
+    add_common_args(parser)
     return parser.parse_args()
+
+
+def existing_dataset(root: Path, dataset: str) -> Path:
+    for folder in (root / "stage_1" / dataset, Path(dataset)):
+        if (folder / "manifest.csv").exists():
+            return folder
+    raise UserError(f"no dataset {dataset!r}: neither {root / 'stage_1' / dataset} nor {dataset} "
+                    "holds a manifest.csv")
+
+
+def generate_stage(dt, proxy, sliders, images, folder, per_image, stage, args) -> None:
+    if not ask(f"generate stage {stage}: {per_image} settings x {len(images)} images into {folder}?"):
+        return
+    report = generate(dt, proxy, sliders, images, folder, per_image,
+                      seed=C.SEED if args.seed is None else args.seed, stage=stage,
+                      size=C.TAPOUT_SIZE if args.size is None else args.size,
+                      workers=args.workers or os.cpu_count() or 1, shard=Shard.parse(args.shard))
+    used = disk_usage(folder)
+    log.info("stage %d: %d rows in %s (%d new, %.2f samples/s, %.0f kB per sample)", stage,
+             report.rows, folder / "manifest.csv", report.generated, report.samples_per_second,
+             used / max(report.rows, 1) / 1024)
+    if report.failed:
+        log.warning("stage %d: %d samples failed (first: %s); rerun the same command to retry them",
+                    stage, len(report.failed), next(iter(report.failed.values())))
+    if report.rows:
+        save_dataset_preview(folder, sliders)
 
 
 def main() -> int:
     args = parse_args()
+    configure(args.set)
     if args.list_proxies:
         for proxy in PROXIES.values():
             print(describe(proxy))
         return 0
     if not args.proxy:
-        raise UserError("name a proxy type (see --list-proxies), e.g. 'python Darktable_proxies.py exposure --preview 3'")
+        raise UserError("name a proxy type (see --list-proxies), e.g. "
+                        "'python Darktable_proxies.py exposure -n 50'")
     proxy = get_proxy(args.proxy)
-    sliders = proxy.select([s for s in args.params.split(",") if s])
-    if args.preview < 1:
-        raise UserError("nothing to do: pass --preview K (K >= 1) to render K settings per image")
-    images = list_images(args.images or builtin_images("train"))
-    name = "_".join([proxy.name, *(s.name for s in sliders)])
-    sheet = render_preview(Darktable(), proxy, sliders, images, args.preview,
-                           args.out / "preview" / name, args.size)
-    log.info("tap-outs and contact sheet written to %s", sheet.parent)
+    sliders = proxy.select(slider_names(args.params))
+    name = proxy_name(proxy.name, sliders, args.name)
+    root = root_dir(args)
+    if args.size is not None and args.size < 0:
+        raise UserError(f"--size {args.size}: use a positive long side in pixels, or 0 for full size")
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers {args.workers}: use 1 or more")
+
+    if args.dataset:
+        folder = existing_dataset(root, args.dataset)
+        log.info("using dataset %s (%d samples)", folder, len(read_manifest(folder)))
+    else:
+        if args.n is None or args.n < 1:
+            raise UserError("-n N: give the number of slider settings per image (1 or more)")
+        images = list_images(args.images or builtin_images("train"))
+        eval_images = list_images(args.eval_images or builtin_images("eval"))
+        dt = Darktable()
+        if C.GENERATE_STAGE_1:
+            generate_stage(dt, proxy, sliders, images, root / "stage_1" / name, args.n, 1, args)
+        if C.GENERATE_STAGE_2:
+            generate_stage(dt, proxy, sliders, eval_images, root / "stage_2" / name,
+                           C.STAGE_2_SAMPLES_PER_IMAGE, 2, args)
     return 0
 
 

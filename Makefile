@@ -28,7 +28,7 @@ unit: $(STAMP)
 	$(PY) -m pytest -q -m "not darktable"
 
 demo: darktable images
-	$(PY) Darktable_proxies.py exposure --preview 3
+	$(PY) Darktable_proxies.py exposure -n 4 --generate-only
 
 clean:
 	rm -rf runs .pytest_cache

@@ -7,8 +7,8 @@ from tests.conftest import ROOT
 from utils.registry import PROXIES
 
 
-def run(*args):
-    return subprocess.run([sys.executable, "Darktable_proxies.py", *args], cwd=ROOT,
+def run(*args, env=None):
+    return subprocess.run([sys.executable, "Darktable_proxies.py", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -29,10 +29,27 @@ def test_help_lists_every_proxy():
 
 
 def test_bad_input_is_one_line():
-    for args, message in [(("nosuch", "--preview", "1"), "unknown proxy type 'nosuch'"),
-                          (("exposure", "-p", "gain", "--preview", "1"), "no slider 'gain'"),
-                          (("exposure", "--preview", "1", "--images", "/nonexistent"), "does not exist")]:
+    for args, message in [(("nosuch", "-n", "1"), "unknown proxy type 'nosuch'"),
+                          (("exposure", "-p", "gain", "-n", "1"), "no slider 'gain'"),
+                          (("exposure", "-n", "0"), "-n N"),
+                          (("exposure",), "-n N"),
+                          (("exposure", "-n", "1", "--images", "/nonexistent"), "does not exist"),
+                          (("exposure", "-n", "1", "--set", "SEED=x"), "not a valid int"),
+                          (("exposure", "-n", "1", "--shard", "3/2"), "--shard"),
+                          (("exposure", "-d", "nosuch"), "no dataset 'nosuch'")]:
         proc = run(*args)
         assert proc.returncode == 2, args
         assert proc.stderr.strip().splitlines() == [f"error: {proc.stderr.strip()[7:]}"]
         assert message in proc.stderr
+
+
+def test_empty_and_unreadable_image_folders(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = run("exposure", "-n", "1", "--images", str(tmp_path / "empty"))
+    assert proc.returncode == 2 and "holds no raw or TIFF/PNG/JPEG files" in proc.stderr
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "photo.dng").write_bytes(b"this is not a raw file")
+    proc = run("exposure", "-n", "1", "--images", str(bad))
+    assert proc.returncode == 2 and "photo.dng is unreadable" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -117,7 +117,8 @@ def fake_cli(tmp_path, body):
 
 def run_script(env_cli):
     env = {**os.environ, "DARKTABLE_CLI": env_cli}
-    return subprocess.run([sys.executable, "Darktable_proxies.py", "exposure", "--preview", "1"],
+    return subprocess.run([sys.executable, "Darktable_proxies.py", "exposure", "-n", "1", "--generate-only",
+                           "--out", str(ROOT / "runs" / "never")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -139,7 +140,7 @@ def test_unusable_darktable_is_one_line(tmp_path, body, message):
 def test_failing_darktable_is_named(tmp_path, tiff16):
     cli = fake_cli(tmp_path, 'echo "something broke"; echo "segfault at 0x0" >&2; exit 3')
     dt = Darktable(DarktableInstall(cli, (5, 0, 1)))
-    with pytest.raises(DarktableError, match=r"status 3 running '.*darktable-cli .*coffee16.tif.*segfault at 0x0"):
+    with pytest.raises(DarktableError, match=r"coffee16.tif: darktable-cli exited with status 3 running '.*darktable-cli .*segfault at 0x0"):
         dt.render(tiff16, [], dump=["exposure"])
 
 

@@ -1,7 +1,7 @@
 """Pure parsing of darktable output: versions, tap-out names, the -d params report."""
 import pytest
 
-from utils.darktable import (DumpName, check_params_accepted, is_raw, parse_dump_name,
+from utils.darktable import (DumpName, check_params_accepted, is_raw, parse_dump_name, split_batch_log,
                              parse_params_report, parse_version)
 from utils.errors import DarktableError
 from utils.xmp import HistoryItem
@@ -63,3 +63,26 @@ def test_rejected_params_raise():
 def test_is_raw():
     assert is_raw("a/IMG_1.DNG") and is_raw("x.nef")
     assert not is_raw("x.tif") and not is_raw("y.JPG") and not is_raw("z.png")
+
+
+BATCH_LOG = """\
+     1.99 [history] successfully loaded module exposure from history
+\t\t\tparams v. 6:\tversion ok\tparams ok
+     2.12 [dt_dump_pipe_pfm]   /w/dump/export/0000_rawprepare_cpu_in_M.ppm,  512x512, bpp=2
+     2.19 [dt_dump_pipe_pfm]   /w/dump/export/0001_exposure_cpu_in_C.pfm,  256x256, bpp=16
+     2.20 [export_job] exported to `/w/out/00000.pfm'
+     2.21 [history] successfully loaded module exposure from history
+\t\t\tparams v. 6:\tversion ok\tparams WRONG
+     2.39 [dt_dump_pipe_pfm]   /w/dump/export/0002_exposure_cpu_in_C.pfm,  256x256, bpp=16
+     2.40 [export_job] exported to `/w/out/00001.pfm'
+     2.50 [dt_imageio] failed to open image 00002.dng
+"""
+
+
+def test_split_batch_log_attributes_each_image():
+    parts, rest = split_batch_log(BATCH_LOG)
+    assert list(parts) == ["00000", "00001"]
+    assert "0000_rawprepare" in parts["00000"] and "0001_exposure" in parts["00000"]
+    assert "0002_exposure" in parts["00001"] and "0001_exposure" not in parts["00001"]
+    assert parse_params_report(parts["00001"])[0].params_ok is False
+    assert "failed to open image 00002" in rest

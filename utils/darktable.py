@@ -19,7 +19,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -204,16 +204,45 @@ def find_darktable(setting: str | None = None) -> DarktableInstall:
 
 @dataclass
 class Render:
-    """What one darktable call produced."""
+    """What darktable produced for one image."""
 
     tapouts: dict[tuple[str, str], np.ndarray]   # (operation, "in"|"out") -> float32 array
     order: list[str]                              # dumped operations in pipe order
-    log: str
-    output: np.ndarray | None = None              # the exported image (float, sRGB), if asked
-    dump_files: dict[tuple[str, str], str] = field(default_factory=dict)
+    log: str                                      # darktable's output for this image
+    output: np.ndarray | None = None              # the exported image (float, display RGB), if asked
 
     def io(self, operation: str) -> tuple[np.ndarray, np.ndarray]:
         return self.tapouts[(operation, "in")], self.tapouts[(operation, "out")]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to process with one history."""
+
+    image: Path
+    history: tuple[HistoryItem, ...] = ()
+
+
+_EXPORTED_RE = re.compile(r"\[export_job\] exported to `(.+)'")
+_DUMPED_RE = re.compile(r"\[dt_dump_pipe_\w+\]\s+(\S+?),")
+
+
+def split_batch_log(text: str) -> tuple[dict[str, str], str]:
+    """Split the output of a folder run into one part per exported image.
+
+    darktable processes the images one after another and prints each image's history, its
+    tap-out lines and finally ``[export_job] exported to `<file>'``. Returns the part of every
+    exported image, keyed by the exported file's stem, and the trailing part (after the last
+    export: output about an image that failed, or nothing).
+    """
+    parts, current = {}, []
+    for line in text.splitlines(keepends=True):
+        current.append(line)
+        m = _EXPORTED_RE.search(line)
+        if m:
+            parts[Path(m[1]).stem] = "".join(current)
+            current = []
+    return parts, "".join(current)
 
 
 class Darktable:
@@ -228,9 +257,9 @@ class Darktable:
     def version(self) -> tuple[int, ...]:
         return self.install.version
 
-    def command(self, image: Path, xmp: Path, output: Path, work: Path, dump: Sequence[str],
+    def command(self, inputs: Path, outputs: Path, work: Path, dump: Sequence[str],
                 size: int, hq: bool) -> list[str]:
-        cmd = [self.install.path, str(image), str(xmp), str(output),
+        cmd = [self.install.path, str(inputs), str(outputs), "--out-ext", "pfm",
                "--width", str(size), "--height", str(size), "--hq", "true" if hq else "false",
                "--apply-custom-presets", "false",
                "--core", "--configdir", str(work / "config"), "--cachedir", str(work / "cache"),
@@ -240,8 +269,8 @@ class Darktable:
             cmd += ["--dump-pipe", ",".join(dump)]
         return cmd
 
-    def run(self, cmd: list[str], cwd: Path) -> str:
-        """Run one darktable-cli command; its output, or DarktableError naming what failed."""
+    def run(self, cmd: list[str], cwd: Path) -> tuple[int, str]:
+        """Run one darktable-cli command: (exit status, output); DarktableError on a timeout."""
         log.debug("running %s", shlex.join(cmd))
         env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}  # spinning OpenMP threads slow parallel calls
         try:
@@ -260,66 +289,94 @@ class Darktable:
         except BaseException:
             _kill_group(proc)
             raise
-        if proc.returncode != 0:
-            raise DarktableError(f"darktable-cli exited with status {proc.returncode} running "
-                                 f"'{shlex.join(cmd)}': {_tail(out)}")
-        return out
+        return proc.returncode, out
 
     def render(self, image: str | Path, history: Sequence[HistoryItem] = (),
                dump: Sequence[str] = (), size: int = 0, hq: bool = True, output: bool = False,
                check_params: bool = True) -> Render:
-        """Process ``image`` with ``history`` and return the tap-outs of the ``dump`` modules.
+        """Process one image with ``history``; the tap-outs of the ``dump`` modules.
 
         ``size`` bounds the export (0 = full size); with ``hq`` darktable processes everything
         before ``finalscale`` at full resolution, without it demosaic already downscales.
         """
-        image = Path(image).resolve()
-        if not image.is_file():
-            raise UserError(f"input image {image} does not exist")
+        result = self.render_batch([Job(Path(image), tuple(history))], dump, size, hq, output,
+                                   check_params)[0]
+        if isinstance(result, DarktableError):
+            raise result
+        return result
+
+    def render_batch(self, jobs: Sequence[Job], dump: Sequence[str] = (), size: int = 0,
+                     hq: bool = True, output: bool = False,
+                     check_params: bool = True) -> list[Render | DarktableError]:
+        """Process several jobs in ONE darktable-cli process (its start-up is paid once).
+
+        Each job's image is linked into a private folder with its own XMP sidecar and the
+        folder is exported; darktable numbers its tap-outs with one counter for the whole
+        process, so each image's tap-outs are attributed from the log, where they come just
+        before that image's ``exported to`` line. Returns, per job, its Render or the
+        DarktableError that says why it has none; raises DarktableError only when darktable
+        could not be started or timed out.
+        """
+        for job in jobs:
+            if not Path(job.image).is_file():
+                raise UserError(f"input image {job.image} does not exist")
         work = Path(tempfile.mkdtemp(prefix="dtp-"))
         try:
-            for sub in ("config", "cache", "dump"):
-                (work / sub).mkdir()
-            xmp = work / "edit.xmp"
-            xmp.write_text(build_xmp(list(history), is_raw(image)))
-            out_file = work / "output.pfm"
-            text = self.run(self.command(image, xmp, out_file, work, dump, size, hq), cwd=work)
-            if check_params:
-                check_params_accepted(history, text)
-            render = self._collect(work / "dump", dump, text)
-            if output:
-                if not out_file.exists():
-                    raise DarktableError(f"darktable wrote no output image for {image}: {_tail(text)}")
-                render.output = read_tapout(out_file)
-            return render
+            inputs, outputs = work / "in", work / "out"
+            for sub in (inputs, outputs, work / "config", work / "cache", work / "dump"):
+                sub.mkdir()
+            for k, job in enumerate(jobs):
+                link = inputs / f"{k:05d}{Path(job.image).suffix}"
+                _link_or_copy(Path(job.image).resolve(), link)
+                link.with_name(link.name + ".xmp").write_text(build_xmp(list(job.history), is_raw(job.image)))
+            cmd = self.command(inputs, outputs, work, dump, size, hq)
+            status, text = self.run(cmd, cwd=work)
+            parts, rest = split_batch_log(text)
+            results: list[Render | DarktableError] = []
+            for k, job in enumerate(jobs):
+                part = parts.get(f"{k:05d}")
+                if part is None:
+                    why = (f"darktable-cli exited with status {status} running '{shlex.join(cmd)}'"
+                           if status else "darktable exported nothing")
+                    results.append(DarktableError(f"{job.image}: {why}: {_tail(rest or text)}"))
+                    continue
+                try:
+                    if check_params:
+                        check_params_accepted(job.history, part)
+                    render = self._collect(work / "dump" / "export", dump, part)
+                    if output:
+                        render.output = read_tapout(outputs / f"{k:05d}.pfm")
+                    results.append(render)
+                except DarktableError as e:
+                    results.append(DarktableError(f"{job.image}: {e}"))
+            return results
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
     @staticmethod
-    def _collect(dump_dir: Path, wanted: Sequence[str], text: str) -> Render:
+    def _collect(dump_dir: Path, wanted: Sequence[str], part: str) -> Render:
+        """Read the tap-outs of ``wanted`` modules that ``part`` of the log says were written."""
         found: dict[tuple[str, str], tuple[int, Path]] = {}
-        indices: dict[str, int] = {}
-        for path in (dump_dir / "export").glob("*") if (dump_dir / "export").is_dir() else ():
-            name = parse_dump_name(path.name)
+        for m in _DUMPED_RE.finditer(part):
+            name = parse_dump_name(Path(m[1]).name)
             if name is None or name.kind == "diff":
                 continue
             key = (name.operation, name.kind)
             if key in found:
                 raise DarktableError(f"darktable dumped {name.operation} {name.kind} twice "
                                      "(several instances of one module are not supported)")
-            found[key] = (name.index, path)
-            indices[name.operation] = min(indices.get(name.operation, name.index), name.index)
+            found[key] = (name.index, dump_dir / Path(m[1]).name)
         for op in wanted:
             for kind in ("in", "out"):
                 if (op, kind) not in found:
                     raise DarktableError(
                         f"darktable wrote no '{kind}' tap-out for {op}: the module is not in the "
-                        f"pipe for this input (e.g. a raw-only module on a TIFF): {_tail(text, 2)}")
-        return Render(
-            tapouts={k: read_tapout(p) for k, (_, p) in found.items() if k[0] in wanted},
-            order=sorted(indices, key=indices.get),
-            log=text,
-            dump_files={k: p.name for k, (_, p) in found.items()})
+                        f"pipe for this input (e.g. a raw-only module on a TIFF)")
+        first = {}
+        for (op, _), (index, _) in found.items():
+            first[op] = min(first.get(op, index), index)
+        return Render(tapouts={k: read_tapout(p) for k, (_, p) in found.items() if k[0] in wanted},
+                      order=sorted(first, key=first.get), log=part)
 
     def module_version(self, proxy: ProxyType) -> int:
         """The params version of ``proxy``'s module in this darktable (probed once, cached)."""
@@ -358,6 +415,14 @@ class Darktable:
         """A history item setting ``proxy``'s sliders to ``values`` (others at defaults)."""
         version = self.module_version(proxy)
         return HistoryItem(proxy.operation, version, proxy.params(values, version))
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to ``dst`` (free), or copy it across file systems."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

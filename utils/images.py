@@ -210,14 +210,44 @@ IMAGE_EXTENSIONS = {".dng", ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".cr2", ".
                     ".erf", ".mos", ".mrw", ".x3f", ".kdc", ".dcr", ".exr"}
 
 
+TIFF_BASED = {".dng", ".tif", ".tiff", ".nef", ".cr2", ".arw", ".pef", ".srw", ".3fr", ".iiq",
+              ".nrw", ".erf", ".mos", ".kdc", ".dcr"}
+
+
+def check_readable(path: Path) -> None:
+    """Refuse files that cannot be images: empty, or with a broken header for their type.
+
+    TIFF-based files (TIFF, DNG and most camera raws) get their structure read; PNG and JPEG
+    are opened by Pillow; for other raw formats only darktable can tell (a file it cannot
+    decode then fails its samples, which are reported).
+    """
+    if path.stat().st_size == 0:
+        raise UserError(f"image {path} is empty; remove it from the folder")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in TIFF_BASED:
+            with tifffile.TiffFile(path) as tif:
+                if not tif.pages:
+                    raise ValueError("no image in the file")
+        elif suffix in (".png", ".jpg", ".jpeg"):
+            from PIL import Image
+            with Image.open(path) as im:
+                im.verify()
+    except Exception as e:   # any decoder error means the same thing to the user
+        raise UserError(f"image {path} is unreadable ({type(e).__name__}: {e}); "
+                        "remove it from the folder or replace it") from None
+
+
 def list_images(folder: str | Path) -> list[Path]:
-    """The image files (raw or TIFF/PNG/JPEG) in ``folder``, sorted; UserError if none."""
+    """The image files (raw or TIFF/PNG/JPEG) in ``folder``, sorted and checked; UserError if none."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"image folder {folder} does not exist; pass a folder of raw or TIFF/PNG/JPEG files")
     images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not images:
         raise UserError(f"image folder {folder} holds no raw or TIFF/PNG/JPEG files")
+    for image in images:
+        check_readable(image)
     return images
 
 

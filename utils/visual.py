@@ -50,3 +50,16 @@ def contact_sheet(rows: Sequence[Sequence[np.ndarray]], labels: Sequence[Sequenc
 
 def save_png(path: str | Path, image: np.ndarray) -> None:
     Image.fromarray(image).save(path)
+
+
+def save_dataset_preview(folder: Path, sliders: Sequence, count: int = 6) -> Path:
+    """``preview.png`` in a dataset folder: input | output of its first ``count`` samples."""
+    from utils.dataset import read_manifest   # dataset imports visual's users, not the reverse
+    from utils.pfm import read_tiff
+    rows, labels = [], []
+    for row in read_manifest(folder)[:count]:
+        rows.append([to_display(read_tiff(row["input"])), to_display(read_tiff(row["output"]))])
+        labels.append([row["sample"], " ".join(f"{s.name}={float(row[s.name]):.3g}" for s in sliders)])
+    path = folder / "preview.png"
+    save_png(path, contact_sheet(rows, labels))
+    return path

@@ -1,0 +1,338 @@
+"""Datasets of darktable tap-outs: generation (stage 1 / stage 2) and reading.
+
+Layout of one dataset folder (``ROOT/stage_<k>/NAME``):
+
+    manifest.csv        input,output,<sliders...>,image,sample   (complete samples only)
+    dataset.json        what the dataset is: proxy, sliders, samples per image, seed, size,
+                        darktable and module version, images
+    settings.json       the settings and command line of the run that made it
+    inputs/*.tif        module input tap-outs, float32, stored once per distinct content
+    outputs/*.tif       module output tap-outs, float32, one per sample
+    parts/<I>-of-<N>.csv rows as each shard recorded them (manifest.csv is their sorted union)
+
+Every sample is written to temporary files, checked (finite, same size, params accepted by
+darktable), renamed into place and only then appended to its part file, so an interrupted
+run (even ``kill -9``) loses at most the samples in flight; rerunning the same command
+finishes the dataset without regenerating or duplicating anything.
+"""
+from __future__ import annotations
+
+import csv
+import fcntl
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+import Constants as C
+from utils.darktable import Darktable, Job, Render
+from utils.errors import DarktableError, UserError
+from utils.pfm import write_tiff
+from utils.registry import ProxyType, Slider
+from utils.sampling import draw_settings
+from utils.settings import write_snapshot
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.csv"
+EXTRA_COLUMNS = ("image", "sample")
+
+
+@dataclass(frozen=True)
+class Sample:
+    key: str                     # "<image stem>_<index>": unique in the dataset
+    image: Path
+    index: int                   # position among all samples of the dataset (for sharding)
+    values: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int                   # 1-based
+    count: int
+
+    @classmethod
+    def parse(cls, text: str | None) -> "Shard":
+        if not text:
+            return cls(1, 1)
+        try:
+            i, n = (int(v) for v in text.split("/"))
+        except ValueError:
+            raise UserError(f"--shard {text!r}: write I/N, e.g. --shard 2/8") from None
+        if not 1 <= i <= n:
+            raise UserError(f"--shard {text!r}: I must be between 1 and N")
+        return cls(i, n)
+
+    def holds(self, sample: Sample) -> bool:
+        return sample.index % self.count == self.index - 1
+
+    @property
+    def name(self) -> str:
+        return f"{self.index}-of-{self.count}"
+
+
+@dataclass
+class DatasetSpec:
+    """What a dataset is; a rerun into the same folder must ask for the same thing."""
+
+    proxy: str
+    operation: str
+    sliders: list[str]
+    samples_per_image: int
+    seed: int
+    stage: int
+    size: int
+    darktable_version: str
+    module_version: int
+    images: list[str] = field(default_factory=list)   # "<file name>:<bytes>" of each input image
+
+    def check_against(self, folder: Path) -> None:
+        path = folder / "dataset.json"
+        if not path.exists():
+            return
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            raise UserError(f"{path} is damaged; remove the folder {folder} and generate again") from None
+        mine = asdict(self)
+        diff = [k for k in mine if old.get(k) != mine[k]]
+        if diff:
+            what = ", ".join(f"{k}: {old.get(k)!r} there, {mine[k]!r} now" for k in diff)
+            raise UserError(f"dataset {folder} was made with other settings ({what}); "
+                            "use another name (-c) or output root (--out), or remove it")
+
+
+def plan_samples(sliders: Sequence[Slider], images: Sequence[Path], per_image: int, seed: int,
+                 stage: int) -> list[Sample]:
+    samples = []
+    for i, image in enumerate(images):
+        for k, values in enumerate(draw_settings(sliders, per_image, seed, stage, image.name)):
+            samples.append(Sample(f"{image.stem}_{k:05d}", image, i * per_image + k, values))
+    return samples
+
+
+def columns(sliders: Sequence[Slider]) -> list[str]:
+    return ["input", "output", *(s.name for s in sliders), *EXTRA_COLUMNS]
+
+
+def _csv_line(values: Sequence) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(values)
+    return buf.getvalue()
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """Rows of a manifest or part file; an incomplete last line (a killed writer) is ignored."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    if text and not text.endswith("\n"):
+        text = text[:text.rfind("\n") + 1]
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def read_manifest(folder: str | Path) -> list[dict[str, str]]:
+    """The samples of a dataset, paths made absolute."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.exists():
+        raise UserError(f"no dataset at {folder} ({MANIFEST} missing); generate it first")
+    rows = read_rows(path)
+    for row in rows:
+        row["input"] = str(folder / row["input"])
+        row["output"] = str(folder / row["output"])
+    return rows
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.9g}"   # round-trips float32 exactly
+
+
+def _write_tiff_atomic(path: Path, image: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write_tiff(tmp, image)
+    os.replace(tmp, path)
+
+
+def check_sample(sample: Sample, render: Render, operation: str) -> tuple[np.ndarray, np.ndarray]:
+    """The sample's (in, out) tap-outs, or DarktableError if they cannot be recorded."""
+    tap_in, tap_out = render.io(operation)
+    if tap_in.shape != tap_out.shape:
+        raise DarktableError(f"{sample.key}: {operation} input {tap_in.shape} and output "
+                             f"{tap_out.shape} differ in size")
+    for what, array in (("input", tap_in), ("output", tap_out)):
+        if not np.isfinite(array).all():
+            raise DarktableError(f"{sample.key}: {operation} {what} holds NaN or Inf")
+    return tap_in, tap_out
+
+
+class _Writer:
+    """Records checked samples into a dataset folder: files first, then the part file row."""
+
+    def __init__(self, folder: Path, sliders: Sequence[Slider], part: Path):
+        self.folder, self.sliders = folder, sliders
+        (folder / "inputs").mkdir(exist_ok=True)
+        (folder / "outputs").mkdir(exist_ok=True)
+        if part.exists():   # drop a line that a killed writer left half-written
+            text = part.read_bytes()
+            if text and not text.endswith(b"\n"):
+                with open(part, "r+b") as f:
+                    f.truncate(text.rfind(b"\n") + 1)
+        new = not part.exists() or part.stat().st_size == 0
+        self.file = open(part, "a")
+        if new:
+            self._append(columns(sliders))
+
+    def _append(self, values: Sequence) -> None:
+        self.file.write(_csv_line(values))
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def record(self, sample: Sample, tap_in: np.ndarray, tap_out: np.ndarray) -> None:
+        digest = hashlib.sha1(np.ascontiguousarray(tap_in).tobytes()).hexdigest()[:16]
+        rel_in = f"inputs/{sample.image.stem}_{digest}.tif"
+        if not (self.folder / rel_in).exists():
+            _write_tiff_atomic(self.folder / rel_in, tap_in)
+        rel_out = f"outputs/{sample.key}.tif"
+        _write_tiff_atomic(self.folder / rel_out, tap_out)
+        self._append([rel_in, rel_out, *(_fmt(sample.values[s.name]) for s in self.sliders),
+                      sample.image.name, sample.key])
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def merge_manifest(folder: Path, sliders: Sequence[Slider], order: Sequence[str]) -> int:
+    """Write ``manifest.csv`` as the sorted union of all part files; the number of rows."""
+    with open(folder / ".manifest.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rank = {key: i for i, key in enumerate(order)}
+        rows: dict[str, dict[str, str]] = {}
+        for part in sorted((folder / "parts").glob("*.csv")):
+            for row in read_rows(part):
+                rows.setdefault(row["sample"], row)
+        keys = sorted(rows, key=lambda k: rank.get(k, len(rank)))
+        text = _csv_line(columns(sliders)) + "".join(
+            _csv_line([rows[k][c] for c in columns(sliders)]) for k in keys)
+        tmp = folder / f".{MANIFEST}.{os.getpid()}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, folder / MANIFEST)
+        return len(keys)
+
+
+@dataclass
+class GenerationReport:
+    folder: Path
+    planned: int                  # samples in this shard
+    done_before: int              # already there when the run started
+    generated: int
+    failed: dict[str, str]        # sample key -> last error
+    seconds: float
+    rows: int                     # rows in manifest.csv afterwards
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.generated / self.seconds if self.seconds > 0 else 0.0
+
+
+def generate(dt: Darktable, proxy: ProxyType, sliders: Sequence[Slider], images: Sequence[Path],
+             folder: Path, per_image: int, seed: int, stage: int, size: int, workers: int,
+             shard: Shard = Shard(1, 1)) -> GenerationReport:
+    """Generate (or complete) one dataset of ``proxy`` tap-outs in ``folder``."""
+    start = time.monotonic()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "parts").mkdir(exist_ok=True)
+    lock = open(folder / "parts" / f".{shard.name}.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UserError(f"another run is generating {folder} (shard {shard.index}/{shard.count}); "
+                        "wait for it to finish") from None
+    try:
+        spec = DatasetSpec(proxy.name, proxy.operation, [s.name for s in sliders], per_image, seed,
+                           stage, size, dt.install.version_string, dt.module_version(proxy),
+                           [f"{p.name}:{p.stat().st_size}" for p in images])
+        spec.check_against(folder)
+        tmp = folder / f".dataset.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(asdict(spec), indent=1) + "\n")
+        os.replace(tmp, folder / "dataset.json")
+        write_snapshot(folder)
+
+        samples = plan_samples(sliders, images, per_image, seed, stage)
+        done = {row["sample"] for part in (folder / "parts").glob("*.csv") for row in read_rows(part)}
+        mine = [s for s in samples if shard.holds(s)]
+        todo = [s for s in mine if s.key not in done]
+        writer = _Writer(folder, sliders, folder / "parts" / f"{shard.name}.csv")
+        try:
+            failed = _run_jobs(dt, proxy, todo, writer, size, workers)
+        finally:
+            writer.close()
+        rows = merge_manifest(folder, sliders, [s.key for s in samples])
+    finally:
+        lock.close()
+    return GenerationReport(folder, len(mine), len(mine) - len(todo), len(todo) - len(failed),
+                            failed, time.monotonic() - start, rows)
+
+
+def _batches(samples: Sequence[Sample], size: int) -> list[list[Sample]]:
+    """Samples grouped by image, at most ``size`` per darktable process."""
+    by_image: dict[Path, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_image[s.image].append(s)
+    return [group[i:i + size] for group in by_image.values() for i in range(0, len(group), size)]
+
+
+def _run_jobs(dt: Darktable, proxy: ProxyType, todo: Sequence[Sample], writer: _Writer,
+              size: int, workers: int) -> dict[str, str]:
+    """Render ``todo`` in parallel batches, retrying failures; the samples that still failed."""
+    hq = size == 0
+    failed: dict[str, str] = {}
+    attempts: dict[str, int] = defaultdict(int)
+
+    def render(batch: list[Sample]) -> list[Render | DarktableError]:
+        jobs = [Job(s.image, (dt.history_item(proxy, s.values),)) for s in batch]
+        try:
+            return dt.render_batch(jobs, dump=[proxy.operation], size=size, hq=hq)
+        except DarktableError as e:      # the whole process failed (timeout): every sample did
+            return [e] * len(batch)
+
+    queue = _batches(todo, max(1, C.DARKTABLE_BATCH_SIZE))
+    with ThreadPoolExecutor(max(1, workers)) as pool, \
+            tqdm(total=len(todo), unit="sample", desc=f"{proxy.name} samples", smoothing=0.1) as bar:
+        running = {}
+        while queue or running:
+            while queue and len(running) < max(1, workers):
+                batch = queue.pop(0)
+                running[pool.submit(render, batch)] = batch
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                batch = running.pop(future)
+                retry = []
+                for sample, result in zip(batch, future.result()):
+                    try:
+                        if isinstance(result, DarktableError):
+                            raise result
+                        writer.record(sample, *check_sample(sample, result, proxy.operation))
+                        failed.pop(sample.key, None)
+                        bar.update(1)
+                    except DarktableError as e:
+                        attempts[sample.key] += 1
+                        failed[sample.key] = str(e)
+                        if attempts[sample.key] <= C.DARKTABLE_RETRIES:
+                            retry.append(sample)
+                        else:
+                            log.warning("sample %s failed: %s", sample.key, e)
+                            bar.update(1)
+                if retry:   # one at a time: a bad sample must not take a batch down with it
+                    queue.extend([s] for s in retry)
+    return failed

@@ -1,0 +1,91 @@
+"""Per-run overrides of ``Constants``: environment ``DTP_<NAME>`` and ``--set NAME=value``.
+
+Scripts call :func:`configure` once at start-up, before any library code runs; library code
+only reads ``Constants``. A value is parsed with the type of the setting's default (bool,
+int, float, str, or a tuple of ints such as ``4,4``); unknown names and ill-typed values are
+refused with a one-line error.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import Constants
+from utils.errors import UserError
+
+ENV_PREFIX = "DTP_"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def defaults() -> dict[str, Any]:
+    """Every setting of ``Constants``: its upper-case module-level names."""
+    return {k: v for k, v in vars(Constants).items() if k.isupper() and not k.startswith("_")}
+
+
+def parse_value(name: str, text: str, default: Any) -> Any:
+    text = text.strip()
+    try:
+        if isinstance(default, bool):
+            if text.lower() in _TRUE:
+                return True
+            if text.lower() in _FALSE:
+                return False
+            raise ValueError
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+        if isinstance(default, tuple):
+            return tuple(int(v) for v in text.replace("(", "").replace(")", "").split(",") if v.strip())
+        return text
+    except ValueError:
+        kind = "true or false" if isinstance(default, bool) else type(default).__name__
+        raise UserError(f"setting {name}={text!r} is not a valid {kind} "
+                        f"(default {default!r})") from None
+
+
+def resolve(overrides: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Defaults, then ``DTP_<NAME>`` environment variables, then ``NAME=value`` overrides."""
+    environ = os.environ if environ is None else environ
+    settings = defaults()
+    for key, text in environ.items():
+        if key.startswith(ENV_PREFIX):
+            name = key[len(ENV_PREFIX):]
+            if name not in settings:
+                raise UserError(f"unknown setting {name!r} in environment variable {key}; "
+                                "see Constants.py for the names")
+            settings[name] = parse_value(name, text, settings[name])
+    for item in overrides:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep:
+            raise UserError(f"--set {item!r}: write NAME=value, e.g. --set GENERATE_STAGE_2=false")
+        if name not in settings:
+            raise UserError(f"unknown setting {name!r} in --set; see Constants.py for the names")
+        settings[name] = parse_value(name, text, settings[name])
+    return settings
+
+
+def configure(overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Resolve the settings and make them the values of ``Constants`` for this process."""
+    settings = resolve(overrides)
+    for name, value in settings.items():
+        setattr(Constants, name, value)
+    return settings
+
+
+def snapshot() -> dict[str, Any]:
+    """The settings in force and the command line, for ``settings.json`` files."""
+    return {"command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+            "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in defaults().items()}}
+
+
+def write_snapshot(folder: Path, name: str = "settings.json") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(snapshot(), indent=1) + "\n")
+    os.replace(tmp, folder / name)
