@@ -21,10 +21,20 @@ DARKTABLE_BATCH_SIZE = 32        # samples per darktable-cli process (its ~1.3 s
 DARKTABLE_RETRIES = 2             # extra tries of a failed darktable call before a sample counts as failed
 SEED = 0                          # seed of slider sampling (and, later, training)
 
-# ---------------------------------------------------------------- training (seed names)
-PROXY_MODEL_BATCH_SIZE = 8        # samples per optimisation step
-PROXY_MODEL_NUM_EPOCH = 50        # epochs
+# ---------------------------------------------------------------- training (seed names first)
+PROXY_MODEL_BATCH_SIZE = 8        # samples per optimisation step (per process under torchrun)
+PROXY_MODEL_NUM_EPOCH = 50        # epochs (one epoch = one random crop of every stage-1 sample)
 SAVE_OUTPUT_FREQ = 10             # epochs between prediction grids in NAME_predictions/
+PROXY_MODEL_LR = 1e-3             # Adam learning rate at the start of the cosine schedule
+PROXY_MODEL_SIZE = "base"         # network size preset: tiny, small, base, large
+PROXY_MODEL_CROP = {"unet": 128, "neighbourhood": 64, "pointwise": 16}
+                                  # pixels; side of the random training crops per model family
+                                  # (a per-pixel net learns fastest from many small crops)
+PROXY_LOSS = {"default": "l1", "exposure": "mse"}
+                                  # loss per proxy type: mse, l1, grad (spatial gradients), sums like l1+0.5*grad
+SAVE_CHECKPOINT_FREQ = 0          # also keep the checkpoint of every K-th epoch (0 = only last and best)
+PREDICTION_SAMPLES = 4            # validation samples shown in each prediction grid
+PRELOAD_MAX_MB = 4000             # load datasets into memory up to this size, else read per sample
 
 # ---------------------------------------------------------------- evaluation (seed names)
 PARAM_TUNING_NUM_ITER = 200       # gradient steps of single-proxy slider regression

@@ -8,10 +8,17 @@ Examples:
   python Darktable_proxies.py --list-proxies
   python Darktable_proxies.py exposure -n 50 --generate-only
   python Darktable_proxies.py colorbalancergb -n 20 -p saturation_global,contrast --workers 2
+  python Darktable_proxies.py exposure -d exposure_exposure_black --epochs 20 --max-minutes 5
+  torchrun --nproc_per_node 2 Darktable_proxies.py exposure -d exposure_exposure_black
+
+Then it trains the proxy (unless --generate-only or TRAIN_PROXY is off): weights in
+ROOT/NAME_model_weights (last.pt, best.pt, log.csv, log.png), prediction grids in
+ROOT/NAME_predictions. Rerunning an interrupted command resumes it.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 from pathlib import Path
@@ -24,6 +31,8 @@ from utils.errors import UserError, cli_main
 from utils.images import builtin_images, list_images
 from utils.registry import PROXIES, describe, get_proxy
 from utils.settings import configure
+from utils.training import default_config, train
+from models.proxies import FAMILIES
 from utils.visual import save_dataset_preview
 
 log = logging.getLogger("darktable_proxies")
@@ -48,6 +57,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, metavar="S", help=f"seed of slider sampling (default {C.SEED})")
     parser.add_argument("--shard", metavar="I/N", help="generate only the I-th of N equal shares of the samples")
     parser.add_argument("--generate-only", action="store_true", help="stop after data generation")
+    train = parser.add_argument_group("training")
+    train.add_argument("--epochs", type=int, help=f"epochs (default PROXY_MODEL_NUM_EPOCH = {C.PROXY_MODEL_NUM_EPOCH})")
+    train.add_argument("--batch-size", type=int, help=f"samples per step (default {C.PROXY_MODEL_BATCH_SIZE})")
+    train.add_argument("--lr", type=float, help=f"Adam learning rate (default {C.PROXY_MODEL_LR:g})")
+    train.add_argument("--model", choices=FAMILIES, dest="family",
+                       help="network family (default: the proxy type's, see README)")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
+    train.add_argument("--max-minutes", type=float, metavar="M", help="stop training after M minutes")
+    train.add_argument("--resume", action="store_true",
+                       help="require a checkpoint to continue from (one is resumed in any case when it fits)")
+    train.add_argument("--save-every", type=int, metavar="K", help="also keep every K-th epoch's checkpoint")
     add_common_args(parser)
     return parser.parse_args()
 
@@ -58,6 +78,14 @@ def existing_dataset(root: Path, dataset: str) -> Path:
             return folder
     raise UserError(f"no dataset {dataset!r}: neither {root / 'stage_1' / dataset} nor {dataset} "
                     "holds a manifest.csv")
+
+
+def dataset_spec(folder: Path) -> dict:
+    """The dataset.json of a dataset folder ({} when it has none)."""
+    try:
+        return json.loads((folder / "dataset.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def generate_stage(dt, proxy, sliders, images, folder, per_image, stage, args) -> None:
@@ -97,20 +125,43 @@ def main() -> int:
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers {args.workers}: use 1 or more")
 
+    cfg = default_config(proxy, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         family=args.family, device=args.device, max_minutes=args.max_minutes,
+                         resume=args.resume or None, seed=args.seed, save_every=args.save_every)
+    torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if args.dataset:
-        folder = existing_dataset(root, args.dataset)
-        log.info("using dataset %s (%d samples)", folder, len(read_manifest(folder)))
+        stage1 = existing_dataset(root, args.dataset)
+        spec = dataset_spec(stage1)
+        if not args.params:
+            sliders = proxy.select(spec.get("sliders", []))
+            name = proxy_name(proxy.name, sliders, args.name)
+        log.info("using dataset %s (%d samples)", stage1, len(read_manifest(stage1)))
+    elif torchrun:
+        raise UserError("under torchrun, generate the data first (--generate-only, one process) "
+                        "and train with -d DATASET")
     else:
+        spec = {}
         if args.n is None or args.n < 1:
             raise UserError("-n N: give the number of slider settings per image (1 or more)")
         images = list_images(args.images or builtin_images("train"))
         eval_images = list_images(args.eval_images or builtin_images("eval"))
         dt = Darktable()
+        stage1 = root / "stage_1" / name
         if C.GENERATE_STAGE_1:
-            generate_stage(dt, proxy, sliders, images, root / "stage_1" / name, args.n, 1, args)
+            generate_stage(dt, proxy, sliders, images, stage1, args.n, 1, args)
         if C.GENERATE_STAGE_2:
             generate_stage(dt, proxy, sliders, eval_images, root / "stage_2" / name,
                            C.STAGE_2_SAMPLES_PER_IMAGE, 2, args)
+        spec = dataset_spec(stage1)
+    if args.generate_only or not C.TRAIN_PROXY or not ask(f"train the {name} proxy?"):
+        return 0
+    result = train(proxy, sliders, name, stage1, stage1.parent.parent / "stage_2" / stage1.name, root,
+                   cfg, darktable_version=spec.get("darktable_version", ""),
+                   module_version=spec.get("module_version"))
+    if int(os.environ.get("RANK", "0")) == 0:
+        log.info("trained %s: %d epochs, %.1f s/epoch, validation PSNR %.2f dB (best %.2f dB); weights in %s",
+                 name, result.epochs_done, result.seconds_per_epoch, result.last_psnr, result.best_psnr,
+                 result.weights)
     return 0
 
 

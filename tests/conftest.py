@@ -1,3 +1,5 @@
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,3 +33,35 @@ def tiff16(tmp_path_factory):
     photo = data.coffee()[::4, ::4].astype(np.uint16) * 257
     tifffile.imwrite(path, photo, photometric="rgb")
     return path
+
+
+@pytest.fixture(scope="session")
+def folders(tmp_path_factory):
+    """Two built-in training images and one evaluation image, in their own folders."""
+    from utils.images import builtin_images, list_images
+    base = tmp_path_factory.mktemp("images")
+    (base / "train").mkdir()
+    (base / "eval").mkdir()
+    for src in list_images(builtin_images("train"))[:2]:
+        shutil.copy(src, base / "train")
+    shutil.copy(list_images(builtin_images("eval"))[0], base / "eval")
+    return base
+
+
+def generate_exposure(folders, root, n, size, *extra, check=True):
+    """Run ``Darktable_proxies.py exposure --generate-only`` on ``folders`` into ``root``."""
+    cmd = [sys.executable, "Darktable_proxies.py", "exposure", "-n", str(n), "--generate-only",
+           "--images", str(folders / "train"), "--eval-images", str(folders / "eval"),
+           "--size", str(size), "--out", str(root), "--set", "STAGE_2_SAMPLES_PER_IMAGE=2", *extra]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(folders, tmp_path_factory):
+    """A small real exposure dataset (stage 1: 2 images x 6 settings; stage 2: 2 settings)."""
+    root = tmp_path_factory.mktemp("tiny")
+    generate_exposure(folders, root, 6, 48)
+    return root

@@ -1,6 +1,5 @@
 """Dataset generation with the real darktable-cli on small images (marked ``darktable``)."""
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -9,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, generate_exposure
 from utils.dataset import read_manifest
-from utils.images import builtin_images, list_images
+from utils.images import list_images
 from utils.pfm import read_tiff
 
 pytestmark = pytest.mark.darktable
@@ -19,26 +18,8 @@ N = 3            # settings per image
 SIZE = "64"      # long side of the tap-outs
 
 
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    base = tmp_path_factory.mktemp("images")
-    (base / "train").mkdir()
-    (base / "eval").mkdir()
-    for src in list_images(builtin_images("train"))[:2]:
-        shutil.copy(src, base / "train")
-    shutil.copy(list_images(builtin_images("eval"))[0], base / "eval")
-    return base
-
-
 def generate(folders, root, *extra, check=True):
-    cmd = [sys.executable, "Darktable_proxies.py", "exposure", "-n", str(N), "--generate-only",
-           "--images", str(folders / "train"), "--eval-images", str(folders / "eval"),
-           "--size", SIZE, "--out", str(root), "--set", "STAGE_2_SAMPLES_PER_IMAGE=2",
-           "--set", "DARKTABLE_BATCH_SIZE=2", *extra]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
+    return generate_exposure(folders, root, N, SIZE, "--set", "DARKTABLE_BATCH_SIZE=2", *extra, check=check)
 
 
 def dataset_bytes(folder):

@@ -53,7 +53,7 @@ def test_select_keeps_proxy_order():
 
 def test_log_sampling_space():
     s = Slider("radius", 0.01, 100.0, 1.0, scale="log")
-    assert math.isclose(s.from_sampling(0.5), 1.0) and math.isclose(s.from_sampling(1.0), 100.0)
+    assert math.isclose(s.from_unit(0.5), 1.0) and math.isclose(s.from_unit(1.0), 100.0)
     with pytest.raises(ValueError):
         Slider("bad", 0.0, 1.0, 0.5, scale="log")
 

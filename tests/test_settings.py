@@ -39,3 +39,10 @@ def test_value_types():
     assert parse_value("X", "4,4", (4, 4)) == (4, 4)
     assert parse_value("X", "runs2", "runs") == "runs2"
     assert parse_value("X", "OFF", True) is False
+
+
+def test_mapping_settings_merge():
+    merged = parse_value("PROXY_LOSS", "colorbalancergb=l1+0.5*grad", {"default": "l1", "exposure": "mse"})
+    assert merged == {"default": "l1", "exposure": "mse", "colorbalancergb": "l1+0.5*grad"}
+    with pytest.raises(UserError):
+        parse_value("PROXY_LOSS", "nonsense", {"default": "l1"})

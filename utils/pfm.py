@@ -113,6 +113,15 @@ def read_tiff(path: str | Path) -> np.ndarray:
         raise UserError(f"{path}: unreadable TIFF ({e}); delete it and regenerate") from None
 
 
+def tiff_shape(path: str | Path) -> tuple[int, ...]:
+    """The array shape of a TIFF, read from its header only."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return tif.pages[0].shape
+    except (OSError, ValueError, IndexError, tifffile.TiffFileError) as e:
+        raise UserError(f"{path}: unreadable TIFF ({e}); delete it and regenerate") from None
+
+
 def tapout_to_tiff(src: str | Path, dst: str | Path) -> np.ndarray:
     """Convert one darktable tap-out to a float32 TIFF (the ImageMagick step of the seed)."""
     image = read_tapout(src).astype(np.float32)

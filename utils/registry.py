@@ -79,12 +79,15 @@ class Slider:
         if self.scale not in ("linear", "log") or (self.scale == "log" and self.lo <= 0):
             raise ValueError(f"slider {self.name}: bad scale {self.scale}")
 
-    def normalize(self, value: float) -> float:
-        """Map a value in [lo, hi] to [0, 1] (linearly: the networks' conditioning)."""
+    def to_unit(self, value: float) -> float:
+        """A slider value -> its position u in [0, 1] of the sampling space (the networks'
+        conditioning; models.proxy.Proxy.to_unit is the differentiable twin)."""
+        if self.scale == "log":
+            return math.log(value / self.lo) / math.log(self.hi / self.lo)
         return (value - self.lo) / (self.hi - self.lo)
 
-    def from_sampling(self, u: float) -> float:
-        """Map u in [0, 1] of the sampling space to a slider value."""
+    def from_unit(self, u: float) -> float:
+        """A position u in [0, 1] of the sampling space -> the slider value."""
         if self.scale == "log":
             return math.exp(math.log(self.lo) + u * (math.log(self.hi) - math.log(self.lo)))
         return self.lo + u * (self.hi - self.lo)
@@ -99,6 +102,8 @@ class ProxyType:
     sliders: tuple[Slider, ...]
     structs: tuple[Struct, ...]     # params struct per module version we know
     fixed: Mapping[str, float] = field(default_factory=dict)  # non-slider fields we pin
+    model: str = "unet"             # default network family (models.proxies.FAMILIES)
+    value_scale: float = 0.01       # s of the network domain asinh(x / s) (models.transform)
     doc: str = ""
 
     def slider(self, name: str) -> Slider:
@@ -143,6 +148,7 @@ class ProxyType:
 EXPOSURE = ProxyType(
     name="exposure",
     operation="exposure",
+    model="pointwise",
     doc="exposure and black level: out = (in - black) / (2^-exposure - black), per pixel",
     sliders=(
         Slider("exposure", -3.0, 4.0, 0.0, doc="EV"),
@@ -174,6 +180,7 @@ _COLORBALANCERGB_V5 = fields(
 COLORBALANCERGB = ProxyType(
     name="colorbalancergb",
     operation="colorbalancergb",
+    model="pointwise",
     doc="color balance rgb: global saturation, vibrance and contrast around a grey fulcrum",
     sliders=(
         Slider("saturation_global", -1.0, 1.0, 0.0),

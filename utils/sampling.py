@@ -29,5 +29,5 @@ def draw_settings(sliders: Sequence[Slider], n: int, seed: int, stage: int,
     """
     rng = np.random.default_rng([seed, stage, zlib.crc32(image_name.encode())])
     points = latin_hypercube(n, len(sliders), rng)
-    return [{s.name: as_float32(s.from_sampling(float(u))) for s, u in zip(sliders, row)}
+    return [{s.name: as_float32(s.from_unit(float(u))) for s, u in zip(sliders, row)}
             for row in points]

@@ -2,7 +2,8 @@
 
 Scripts call :func:`configure` once at start-up, before any library code runs; library code
 only reads ``Constants``. A value is parsed with the type of the setting's default (bool,
-int, float, str, or a tuple of ints such as ``4,4``); unknown names and ill-typed values are
+int, float, str, a tuple of ints such as ``4,4``, or a mapping ``key=value,key=value``
+that is merged over the default); unknown names and ill-typed values are
 refused with a one-line error.
 """
 from __future__ import annotations
@@ -39,6 +40,12 @@ def parse_value(name: str, text: str, default: Any) -> Any:
             return int(text)
         if isinstance(default, float):
             return float(text)
+        if isinstance(default, dict):   # k=v,k=v merged over the default
+            pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError
+            return {**default, **{k.strip(): parse_value(name, v, next(iter(default.values()), ""))
+                                  for k, v in pairs}}
         if isinstance(default, tuple):
             return tuple(int(v) for v in text.replace("(", "").replace(")", "").split(",") if v.strip())
         return text

@@ -1,0 +1,96 @@
+"""A trained proxy: network + slider ranges + value transform, loadable from its checkpoint alone.
+
+``Proxy.forward(x, u)`` maps a module's input tap-out ``x`` (B, C_in, H, W), in the module's
+own values, and normalised sliders ``u`` (B, S) in [0, 1] to the module's output
+(B, C_out, H, W): differentiable in both, so it serves training, slider regression and
+pipelines alike. ``u`` is each slider's position in its sampling space (linear, or log for
+sliders whose range spans decades): ``value = lo + u (hi - lo)`` or ``lo (hi/lo)^u``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from models.proxies import ModelSpec, build_model
+from models.transform import from_network, to_network
+
+CHECKPOINT_FORMAT = 1   # bump when the checkpoint layout changes incompatibly
+
+
+class IncompatibleCheckpoint(Exception):
+    """A checkpoint this code cannot load (another format version or a broken file)."""
+
+
+class Proxy(nn.Module):
+    def __init__(self, spec: ModelSpec, sliders: Sequence[Mapping[str, Any]], scale: float,
+                 meta: Mapping[str, Any] | None = None):
+        super().__init__()
+        self.spec, self.scale = spec, float(scale)
+        self.sliders = [dict(s) for s in sliders]   # name, lo, hi, default, scale
+        self.meta = dict(meta or {})
+        self.net = build_model(spec)
+        self.register_buffer("lo", torch.tensor([s["lo"] for s in self.sliders], dtype=torch.float64))
+        self.register_buffer("hi", torch.tensor([s["hi"] for s in self.sliders], dtype=torch.float64))
+        self.register_buffer("log", torch.tensor([s["scale"] == "log" for s in self.sliders]))
+
+    @property
+    def slider_names(self) -> list[str]:
+        return [s["name"] for s in self.sliders]
+
+    def forward(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        t = to_network(x, self.scale)                       # (B, C_in, H, W)
+        return from_network(self.net(t, u).float(), self.scale)   # (B, C_out, H, W)
+
+    def to_unit(self, values: torch.Tensor) -> torch.Tensor:
+        """Slider values (B, S) -> normalised positions in [0, 1] (differentiable)."""
+        values = values.double()
+        lin = (values - self.lo) / (self.hi - self.lo)
+        logu = torch.log(values.clamp_min(1e-30) / self.lo) / torch.log(self.hi / self.lo)
+        return torch.where(self.log, logu, lin).float()
+
+    def from_unit(self, u: torch.Tensor) -> torch.Tensor:
+        """Normalised positions (B, S) -> slider values (differentiable)."""
+        u = u.double()
+        lin = self.lo + u * (self.hi - self.lo)
+        logv = self.lo * torch.exp(u * torch.log(self.hi / self.lo))
+        return torch.where(self.log, logv, lin)
+
+    def describe(self) -> dict[str, Any]:
+        """Everything but the weights: what a checkpoint needs to rebuild this proxy."""
+        return {"format": CHECKPOINT_FORMAT, "model": self.spec.to_dict(), "sliders": self.sliders,
+                "transform_scale": self.scale, **self.meta}
+
+
+def save_checkpoint(path: Path, proxy: Proxy, **state: Any) -> None:
+    """Write ``path`` atomically: the proxy's description, its weights and ``state``."""
+    payload = {**proxy.describe(), "state_dict": proxy.state_dict(), **state}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:   # torch raises many types for a damaged or foreign file
+        raise IncompatibleCheckpoint(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else None
+        raise IncompatibleCheckpoint(f"{path} has checkpoint format {found}, this version reads "
+                                     f"format {CHECKPOINT_FORMAT}")
+    return payload
+
+
+def load_proxy(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Proxy, dict[str, Any]]:
+    """Rebuild a proxy from a checkpoint file alone; returns (proxy in eval mode, checkpoint)."""
+    payload = read_checkpoint(path, map_location)
+    meta = {k: v for k, v in payload.items()
+            if k not in ("format", "model", "sliders", "transform_scale", "state_dict", "optimizer")}
+    proxy = Proxy(ModelSpec(**payload["model"]), payload["sliders"], payload["transform_scale"], meta)
+    proxy.load_state_dict(payload["state_dict"])
+    return proxy.to(map_location).eval(), payload
+

@@ -1,0 +1,87 @@
+"""PyTorch datasets over generated tap-out datasets (see utils/dataset.py for the layout)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+import Constants as C
+from utils.dataset import read_manifest
+from utils.errors import UserError
+from utils.pfm import read_tiff, tiff_shape
+from utils.registry import Slider
+
+log = logging.getLogger(__name__)
+
+
+def to_chw(image: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, C) -> (C, H, W) float32."""
+    image = image[..., None] if image.ndim == 2 else image
+    return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+
+
+class TapoutDataset(Dataset):
+    """(input, output, normalised sliders) triples of one dataset folder.
+
+    ``crop``: side of a random crop (even offsets, so a mosaic keeps its CFA phase), or None
+    for whole images. Images are loaded once and kept in memory when the dataset is smaller
+    than ``Constants.PRELOAD_MAX_MB``; an input shared by many samples is loaded once.
+    Every image is checked for NaN/Inf when it is first read.
+    """
+
+    def __init__(self, folder: str | Path, sliders: Sequence[Slider], crop: int | None = None):
+        self.folder = Path(folder)
+        self.rows = read_manifest(self.folder)
+        if not self.rows:
+            raise UserError(f"dataset {self.folder} has no samples; generate it first")
+        missing = [s.name for s in sliders if s.name not in self.rows[0]]
+        if missing:
+            raise UserError(f"dataset {self.folder} has no column for slider(s) {', '.join(missing)}; "
+                            "it was generated for other sliders (-p)")
+        self.sliders = list(sliders)
+        self.u = torch.tensor([[s.to_unit(float(r[s.name])) for s in self.sliders] for r in self.rows],
+                              dtype=torch.float32).reshape(len(self.rows), len(self.sliders))
+        self.cache: dict[str, np.ndarray] = {}
+        self.preload = True
+        first_in, first_out = self._load(self.rows[0]["input"]), self._load(self.rows[0]["output"])
+        self.in_channels, self.out_channels = first_in.shape[0], first_out.shape[0]
+        n_inputs = len({r["input"] for r in self.rows})
+        megabytes = (first_in.nbytes * n_inputs + first_out.nbytes * len(self.rows)) / 2 ** 20
+        if megabytes > C.PRELOAD_MAX_MB:
+            self.preload = False
+            self.cache.clear()
+            log.info("dataset %s: %.0f MB, read per sample (PRELOAD_MAX_MB=%d)", folder, megabytes,
+                     C.PRELOAD_MAX_MB)
+        self.min_side = min(min(tiff_shape(r["output"])[:2]) for r in self.rows)
+        self.crop = None if crop is None else max(2, min(crop, self.min_side) // 2 * 2)
+
+    def _load(self, path: str) -> np.ndarray:
+        if path in self.cache:
+            return self.cache[path]
+        image = to_chw(read_tiff(path))
+        if not np.isfinite(image).all():
+            raise UserError(f"{path} holds NaN or Inf values; delete it and its manifest row, "
+                            "or regenerate the dataset")
+        if self.preload:
+            self.cache[path] = image
+        return image
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        row = self.rows[i]
+        x, y = self._load(row["input"]), self._load(row["output"])
+        if x.shape[1:] != y.shape[1:]:
+            raise UserError(f"{row['input']} and {row['output']} differ in size")
+        if self.crop is not None:
+            h, w = y.shape[1:]
+            top = 2 * int(torch.randint(0, (h - self.crop) // 2 + 1, ()))
+            left = 2 * int(torch.randint(0, (w - self.crop) // 2 + 1, ()))
+            x = x[:, top:top + self.crop, left:left + self.crop]
+            y = y[:, top:top + self.crop, left:left + self.crop]
+        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y)), self.u[i]

@@ -1,0 +1,327 @@
+"""Training of one proxy: Adam with a cosine learning-rate schedule (over the epochs, or over
+the time budget when that ends first), validation PSNR against darktable on
+held-out scenes after every epoch, self-describing checkpoints, prediction grids, logs.
+
+Single process on CUDA (bf16 autocast) or CPU; several processes when launched by
+``torchrun`` (DistributedDataParallel: gloo on CPU, NCCL on CUDA; each process trains on its
+share of the data; rank 0 alone writes checkpoints, logs and grids).
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+import Constants as C
+from models.proxies import FAMILIES, UNET_SIZES, ModelSpec
+from models.proxy import IncompatibleCheckpoint, Proxy, read_checkpoint, save_checkpoint
+from models.transform import to_network
+from utils.data import TapoutDataset
+from utils.errors import UserError
+from utils.losses import parse_loss
+from utils.metrics import psnr
+from utils.registry import ProxyType, Slider
+from utils.settings import snapshot
+from utils.visual import contact_sheet, save_png, to_display
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    lr: float
+    family: str
+    size: str
+    device: str          # auto, cpu or cuda
+    max_minutes: float   # 0 = no budget
+    resume: bool         # a checkpoint must exist (it is resumed in any case when compatible)
+    seed: int
+    crop: int            # 0 = the family's default (Constants.PROXY_MODEL_CROP)
+    save_every: int
+    loss: str
+
+
+@dataclass
+class TrainResult:
+    weights: Path
+    epochs_done: int
+    best_psnr: float
+    last_psnr: float
+    seconds_per_epoch: float
+    stopped_by_budget: bool
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available; use --device cpu or auto")
+    if choice not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device {choice!r}: use auto, cpu or cuda")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return torch.device(choice)
+
+
+def default_config(proxy: ProxyType, **flags) -> TrainConfig:
+    """Settings from Constants, overridden by the flags that were given (not None)."""
+    losses = C.PROXY_LOSS
+    cfg = TrainConfig(epochs=C.PROXY_MODEL_NUM_EPOCH, batch_size=C.PROXY_MODEL_BATCH_SIZE,
+                      lr=C.PROXY_MODEL_LR, family=proxy.model, size=C.PROXY_MODEL_SIZE, device="auto",
+                      max_minutes=0.0, resume=False, seed=C.SEED, crop=0,
+                      save_every=C.SAVE_CHECKPOINT_FREQ,
+                      loss=losses.get(proxy.name, losses.get("default", "l1")))
+    for key, value in flags.items():
+        if value is not None:
+            setattr(cfg, key, value)
+    if cfg.family not in FAMILIES:
+        raise UserError(f"--model {cfg.family!r}: choose one of {', '.join(FAMILIES)}")
+    if not cfg.crop:
+        cfg.crop = C.PROXY_MODEL_CROP.get(cfg.family, 64)
+    if cfg.size not in UNET_SIZES:
+        raise UserError(f"PROXY_MODEL_SIZE {cfg.size!r}: choose one of {', '.join(UNET_SIZES)}")
+    for name in ("epochs", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be 1 or more")
+    if not cfg.lr > 0 or cfg.max_minutes < 0:
+        raise UserError("--lr must be positive and --max-minutes 0 or more")
+    parse_loss(cfg.loss)   # refuse a bad spec before any work
+    return cfg
+
+
+class _Dist:
+    """The torchrun world this process belongs to (a world of one without torchrun)."""
+
+    def __init__(self, device: torch.device):
+        self.size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if self.size > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                    timeout=timedelta(minutes=30))
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def mean(self, value: float, weight: float = 1.0) -> float:
+        """Weighted mean of ``value`` over all processes."""
+        if self.size == 1:
+            return value
+        t = torch.tensor([value * weight, weight], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t[0] / t[1]) if t[1] else float("nan")
+
+    def any(self, flag: bool) -> bool:
+        if self.size == 1:
+            return flag
+        t = torch.tensor([float(flag)])
+        dist.all_reduce(t)
+        return bool(t.item())
+
+
+def _slider_dicts(sliders: Sequence[Slider]) -> list[dict]:
+    return [{"name": s.name, "lo": s.lo, "hi": s.hi, "default": s.default, "scale": s.scale}
+            for s in sliders]
+
+
+def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: Path,
+          stage2: Path | None, root: Path, cfg: TrainConfig, darktable_version: str = "",
+          module_version: int | None = None) -> TrainResult:
+    device = resolve_device(cfg.device)
+    world = _Dist(device)
+    torch.manual_seed(cfg.seed + world.rank)
+    np.random.seed(cfg.seed + world.rank)
+
+    train_set = TapoutDataset(stage1, sliders, crop=cfg.crop)
+    val_set = TapoutDataset(stage2, sliders) if stage2 is not None and (stage2 / "manifest.csv").exists() else None
+    if val_set is None:
+        log.warning("no stage-2 dataset at %s: no validation PSNR; 'best' is the last epoch", stage2)
+
+    spec = ModelSpec(cfg.family, cfg.size, train_set.in_channels, train_set.out_channels, len(sliders))
+    meta = {"proxy_type": proxy_type.name, "operation": proxy_type.operation, "name": name,
+            "darktable_version": darktable_version, "module_version": module_version,
+            "value_scale": proxy_type.value_scale}
+    proxy = Proxy(spec, _slider_dicts(sliders), proxy_type.value_scale, meta).to(device)
+    optimizer = torch.optim.Adam(proxy.parameters(), lr=cfg.lr)
+
+    weights = root / f"{name}_model_weights"
+    predictions = root / f"{name}_predictions"
+    start_epoch, best, history = _resume(weights / "last.pt", proxy, optimizer, cfg, device)
+    if world.main:
+        weights.mkdir(parents=True, exist_ok=True)
+
+    model = DistributedDataParallel(proxy) if world.size > 1 else proxy
+    sampler = DistributedSampler(train_set, seed=cfg.seed, drop_last=False) if world.size > 1 else None
+    generator = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                        drop_last=len(train_set) > cfg.batch_size * world.size, generator=generator)
+    loss_fn = parse_loss(cfg.loss)
+    amp = device.type == "cuda"
+    writer = _tensorboard(weights) if world.main else None
+    budget = cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
+    started = time.monotonic()
+    stopped = False
+    last_psnr = history[-1]["val_psnr"] if history else float("nan")
+    epoch = start_epoch
+    seconds = []
+
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        t0 = time.monotonic()
+        model.train()
+        total, count = 0.0, 0
+        for step, (x, y, u) in enumerate(loader):
+            # cosine schedule over whichever ends first: the epochs or the time budget
+            progress = max((epoch - 1 + step / len(loader)) / cfg.epochs, (time.monotonic() - started) / budget)
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(cfg.lr, min(progress, 1.0))
+            x, y, u = x.to(device), y.to(device), u.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                pred = model(x, u)                                          # (B, C_out, h, w)
+            # the loss compares in the network domain, where every decade counts alike
+            loss = loss_fn(to_network(pred.float(), proxy.scale), to_network(y, proxy.scale))
+            if not torch.isfinite(loss):
+                raise UserError(f"training loss became {loss.item()} at epoch {epoch}; lower --lr "
+                                f"(now {cfg.lr:g}) or check the dataset {stage1}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, count = total + loss.item() * len(x), count + len(x)
+            if time.monotonic() - started > budget:
+                stopped = True
+                break
+        stopped = world.any(stopped)
+        train_loss = world.mean(total / max(count, 1), count)
+        last_psnr = _validate(proxy, val_set, device, world) if val_set is not None else float("nan")
+        seconds.append(time.monotonic() - t0)
+        improved = val_set is None or math.isnan(best) or last_psnr > best
+        best = last_psnr if improved else best
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_psnr": last_psnr,
+                        "seconds": seconds[-1], "lr": optimizer.param_groups[0]["lr"]})
+        if world.main:
+            state = {"epoch": epoch, "best_psnr": best, "val_psnr": last_psnr, "history": history,
+                     "optimizer": optimizer.state_dict(),
+                     "train_config": vars(cfg), "settings": snapshot(), "train_dataset": str(stage1),
+                     "val_dataset": str(stage2) if val_set is not None else ""}
+            save_checkpoint(weights / "last.pt", proxy, **state)
+            if improved:
+                save_checkpoint(weights / "best.pt", proxy, **state)
+            if cfg.save_every and epoch % cfg.save_every == 0:
+                save_checkpoint(weights / f"epoch_{epoch:04d}.pt", proxy, **state)
+            _write_log(weights, history)
+            if writer is not None:
+                writer.add_scalar("train_loss", train_loss, epoch)
+                writer.add_scalar("val_psnr", last_psnr, epoch)
+            if val_set is not None and (epoch % max(C.SAVE_OUTPUT_FREQ, 1) == 0 or epoch == cfg.epochs or stopped):
+                _prediction_grid(proxy, val_set, device, predictions / f"epoch_{epoch:04d}.png")
+            log.info("epoch %d/%d  loss %.5f  val PSNR %.2f dB  %.1f s", epoch, cfg.epochs,
+                     train_loss, last_psnr, seconds[-1])
+        if stopped:
+            log.info("time budget of %g min spent after epoch %d", cfg.max_minutes, epoch)
+            break
+    if writer is not None:
+        writer.close()
+    if world.size > 1:
+        dist.barrier()
+    return TrainResult(weights, epoch, best, last_psnr,
+                       float(np.mean(seconds)) if seconds else float("nan"), stopped)
+
+
+def cosine_lr(lr: float, progress: float) -> float:
+    """Cosine decay from ``lr`` to lr/100 as training progresses from 0 to 1."""
+    return lr / 100 + (lr - lr / 100) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _resume(path: Path, proxy: Proxy, optimizer, cfg: TrainConfig,
+            device: torch.device) -> tuple[int, float, list[dict]]:
+    """Continue from ``path`` when it exists and fits; (epoch done, best PSNR, history)."""
+    if not path.exists():
+        if cfg.resume:
+            raise UserError(f"--resume: no checkpoint {path}; train without --resume first")
+        return 0, float("nan"), []
+    try:
+        payload = read_checkpoint(path, device)
+    except IncompatibleCheckpoint as e:
+        raise UserError(f"{e}; move {path.parent} away (or use another -c NAME) to train anew") from None
+    mine = proxy.describe()
+    for key in ("model", "sliders", "proxy_type"):
+        if payload.get(key) != mine.get(key):
+            raise UserError(f"{path} holds a proxy with another {key} ({payload.get(key)!r}, "
+                            f"now {mine.get(key)!r}); use another -c NAME or remove {path.parent}")
+    proxy.load_state_dict(payload["state_dict"])
+    optimizer.load_state_dict(payload["optimizer"])
+    log.info("resuming %s after epoch %d", path, payload["epoch"])
+    return payload["epoch"], payload["best_psnr"], list(payload["history"])
+
+
+@torch.no_grad()
+def _validate(proxy: Proxy, val_set: TapoutDataset, device: torch.device, world: _Dist) -> float:
+    """Mean PSNR (utils.metrics) of the proxy against darktable over this process's share."""
+    proxy.eval()
+    scores = []
+    for i in range(world.rank, len(val_set), world.size):
+        x, y, u = (t[None].to(device) for t in val_set[i])
+        scores.append(float(psnr(proxy(x, u).float(), y)[0]))
+    return world.mean(float(np.mean(scores)) if scores else 0.0, len(scores))
+
+
+@torch.no_grad()
+def _prediction_grid(proxy: Proxy, val_set: TapoutDataset, device: torch.device, path: Path) -> None:
+    """input | darktable | proxy | error (x10) for the first validation samples."""
+    proxy.eval()
+    rows, labels = [], []
+    for i in range(min(C.PREDICTION_SAMPLES, len(val_set))):
+        x, y, u = (t[None].to(device) for t in val_set[i])
+        pred = proxy(x, u).float()
+        score = float(psnr(pred, y)[0])
+        tiles = [x[0], y[0], pred[0], (pred[0] - y[0]).abs() * 10]
+        rows.append([to_display(t.permute(1, 2, 0).cpu().numpy()) for t in tiles])
+        labels.append([val_set.rows[i]["sample"], "darktable", f"proxy {score:.1f} dB", "|error| x10"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_png(path, contact_sheet(rows, labels))
+
+
+def _write_log(folder: Path, history: list[dict]) -> None:
+    """log.csv (one row per epoch) and log.png (its curves)."""
+    with open(folder / ".log.csv.tmp", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)
+    os.replace(folder / ".log.csv.tmp", folder / "log.csv")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    epochs = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    a.semilogy(epochs, [h["train_loss"] for h in history])
+    a.set(xlabel="epoch", ylabel="training loss")
+    b.plot(epochs, [h["val_psnr"] for h in history], color="tab:orange")
+    b.set(xlabel="epoch", ylabel="validation PSNR (dB)")
+    fig.tight_layout()
+    fig.savefig(folder / "log.png", dpi=90)
+    plt.close(fig)
+
+
+def _tensorboard(folder: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:   # tensorboard is optional
+        return None
+    return SummaryWriter(str(folder / "tensorboard"))
