@@ -23,7 +23,7 @@ SEED = 0                          # seed of slider sampling (and, later, trainin
 
 # ---------------------------------------------------------------- training (seed names first)
 PROXY_MODEL_BATCH_SIZE = 8        # samples per optimisation step (per process under torchrun)
-PROXY_MODEL_NUM_EPOCH = 50        # epochs (one epoch = one random crop of every stage-1 sample)
+PROXY_MODEL_NUM_EPOCH = 50        # epochs (one epoch = random crops covering every stage-1 sample once)
 SAVE_OUTPUT_FREQ = 10             # epochs between prediction grids in NAME_predictions/
 PROXY_MODEL_LR = 1e-3             # Adam learning rate at the start of the cosine schedule
 PROXY_MODEL_SIZE = "base"         # network size preset: tiny, small, base, large
@@ -38,7 +38,11 @@ PRELOAD_MAX_MB = 4000             # load datasets into memory up to this size, e
 
 # ---------------------------------------------------------------- evaluation (seed names)
 PARAM_TUNING_NUM_ITER = 200       # gradient steps of single-proxy slider regression
+PARAM_TUNING_RESTARTS = 4         # random starts per regression target (optimised together; best kept)
+REGRESSION_TARGETS = 10           # stage-2 samples whose sliders are recovered (-r)
 CREATE_ANIMATION = True           # save regression frames and an mp4 in NAME_animations/
+SWEEP_FRAMES = 50                 # frames of a Sweep.py video
+SWEEP_FPS = 25                    # frames per second of Sweep.py videos
 PIPELINE_CREATE_ANIMATION = True  # the same for pipeline regression
 
 # ---------------------------------------------------------------- darktable

@@ -18,7 +18,6 @@ ROOT/NAME_predictions. Rerunning an interrupted command resumes it.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from pathlib import Path
@@ -26,13 +25,15 @@ from pathlib import Path
 import Constants as C
 from utils.cli import add_common_args, ask, disk_usage, proxy_name, root_dir, slider_names
 from utils.darktable import Darktable
-from utils.dataset import Shard, generate, read_manifest
+from utils.dataset import Shard, generate, read_manifest, read_spec
 from utils.errors import UserError, cli_main
 from utils.images import builtin_images, list_images
 from utils.registry import PROXIES, describe, get_proxy
 from utils.settings import configure
-from utils.training import default_config, train
+from utils.evaluation import evaluate, report_table
+from utils.training import default_config, resolve_device, train
 from models.proxies import FAMILIES
+from models.proxy import load_proxy
 from utils.visual import save_dataset_preview
 
 log = logging.getLogger("darktable_proxies")
@@ -63,11 +64,15 @@ def parse_args() -> argparse.Namespace:
     train.add_argument("--lr", type=float, help=f"Adam learning rate (default {C.PROXY_MODEL_LR:g})")
     train.add_argument("--model", choices=FAMILIES, dest="family",
                        help="network family (default: the proxy type's, see README)")
-    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
     train.add_argument("--max-minutes", type=float, metavar="M", help="stop training after M minutes")
     train.add_argument("--resume", action="store_true",
-                       help="require a checkpoint to continue from (one is resumed in any case when it fits)")
+                       help="continue training from last.pt, even when that run completed "
+                            "(an interrupted run is resumed without it)")
     train.add_argument("--save-every", type=int, metavar="K", help="also keep every K-th epoch's checkpoint")
+    evaluation = parser.add_argument_group("evaluation")
+    evaluation.add_argument("-r", "--regression-targets", type=int, metavar="R",
+                            help=f"stage-2 targets for slider regression (default {C.REGRESSION_TARGETS})")
+    evaluation.add_argument("--no-eval", action="store_true", help="stop after training")
     add_common_args(parser)
     return parser.parse_args()
 
@@ -78,14 +83,6 @@ def existing_dataset(root: Path, dataset: str) -> Path:
             return folder
     raise UserError(f"no dataset {dataset!r}: neither {root / 'stage_1' / dataset} nor {dataset} "
                     "holds a manifest.csv")
-
-
-def dataset_spec(folder: Path) -> dict:
-    """The dataset.json of a dataset folder ({} when it has none)."""
-    try:
-        return json.loads((folder / "dataset.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def generate_stage(dt, proxy, sliders, images, folder, per_image, stage, args) -> None:
@@ -131,7 +128,7 @@ def main() -> int:
     torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if args.dataset:
         stage1 = existing_dataset(root, args.dataset)
-        spec = dataset_spec(stage1)
+        spec = read_spec(stage1)
         if not args.params:
             sliders = proxy.select(spec.get("sliders", []))
             name = proxy_name(proxy.name, sliders, args.name)
@@ -140,7 +137,6 @@ def main() -> int:
         raise UserError("under torchrun, generate the data first (--generate-only, one process) "
                         "and train with -d DATASET")
     else:
-        spec = {}
         if args.n is None or args.n < 1:
             raise UserError("-n N: give the number of slider settings per image (1 or more)")
         images = list_images(args.images or builtin_images("train"))
@@ -152,16 +148,31 @@ def main() -> int:
         if C.GENERATE_STAGE_2:
             generate_stage(dt, proxy, sliders, eval_images, root / "stage_2" / name,
                            C.STAGE_2_SAMPLES_PER_IMAGE, 2, args)
-        spec = dataset_spec(stage1)
     if args.generate_only or not C.TRAIN_PROXY or not ask(f"train the {name} proxy?"):
         return 0
-    result = train(proxy, sliders, name, stage1, stage1.parent.parent / "stage_2" / stage1.name, root,
-                   cfg, darktable_version=spec.get("darktable_version", ""),
-                   module_version=spec.get("module_version"))
-    if int(os.environ.get("RANK", "0")) == 0:
-        log.info("trained %s: %d epochs, %.1f s/epoch, validation PSNR %.2f dB (best %.2f dB); weights in %s",
-                 name, result.epochs_done, result.seconds_per_epoch, result.last_psnr, result.best_psnr,
-                 result.weights)
+    result = train(proxy, sliders, name, stage1, stage1.parent.parent / "stage_2" / stage1.name, root, cfg)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    log.info("trained %s: %d epochs, %.1f s/epoch, validation PSNR %.2f dB (best %.2f dB); weights in %s",
+             name, result.epochs_done, result.seconds_per_epoch, result.last_psnr, result.best_psnr,
+             result.weights)
+    if args.no_eval:
+        return 0
+    stage2 = stage1.parent.parent / "stage_2" / stage1.name
+    if not (stage2 / "manifest.csv").exists():
+        raise UserError(f"no stage-2 data at {stage2} to evaluate on; generate it "
+                        "(--set GENERATE_STAGE_2=true) or pass --no-eval")
+    targets = C.REGRESSION_TARGETS if args.regression_targets is None else args.regression_targets
+    if targets < 0:
+        raise UserError(f"-r {targets}: use 0 or more regression targets")
+    device = resolve_device(args.device)
+    proxy_model, _ = load_proxy(result.weights / "best.pt", device)
+    metrics = evaluate(Darktable(), proxy_model, proxy, name, root, stage2, device, targets,
+                       C.SEED if args.seed is None else args.seed)
+    print(report_table(metrics))
+    log.info("metrics: %s; recovered sliders: %s; predictions: %s%s", root / "eval" / name / "metrics.json",
+             root / "params" / f"{name}.csv", root / f"{name}_predictions",
+             f"; animations: {root / f'{name}_animations'}" if C.CREATE_ANIMATION else "")
     return 0
 
 

@@ -28,7 +28,7 @@ unit: $(STAMP)
 	$(PY) -m pytest -q -m "not darktable"
 
 demo: darktable images
-	$(PY) Darktable_proxies.py exposure -n 4 --generate-only
+	$(PY) Darktable_proxies.py exposure -n 50 --size 128 --epochs 40 --max-minutes 6
 
 clean:
 	rm -rf runs .pytest_cache

@@ -76,7 +76,7 @@ class SliderUNet(nn.Module):
 
 
 class SliderConvStack(nn.Module):
-    """1x1 (pointwise) or 3x3 (neighbourhood) convolutions over [x, slider planes]."""
+    """3x3 convolutions over [x, slider planes] (the neighbourhood family)."""
 
     def __init__(self, spec: ModelSpec, kernel: int):
         super().__init__()
@@ -85,6 +85,27 @@ class SliderConvStack(nn.Module):
 
     def forward(self, x: torch.Tensor, sliders: torch.Tensor) -> torch.Tensor:
         y = self.net(torch.cat([x, slider_planes(sliders, x)], 1))      # (B, C_out, H, W)
+        return _residual(x, y)
+
+
+class SliderPointwise(nn.Module):
+    """A per-pixel MLP over [x, sliders]: 1x1 convolutions, run as Linear layers on a
+    (pixels, channels) table, which is several times faster on a CPU."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        width, depth = STACK_SIZES[spec.size]
+        sizes = [spec.in_channels + spec.n_sliders] + [width] * (depth - 1) + [spec.out_channels]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < depth - 1:
+                layers.append(nn.LeakyReLU(0.2, inplace=True))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, sliders: torch.Tensor) -> torch.Tensor:
+        table = torch.cat([x, slider_planes(sliders, x)], 1).permute(0, 2, 3, 1)   # (B, H, W, C+S)
+        y = self.mlp(table).permute(0, 3, 1, 2)                                 # (B, C_out, H, W)
         return _residual(x, y)
 
 
@@ -97,7 +118,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
     if spec.family == "unet":
         return SliderUNet(spec)
     if spec.family == "pointwise":
-        return SliderConvStack(spec, 1)
+        return SliderPointwise(spec)
     if spec.family == "neighbourhood":
         return SliderConvStack(spec, 3)
     raise ValueError(f"unknown model family {spec.family!r}; choose one of {FAMILIES}")

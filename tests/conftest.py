@@ -65,3 +65,24 @@ def tiny_dataset(folders, tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     generate_exposure(folders, root, 6, 48)
     return root
+
+
+def train_tiny(root, *extra):
+    """Train (and evaluate, unless --no-eval is in ``extra``) the small exposure proxy."""
+    cmd = [sys.executable, "Darktable_proxies.py", "exposure", "-d", "exposure_exposure_black",
+           "--out", str(root), "--set", "PROXY_MODEL_SIZE=small", "--set", "SAVE_OUTPUT_FREQ=10",
+           "--device", "cpu", "--batch-size", "4", "--lr", "3e-3", "-r", "2",
+           "--set", "PARAM_TUNING_NUM_ITER=60", *extra]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tiny_dataset, tmp_path_factory):
+    """A ROOT with the tiny dataset, a small exposure proxy trained 20 epochs, and its evaluation."""
+    root = tmp_path_factory.mktemp("trained")
+    shutil.copytree(tiny_dataset / "stage_1", root / "stage_1")
+    shutil.copytree(tiny_dataset / "stage_2", root / "stage_2")
+    train_tiny(root, "--epochs", "20")
+    return root

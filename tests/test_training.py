@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, train_tiny as train
 from models.proxy import load_proxy
 from utils.data import TapoutDataset
 from utils.registry import EXPOSURE
@@ -17,32 +17,19 @@ pytestmark = pytest.mark.darktable
 NAME = "exposure_exposure_black"
 
 
-def train(root, *extra, env=None):
-    cmd = [sys.executable, "Darktable_proxies.py", "exposure", "-d", NAME, "--out", str(root),
-           "--set", "PROXY_MODEL_SIZE=small", "--set", "SAVE_OUTPUT_FREQ=50", "--device", "cpu",
-           "--batch-size", "2", "--lr", "3e-3", *extra]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr
-    return proc
-
-
 def history(root):
     with open(root / f"{NAME}_model_weights" / "log.csv") as f:
         return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_dataset, tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    shutil.copytree(tiny_dataset / "stage_1", root / "stage_1")
-    shutil.copytree(tiny_dataset / "stage_2", root / "stage_2")
-    train(root, "--epochs", "100")
-    return root
+def trained(trained_tiny):
+    return trained_tiny
 
 
 def test_training_lowers_the_loss_and_writes_its_files(trained):
     rows = history(trained)
-    assert [int(r["epoch"]) for r in rows] == list(range(1, 101))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 21))
     loss = [float(r["train_loss"]) for r in rows]
     assert sum(loss[-3:]) < 0.5 * sum(loss[:3])
     assert float(rows[-1]["val_psnr"]) > float(rows[0]["val_psnr"]) + 3
@@ -51,14 +38,14 @@ def test_training_lowers_the_loss_and_writes_its_files(trained):
     assert {p.name for p in weights.iterdir()} >= {"last.pt", "best.pt", "log.csv", "log.png"}
     assert not list(weights.glob("epoch_*.pt"))
     grids = sorted(p.name for p in (trained / f"{NAME}_predictions").iterdir())
-    assert grids == ["epoch_0050.png", "epoch_0100.png"]
+    assert grids == ["epoch_0010.png", "epoch_0020.png"]
 
 
 def test_checkpoint_alone_reproduces_validation(trained):
     proxy, payload = load_proxy(trained / f"{NAME}_model_weights" / "last.pt")
     assert payload["proxy_type"] == "exposure" and payload["darktable_version"]
     assert payload["module_version"] and payload["settings"]["settings"]["PROXY_MODEL_SIZE"] == "small"
-    assert proxy.slider_names == ["exposure", "black"] and payload["epoch"] == 100
+    assert proxy.slider_names == ["exposure", "black"] and payload["epoch"] == 20
     val = TapoutDataset(trained / "stage_2" / NAME, EXPOSURE.sliders)
     from utils.metrics import psnr
     with torch.no_grad():
@@ -67,16 +54,17 @@ def test_checkpoint_alone_reproduces_validation(trained):
 
 
 def test_rerun_resumes_from_last_checkpoint(trained):
-    proc = train(trained, "--epochs", "102")
-    assert "resuming" in proc.stderr and "after epoch 100" in proc.stderr
-    assert [int(r["epoch"]) for r in history(trained)] == list(range(1, 103))
-    train(trained, "--epochs", "102")   # nothing left to do
-    assert [int(r["epoch"]) for r in history(trained)] == list(range(1, 103))
+    proc = train(trained, "--epochs", "22")      # that run completed: nothing to do
+    assert "training of exposure_exposure_black is complete" in proc.stderr
+    assert [int(r["epoch"]) for r in history(trained)] == list(range(1, 21))
+    proc = train(trained, "--epochs", "22", "--resume")
+    assert "resuming" in proc.stderr and "after epoch 20" in proc.stderr
+    assert [int(r["epoch"]) for r in history(trained)] == list(range(1, 23))
 
 
 def test_other_model_into_the_same_weights_is_refused(trained):
     cmd = [sys.executable, "Darktable_proxies.py", "exposure", "-d", NAME, "--out", str(trained),
-           "--model", "unet", "--epochs", "110", "--device", "cpu"]
+           "--model", "unet", "--epochs", "30", "--device", "cpu"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and "holds a proxy with another model" in proc.stderr
 

@@ -12,6 +12,9 @@ from utils.registry import Slider
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """--device, --out and --set, which every script takes."""
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where networks run (default: CUDA when present)")
     parser.add_argument("--out", type=Path, metavar="ROOT",
                         help=f"where everything goes (default: Constants.IMAGE_ROOT_DIR = {C.IMAGE_ROOT_DIR})")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -50,3 +53,12 @@ def ask(question: str) -> bool:
 def disk_usage(folder: Path) -> int:
     """Bytes used by the files under ``folder``."""
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def input_image(path: Path) -> Path:
+    """A user-given image file, checked to exist and to be readable."""
+    from utils.images import check_readable
+    if not path.is_file():
+        raise UserError(f"image {path} does not exist")
+    check_readable(path)
+    return path

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -45,12 +45,12 @@ class TapoutDataset(Dataset):
         self.sliders = list(sliders)
         self.u = torch.tensor([[s.to_unit(float(r[s.name])) for s in self.sliders] for r in self.rows],
                               dtype=torch.float32).reshape(len(self.rows), len(self.sliders))
-        self.cache: dict[str, np.ndarray] = {}
+        self.cache: dict[str, torch.Tensor] = {}
         self.preload = True
         first_in, first_out = self._load(self.rows[0]["input"]), self._load(self.rows[0]["output"])
         self.in_channels, self.out_channels = first_in.shape[0], first_out.shape[0]
         n_inputs = len({r["input"] for r in self.rows})
-        megabytes = (first_in.nbytes * n_inputs + first_out.nbytes * len(self.rows)) / 2 ** 20
+        megabytes = (first_in.numel() * n_inputs + first_out.numel() * len(self.rows)) * 4 / 2 ** 20
         if megabytes > C.PRELOAD_MAX_MB:
             self.preload = False
             self.cache.clear()
@@ -58,12 +58,14 @@ class TapoutDataset(Dataset):
                      C.PRELOAD_MAX_MB)
         self.min_side = min(min(tiff_shape(r["output"])[:2]) for r in self.rows)
         self.crop = None if crop is None else max(2, min(crop, self.min_side) // 2 * 2)
+        area = float(np.mean([np.prod(tiff_shape(r["output"])[:2]) for r in self.rows[:50]]))
+        self.crops_per_sample = 1 if self.crop is None else max(1, round(area / self.crop ** 2))
 
-    def _load(self, path: str) -> np.ndarray:
+    def _load(self, path: str) -> torch.Tensor:
         if path in self.cache:
             return self.cache[path]
-        image = to_chw(read_tiff(path))
-        if not np.isfinite(image).all():
+        image = torch.from_numpy(to_chw(read_tiff(path)))
+        if not torch.isfinite(image).all():
             raise UserError(f"{path} holds NaN or Inf values; delete it and its manifest row, "
                             "or regenerate the dataset")
         if self.preload:
@@ -84,4 +86,21 @@ class TapoutDataset(Dataset):
             left = 2 * int(torch.randint(0, (w - self.crop) // 2 + 1, ()))
             x = x[:, top:top + self.crop, left:left + self.crop]
             y = y[:, top:top + self.crop, left:left + self.crop]
-        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y)), self.u[i]
+        return x, y, self.u[i]
+
+    def batches(self, batch_size: int, generator: torch.Generator, rank: int = 0,
+                world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """One epoch of shuffled (x, y, u) batches from this process's share of the samples.
+
+        An epoch draws from every sample as many random crops as cover its pixels about once
+        (one crop for whole-image crops, many for the small crops of per-pixel models), so
+        that an epoch means the same amount of data whatever the crop size. Stacking in-memory
+        crops directly is faster than a DataLoader for small crops. The last partial batch is
+        dropped when there is more than one batch.
+        """
+        order = torch.randperm(len(self), generator=generator).repeat(self.crops_per_sample)
+        order = order[torch.randperm(len(order), generator=generator)][rank::world].tolist()
+        n = len(order) // batch_size if len(order) > batch_size else 1
+        for b in range(n):
+            items = [self[i] for i in order[b * batch_size:(b + 1) * batch_size]]
+            yield tuple(torch.stack(t) for t in zip(*items))

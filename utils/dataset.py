@@ -95,6 +95,7 @@ class DatasetSpec:
     darktable_version: str
     module_version: int
     images: list[str] = field(default_factory=list)   # "<file name>:<bytes>" of each input image
+    source_dir: str = ""    # where the images were (for closed-loop re-renders); not compared
 
     def check_against(self, folder: Path) -> None:
         path = folder / "dataset.json"
@@ -105,7 +106,7 @@ class DatasetSpec:
         except ValueError:
             raise UserError(f"{path} is damaged; remove the folder {folder} and generate again") from None
         mine = asdict(self)
-        diff = [k for k in mine if old.get(k) != mine[k]]
+        diff = [k for k in mine if k != "source_dir" and old.get(k) != mine[k]]
         if diff:
             what = ", ".join(f"{k}: {old.get(k)!r} there, {mine[k]!r} now" for k in diff)
             raise UserError(f"dataset {folder} was made with other settings ({what}); "
@@ -139,6 +140,14 @@ def read_rows(path: Path) -> list[dict[str, str]]:
     if text and not text.endswith("\n"):
         text = text[:text.rfind("\n") + 1]
     return list(csv.DictReader(io.StringIO(text)))
+
+
+def read_spec(folder: str | Path) -> dict:
+    """The dataset.json of a dataset folder ({} when it has none or it is unreadable)."""
+    try:
+        return json.loads((Path(folder) / "dataset.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def read_manifest(folder: str | Path) -> list[dict[str, str]]:
@@ -261,7 +270,8 @@ def generate(dt: Darktable, proxy: ProxyType, sliders: Sequence[Slider], images:
     try:
         spec = DatasetSpec(proxy.name, proxy.operation, [s.name for s in sliders], per_image, seed,
                            stage, size, dt.install.version_string, dt.module_version(proxy),
-                           [f"{p.name}:{p.stat().st_size}" for p in images])
+                           [f"{p.name}:{p.stat().st_size}" for p in images],
+                           str(images[0].parent.resolve()) if images else "")
         spec.check_against(folder)
         tmp = folder / f".dataset.json.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(asdict(spec), indent=1) + "\n")
@@ -297,6 +307,8 @@ def _run_jobs(dt: Darktable, proxy: ProxyType, todo: Sequence[Sample], writer: _
     """Render ``todo`` in parallel batches, retrying failures; the samples that still failed."""
     hq = size == 0
     failed: dict[str, str] = {}
+    if not todo:
+        return failed
     attempts: dict[str, int] = defaultdict(int)
 
     def render(batch: list[Sample]) -> list[Render | DarktableError]:

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
 
 import Constants as C
 from models.proxies import FAMILIES, UNET_SIZES, ModelSpec
 from models.proxy import IncompatibleCheckpoint, Proxy, read_checkpoint, save_checkpoint
 from models.transform import to_network
 from utils.data import TapoutDataset
+from utils.dataset import read_spec
 from utils.errors import UserError
 from utils.losses import parse_loss
 from utils.metrics import psnr
@@ -141,8 +141,8 @@ def _slider_dicts(sliders: Sequence[Slider]) -> list[dict]:
 
 
 def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: Path,
-          stage2: Path | None, root: Path, cfg: TrainConfig, darktable_version: str = "",
-          module_version: int | None = None) -> TrainResult:
+          stage2: Path | None, root: Path, cfg: TrainConfig) -> TrainResult:
+    """Train (or resume, or, when a previous run of it completed, skip) the proxy ``name``."""
     device = resolve_device(cfg.device)
     world = _Dist(device)
     torch.manual_seed(cfg.seed + world.rank)
@@ -154,42 +154,45 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
         log.warning("no stage-2 dataset at %s: no validation PSNR; 'best' is the last epoch", stage2)
 
     spec = ModelSpec(cfg.family, cfg.size, train_set.in_channels, train_set.out_channels, len(sliders))
+    dataset = read_spec(stage1)
     meta = {"proxy_type": proxy_type.name, "operation": proxy_type.operation, "name": name,
-            "darktable_version": darktable_version, "module_version": module_version,
+            "darktable_version": dataset.get("darktable_version", ""),
+            "module_version": dataset.get("module_version"), "tapout_size": dataset.get("size"),
             "value_scale": proxy_type.value_scale}
     proxy = Proxy(spec, _slider_dicts(sliders), proxy_type.value_scale, meta).to(device)
     optimizer = torch.optim.Adam(proxy.parameters(), lr=cfg.lr)
 
     weights = root / f"{name}_model_weights"
     predictions = root / f"{name}_predictions"
-    start_epoch, best, history = _resume(weights / "last.pt", proxy, optimizer, cfg, device)
+    start_epoch, best, history, completed = _resume(weights / "last.pt", proxy, optimizer, cfg, device)
+    last_psnr = history[-1]["val_psnr"] if history else float("nan")
+    if completed and not cfg.resume:
+        log.info("training of %s is complete (%d epochs, validation PSNR %.2f dB); --resume "
+                 "continues it", name, start_epoch, last_psnr)
+        return TrainResult(weights, start_epoch, best, last_psnr,
+                           float(np.mean([h["seconds"] for h in history])), False)
     if world.main:
         weights.mkdir(parents=True, exist_ok=True)
 
     model = DistributedDataParallel(proxy) if world.size > 1 else proxy
-    sampler = DistributedSampler(train_set, seed=cfg.seed, drop_last=False) if world.size > 1 else None
-    generator = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                        drop_last=len(train_set) > cfg.batch_size * world.size, generator=generator)
+    steps_per_epoch = max(1, len(train_set) * train_set.crops_per_sample // world.size // cfg.batch_size)
     loss_fn = parse_loss(cfg.loss)
     amp = device.type == "cuda"
     writer = _tensorboard(weights) if world.main else None
     budget = cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
     started = time.monotonic()
     stopped = False
-    last_psnr = history[-1]["val_psnr"] if history else float("nan")
     epoch = start_epoch
     seconds = []
 
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
         t0 = time.monotonic()
         model.train()
         total, count = 0.0, 0
-        for step, (x, y, u) in enumerate(loader):
+        shuffle = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)   # same order on every rank
+        for step, (x, y, u) in enumerate(train_set.batches(cfg.batch_size, shuffle, world.rank, world.size)):
             # cosine schedule over whichever ends first: the epochs or the time budget
-            progress = max((epoch - 1 + step / len(loader)) / cfg.epochs, (time.monotonic() - started) / budget)
+            progress = max((epoch - 1 + step / steps_per_epoch) / cfg.epochs, (time.monotonic() - started) / budget)
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(cfg.lr, min(progress, 1.0))
             x, y, u = x.to(device), y.to(device), u.to(device)
@@ -217,6 +220,7 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
                         "seconds": seconds[-1], "lr": optimizer.param_groups[0]["lr"]})
         if world.main:
             state = {"epoch": epoch, "best_psnr": best, "val_psnr": last_psnr, "history": history,
+                     "completed": epoch == cfg.epochs or stopped,
                      "optimizer": optimizer.state_dict(),
                      "train_config": vars(cfg), "settings": snapshot(), "train_dataset": str(stage1),
                      "val_dataset": str(stage2) if val_set is not None else ""}
@@ -250,12 +254,13 @@ def cosine_lr(lr: float, progress: float) -> float:
 
 
 def _resume(path: Path, proxy: Proxy, optimizer, cfg: TrainConfig,
-            device: torch.device) -> tuple[int, float, list[dict]]:
-    """Continue from ``path`` when it exists and fits; (epoch done, best PSNR, history)."""
+            device: torch.device) -> tuple[int, float, list[dict], bool]:
+    """Continue from ``path`` when it exists and fits: (epoch done, best PSNR, history,
+    whether that run completed: it reached its epochs or spent its time budget)."""
     if not path.exists():
         if cfg.resume:
             raise UserError(f"--resume: no checkpoint {path}; train without --resume first")
-        return 0, float("nan"), []
+        return 0, float("nan"), [], False
     try:
         payload = read_checkpoint(path, device)
     except IncompatibleCheckpoint as e:
@@ -267,8 +272,9 @@ def _resume(path: Path, proxy: Proxy, optimizer, cfg: TrainConfig,
                             f"now {mine.get(key)!r}); use another -c NAME or remove {path.parent}")
     proxy.load_state_dict(payload["state_dict"])
     optimizer.load_state_dict(payload["optimizer"])
-    log.info("resuming %s after epoch %d", path, payload["epoch"])
-    return payload["epoch"], payload["best_psnr"], list(payload["history"])
+    if not payload.get("completed") or cfg.resume:
+        log.info("resuming %s after epoch %d", path, payload["epoch"])
+    return payload["epoch"], payload["best_psnr"], list(payload["history"]), bool(payload.get("completed"))
 
 
 @torch.no_grad()

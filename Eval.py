@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Evaluate one trained proxy on an image of your choice at chosen slider values.
+
+Renders the image with darktable at those values, runs the proxy on darktable's input
+tap-out, writes input, darktable output, proxy output and error image (TIFF and PNG) to
+ROOT/eval/NAME/<image>_<values>/ and prints the proxy's PSNR against darktable.
+
+Example:
+  python Eval.py exposure --image photo.dng -v 1.5,0.01
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from utils.cli import add_common_args, input_image, proxy_name, root_dir, slider_names
+from utils.darktable import Darktable
+from utils.errors import UserError, cli_main
+from utils.evaluation import chw, load_trained, proxy_on_render
+from utils.metrics import psnr
+from utils.pfm import write_tiff
+from utils.registry import get_proxy
+from utils.settings import configure
+from utils.training import resolve_device
+from utils.visual import save_png, to_display
+
+log = logging.getLogger("eval")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("proxy", metavar="PROXY", help="proxy type (see Darktable_proxies.py --list-proxies)")
+    parser.add_argument("-p", "--params", metavar="SLIDERS", help="the proxy's sliders, as when it was trained")
+    parser.add_argument("-c", "--name", metavar="NAME", help="the proxy's name, as when it was trained")
+    parser.add_argument("--image", type=Path, required=True, help="a raw or TIFF/PNG/JPEG file")
+    parser.add_argument("-v", "--values", required=True, metavar="V1,V2,...",
+                        help="one value per slider of the proxy, in its order")
+    add_common_args(parser)
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    configure(args.set)
+    proxy_type = get_proxy(args.proxy)
+    name = proxy_name(proxy_type.name, proxy_type.select(slider_names(args.params)), args.name)
+    root = root_dir(args)
+    device = resolve_device(args.device)
+    proxy, payload = load_trained(root, name, device)
+    try:
+        values = [float(v) for v in args.values.split(",")]
+    except ValueError:
+        raise UserError(f"-v {args.values!r}: give numbers separated by commas") from None
+    if len(values) != len(proxy.slider_names):
+        raise UserError(f"proxy {name} has {len(proxy.slider_names)} slider(s) "
+                        f"({', '.join(proxy.slider_names)}); -v gave {len(values)} value(s)")
+    settings = dict(zip(proxy.slider_names, values))
+    proxy_type.check_values(settings)
+    input_image(args.image)
+
+    dt = Darktable()
+    size = int(payload.get("tapout_size") or 0)
+    render = dt.render(args.image, [dt.history_item(proxy_type, settings)], dump=[proxy_type.operation],
+                       size=size, hq=size == 0)
+    tap_in, tap_out = render.io(proxy_type.operation)
+    pred = proxy_on_render(proxy, tap_in, values, device)
+    target = chw(tap_out)
+    score = float(psnr(pred[None], target[None])[0])
+
+    folder = root / "eval" / name / f"{args.image.stem}_{'_'.join(f'{v:g}' for v in values)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    images = {"input": chw(tap_in), "darktable": target, "proxy": pred, "error": (pred - target).abs()}
+    for key, image in images.items():
+        hwc = image.permute(1, 2, 0).numpy()
+        write_tiff(folder / f"{key}.tif", hwc)
+        save_png(folder / f"{key}.png", to_display(hwc * (10 if key == "error" else 1)))
+    log.info("input, darktable, proxy and error (x10 in the PNG) written to %s", folder)
+    print(f"PSNR: {score:.2f} dB")
+    return 0
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    cli_main(main)()
