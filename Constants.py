@@ -40,6 +40,7 @@ PRELOAD_MAX_MB = 4000             # load datasets into memory up to this size, e
 PARAM_TUNING_NUM_ITER = 200       # gradient steps of single-proxy slider regression
 PARAM_TUNING_RESTARTS = 4         # random starts per regression target (optimised together; best kept)
 REGRESSION_TARGETS = 10           # stage-2 samples whose sliders are recovered (-r)
+REGRESSION_CROP = 64              # pixels; side of the random crop each regression iteration fits
 CREATE_ANIMATION = True           # save regression frames and an mp4 in NAME_animations/
 SWEEP_FRAMES = 50                 # frames of a Sweep.py video
 SWEEP_FPS = 25                    # frames per second of Sweep.py videos

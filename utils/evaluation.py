@@ -55,8 +55,14 @@ class Recovery:
 
 
 def regress(proxy: Proxy, x: torch.Tensor, target: torch.Tensor, iterations: int, restarts: int,
-            generator: torch.Generator, lr: float = 0.05, frame_every: int = 0) -> Recovery:
-    """Recover the sliders that make ``proxy(x, u)`` match ``target`` (both (1, C, H, W))."""
+            generator: torch.Generator, lr: float = 0.05, frame_every: int = 0,
+            crop: int | None = None) -> Recovery:
+    """Recover the sliders that make ``proxy(x, u)`` match ``target`` (both (1, C, H, W)).
+
+    Each iteration fits a random ``crop`` (default Constants.REGRESSION_CROP; the sliders are
+    global, so any part of the image constrains them), which makes an iteration several times
+    cheaper; the winning start is chosen on the whole image.
+    """
     for p in proxy.parameters():
         p.requires_grad_(False)
     proxy.eval()
@@ -66,21 +72,28 @@ def regress(proxy: Proxy, x: torch.Tensor, target: torch.Tensor, iterations: int
     optimizer = torch.optim.Adam([theta], lr=lr, betas=(0.9, 0.9))
     xs = x.expand(restarts, *x.shape[1:])
     goal = to_network(target, proxy.scale)
+    h, w = x.shape[-2:]
+    c = min(crop or C.REGRESSION_CROP, h, w) // 2 * 2
     frames = []
-    for it in range(iterations + 1):
+    for it in range(iterations):
+        if frame_every and it % frame_every == 0:
+            with torch.no_grad():
+                frames.append((it, torch.sigmoid(theta).cpu(), proxy(xs, torch.sigmoid(theta)).cpu()))
+        top = 2 * int(torch.randint(0, (h - c) // 2 + 1, (), generator=generator))
+        left = 2 * int(torch.randint(0, (w - c) // 2 + 1, (), generator=generator))
+        pred = proxy(xs[..., top:top + c, left:left + c], torch.sigmoid(theta))
+        err = to_network(pred, proxy.scale) - goal[..., top:top + c, left:left + c]
+        optimizer.zero_grad(set_to_none=True)
+        (err ** 2).mean(dim=(1, 2, 3)).sum().backward()
+        optimizer.step()
+    with torch.no_grad():
         u = torch.sigmoid(theta)
         pred = proxy(xs, u)
         losses = ((to_network(pred, proxy.scale) - goal) ** 2).mean(dim=(1, 2, 3))   # (restarts,)
-        if frame_every and (it % frame_every == 0 or it == iterations):
-            frames.append((it, u.detach().cpu(), pred.detach().cpu()))
-        if it == iterations:
-            break
-        optimizer.zero_grad(set_to_none=True)
-        losses.sum().backward()
-        optimizer.step()
+    if frame_every:
+        frames.append((iterations, u.cpu(), pred.cpu()))
     best = int(torch.argmin(losses))
-    return Recovery(u[best].detach().cpu(), float(losses[best].detach()),
-                    [(it, fu[best], fp[best]) for it, fu, fp in frames])
+    return Recovery(u[best].cpu(), float(losses[best]), [(it, fu[best], fp[best]) for it, fu, fp in frames])
 
 
 def _values(proxy: Proxy, u: torch.Tensor) -> list[float]:

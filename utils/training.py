@@ -160,7 +160,8 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
             "module_version": dataset.get("module_version"), "tapout_size": dataset.get("size"),
             "value_scale": proxy_type.value_scale}
     proxy = Proxy(spec, _slider_dicts(sliders), proxy_type.value_scale, meta).to(device)
-    optimizer = torch.optim.Adam(proxy.parameters(), lr=cfg.lr)
+    # beta2 0.99 rather than 0.999: slider-conditioned targets change scale from batch to batch
+    optimizer = torch.optim.Adam(proxy.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
 
     weights = root / f"{name}_model_weights"
     predictions = root / f"{name}_predictions"
