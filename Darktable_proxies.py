@@ -30,10 +30,9 @@ from utils.errors import UserError, cli_main
 from utils.images import builtin_images, list_images
 from utils.registry import PROXIES, describe, get_proxy
 from utils.settings import configure
-from utils.evaluation import evaluate, report_table
+from utils.evaluation import evaluate, load_trained, report_table
 from utils.training import default_config, resolve_device, train
 from models.proxies import FAMILIES
-from models.proxy import load_proxy
 from utils.visual import save_dataset_preview
 
 log = logging.getLogger("darktable_proxies")
@@ -121,6 +120,9 @@ def main() -> int:
         raise UserError(f"--size {args.size}: use a positive long side in pixels, or 0 for full size")
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers {args.workers}: use 1 or more")
+    targets = C.REGRESSION_TARGETS if args.regression_targets is None else args.regression_targets
+    if targets < 0:
+        raise UserError(f"-r {targets}: use 0 or more regression targets")
 
     cfg = default_config(proxy, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          family=args.family, device=args.device, max_minutes=args.max_minutes,
@@ -150,7 +152,8 @@ def main() -> int:
                            C.STAGE_2_SAMPLES_PER_IMAGE, 2, args)
     if args.generate_only or not C.TRAIN_PROXY or not ask(f"train the {name} proxy?"):
         return 0
-    result = train(proxy, sliders, name, stage1, stage1.parent.parent / "stage_2" / stage1.name, root, cfg)
+    stage2 = stage1.parent.parent / "stage_2" / stage1.name
+    result = train(proxy, sliders, name, stage1, stage2, root, cfg)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     log.info("trained %s: %d epochs, %.1f s/epoch, validation PSNR %.2f dB (best %.2f dB); weights in %s",
@@ -158,15 +161,11 @@ def main() -> int:
              result.weights)
     if args.no_eval:
         return 0
-    stage2 = stage1.parent.parent / "stage_2" / stage1.name
     if not (stage2 / "manifest.csv").exists():
         raise UserError(f"no stage-2 data at {stage2} to evaluate on; generate it "
                         "(--set GENERATE_STAGE_2=true) or pass --no-eval")
-    targets = C.REGRESSION_TARGETS if args.regression_targets is None else args.regression_targets
-    if targets < 0:
-        raise UserError(f"-r {targets}: use 0 or more regression targets")
     device = resolve_device(args.device)
-    proxy_model, _ = load_proxy(result.weights / "best.pt", device)
+    proxy_model, _ = load_trained(root, name, device)
     metrics = evaluate(Darktable(), proxy_model, proxy, name, root, stage2, device, targets,
                        C.SEED if args.seed is None else args.seed)
     print(report_table(metrics))

@@ -28,7 +28,7 @@ from utils.dataset import read_spec
 from utils.errors import UserError
 from utils.metrics import psnr, ssim
 from utils.registry import ProxyType
-from utils.visual import contact_sheet, label, save_png, to_display
+from utils.visual import contact_sheet, save_png, to_display
 
 log = logging.getLogger(__name__)
 
