@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 import Constants as C
+from utils.atomic import write_text_atomic
 from utils.errors import DarktableError, UserError
 from utils.pfm import read_tapout, write_tiff
 from utils.registry import ProxyType
@@ -441,9 +442,7 @@ def _read_json(path: Path) -> dict:
 
 def _write_json_atomic(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def main() -> None:

@@ -56,9 +56,10 @@ class TapoutDataset(Dataset):
             self.cache.clear()
             log.info("dataset %s: %.0f MB, read per sample (PRELOAD_MAX_MB=%d)", folder, megabytes,
                      C.PRELOAD_MAX_MB)
-        self.min_side = min(min(tiff_shape(r["output"])[:2]) for r in self.rows)
+        sizes = [tiff_shape(r["output"])[:2] for r in self.rows]
+        self.min_side = min(min(s) for s in sizes)
         self.crop = None if crop is None else max(2, min(crop, self.min_side) // 2 * 2)
-        area = float(np.mean([np.prod(tiff_shape(r["output"])[:2]) for r in self.rows[:50]]))
+        area = float(np.mean([h * w for h, w in sizes[:50]]))   # an estimate is enough
         self.crops_per_sample = 1 if self.crop is None else max(1, round(area / self.crop ** 2))
 
     def _load(self, path: str) -> torch.Tensor:

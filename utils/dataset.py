@@ -35,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 import Constants as C
+from utils.atomic import temp_path, write_text_atomic
 from utils.darktable import Darktable, Job, Render
 from utils.errors import DarktableError, UserError
 from utils.pfm import write_tiff
@@ -168,7 +169,7 @@ def _fmt(value: float) -> str:
 
 
 def _write_tiff_atomic(path: Path, image: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     write_tiff(tmp, image)
     os.replace(tmp, path)
 
@@ -233,9 +234,7 @@ def merge_manifest(folder: Path, sliders: Sequence[Slider], order: Sequence[str]
         keys = sorted(rows, key=lambda k: rank.get(k, len(rank)))
         text = _csv_line(columns(sliders)) + "".join(
             _csv_line([rows[k][c] for c in columns(sliders)]) for k in keys)
-        tmp = folder / f".{MANIFEST}.{os.getpid()}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, folder / MANIFEST)
+        write_text_atomic(folder / MANIFEST, text)
         return len(keys)
 
 
@@ -273,9 +272,7 @@ def generate(dt: Darktable, proxy: ProxyType, sliders: Sequence[Slider], images:
                            [f"{p.name}:{p.stat().st_size}" for p in images],
                            str(images[0].parent.resolve()) if images else "")
         spec.check_against(folder)
-        tmp = folder / f".dataset.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(asdict(spec), indent=1) + "\n")
-        os.replace(tmp, folder / "dataset.json")
+        write_text_atomic(folder / "dataset.json", json.dumps(asdict(spec), indent=1) + "\n")
         write_snapshot(folder)
 
         samples = plan_samples(sliders, images, per_image, seed, stage)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import Constants
+from utils.atomic import write_text_atomic
 from utils.errors import UserError
 
 ENV_PREFIX = "DTP_"
@@ -93,6 +94,4 @@ def snapshot() -> dict[str, Any]:
 
 def write_snapshot(folder: Path, name: str = "settings.json") -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{name}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(snapshot(), indent=1) + "\n")
-    os.replace(tmp, folder / name)
+    write_text_atomic(folder / name, json.dumps(snapshot(), indent=1) + "\n")

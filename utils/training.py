@@ -9,6 +9,7 @@ share of the data; rank 0 alone writes checkpoints, logs and grids).
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
@@ -27,6 +28,7 @@ import Constants as C
 from models.proxies import FAMILIES, UNET_SIZES, ModelSpec
 from models.proxy import IncompatibleCheckpoint, Proxy, read_checkpoint, save_checkpoint
 from models.transform import to_network
+from utils.atomic import write_text_atomic
 from utils.data import TapoutDataset
 from utils.dataset import read_spec
 from utils.errors import UserError
@@ -307,11 +309,11 @@ def _prediction_grid(proxy: Proxy, val_set: TapoutDataset, device: torch.device,
 
 def _write_log(folder: Path, history: list[dict]) -> None:
     """log.csv (one row per epoch) and log.png (its curves)."""
-    with open(folder / ".log.csv.tmp", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(history[0]))
-        w.writeheader()
-        w.writerows(history)
-    os.replace(folder / ".log.csv.tmp", folder / "log.csv")
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=list(history[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(history)
+    write_text_atomic(folder / "log.csv", text.getvalue())
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
