@@ -44,7 +44,17 @@ REGRESSION_CROP = 64              # pixels; side of the random crop each regress
 CREATE_ANIMATION = True           # save regression frames and an mp4 in NAME_animations/
 SWEEP_FRAMES = 50                 # frames of a Sweep.py video
 SWEEP_FPS = 25                    # frames per second of Sweep.py videos
-PIPELINE_CREATE_ANIMATION = True  # the same for pipeline regression
+
+# ---------------------------------------------------------------- pipeline (Pipeline_regression.py)
+PIPELINE_CONFIG = "pipeline_config.txt"   # blocks of the chain, one per line (see the file)
+PIPELINE_TARGETS = 10             # darktable renders whose sliders are recovered jointly (-n)
+PIPELINE_REGRESSION_NUM_ITERS = 300   # gradient steps of joint slider regression (--iters)
+PIPELINE_CREATE_ANIMATION = True  # save regression frames and an mp4 in pipeline_animations/
+PIPELINE_ANIMATION_TARGETS = 2    # targets animated (each frame runs the whole chain on the whole image)
+SAVE_ALL_OUTPUTS = True           # save every block's output at the recovered sliders (pipeline/outputs/)
+PIPELINE_TRAIN_SAMPLES = 50       # -n of Darktable_proxies.py for the proxies --train-missing trains
+PIPELINE_DISABLED_MODULES = ("highlights",)
+                                  # default modules turned off in pipeline renders unless they are blocks
 
 # ---------------------------------------------------------------- darktable
 DARKTABLE_PATH = ""               # darktable-cli to use; "" = DARKTABLE_CLI env, then PATH, then our own install

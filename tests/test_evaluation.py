@@ -46,7 +46,7 @@ def test_regression_recovers_a_known_exposure(trained_tiny):
     errors = []
     for i in range(0, len(data), 3):
         x, y, u = data[i]
-        rec = regress(proxy, x[None], y[None], 150, 4, torch.Generator().manual_seed(i))
+        rec = regress(proxy, 2, proxy.scale, x[None], y[None], 150, 4, torch.Generator().manual_seed(i))
         errors.append(abs(float(rec.u[0]) - float(u[0])))   # exposure, as a fraction of its range
     assert sum(errors) / len(errors) < 0.1
 

@@ -52,48 +52,57 @@ class Recovery:
     u: torch.Tensor                 # (S,) recovered normalised sliders
     loss: float
     frames: list[tuple[int, torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (iter, u, output)
+    start: torch.Tensor | None = None   # (S,) the winning start
 
 
-def regress(proxy: Proxy, x: torch.Tensor, target: torch.Tensor, iterations: int, restarts: int,
+def freeze(module: torch.nn.Module) -> None:
+    """Evaluation mode, no gradients for the weights (slider regression moves only sliders)."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    module.eval()
+
+
+def regress(forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], n_sliders: int,
+            scale: float, x: torch.Tensor, target: torch.Tensor, iterations: int, restarts: int,
             generator: torch.Generator, lr: float = 0.05, frame_every: int = 0,
             crop: int | None = None) -> Recovery:
-    """Recover the sliders that make ``proxy(x, u)`` match ``target`` (both (1, C, H, W)).
+    """Recover the ``n_sliders`` normalised sliders ``u`` that make ``forward(x, u)`` match
+    ``target`` (x and target (1, C, H, W); forward is a proxy, or a chain of proxies).
 
-    Each iteration fits a random ``crop`` (default Constants.REGRESSION_CROP; the sliders are
+    The loss is the mean squared error in the network domain asinh(v / ``scale``) (see
+    models.transform). Each iteration fits a random ``crop`` (default
+    Constants.REGRESSION_CROP, even offsets so a mosaic keeps its phase; the sliders are
     global, so any part of the image constrains them), which makes an iteration several times
     cheaper; the winning start is chosen on the whole image.
     """
-    for p in proxy.parameters():
-        p.requires_grad_(False)
-    proxy.eval()
-    n = len(proxy.sliders)
-    start = torch.rand(restarts, n, generator=generator).clamp(0.02, 0.98).to(x.device)
+    start = torch.rand(restarts, n_sliders, generator=generator).clamp(0.02, 0.98).to(x.device)
     theta = torch.logit(start).requires_grad_(True)
     optimizer = torch.optim.Adam([theta], lr=lr, betas=(0.9, 0.9))
     xs = x.expand(restarts, *x.shape[1:])
-    goal = to_network(target, proxy.scale)
+    goal = to_network(target, scale)
     h, w = x.shape[-2:]
     c = min(crop or C.REGRESSION_CROP, h, w) // 2 * 2
     frames = []
     for it in range(iterations):
         if frame_every and it % frame_every == 0:
             with torch.no_grad():
-                frames.append((it, torch.sigmoid(theta).cpu(), proxy(xs, torch.sigmoid(theta)).cpu()))
+                frames.append((it, torch.sigmoid(theta).cpu(), forward(xs, torch.sigmoid(theta)).cpu()))
         top = 2 * int(torch.randint(0, (h - c) // 2 + 1, (), generator=generator))
         left = 2 * int(torch.randint(0, (w - c) // 2 + 1, (), generator=generator))
-        pred = proxy(xs[..., top:top + c, left:left + c], torch.sigmoid(theta))
-        err = to_network(pred, proxy.scale) - goal[..., top:top + c, left:left + c]
+        pred = forward(xs[..., top:top + c, left:left + c], torch.sigmoid(theta))
+        err = to_network(pred, scale) - goal[..., top:top + c, left:left + c]
         optimizer.zero_grad(set_to_none=True)
         (err ** 2).mean(dim=(1, 2, 3)).sum().backward()
         optimizer.step()
     with torch.no_grad():
         u = torch.sigmoid(theta)
-        pred = proxy(xs, u)
-        losses = ((to_network(pred, proxy.scale) - goal) ** 2).mean(dim=(1, 2, 3))   # (restarts,)
+        pred = forward(xs, u)
+        losses = ((to_network(pred, scale) - goal) ** 2).mean(dim=(1, 2, 3))   # (restarts,)
     if frame_every:
         frames.append((iterations, u.cpu(), pred.cpu()))
     best = int(torch.argmin(losses))
-    return Recovery(u[best].cpu(), float(losses[best]), [(it, fu[best], fp[best]) for it, fu, fp in frames])
+    return Recovery(u[best].cpu(), float(losses[best]), [(it, fu[best], fp[best]) for it, fu, fp in frames],
+                    start[best].cpu())
 
 
 def _values(proxy: Proxy, u: torch.Tensor) -> list[float]:
@@ -122,12 +131,14 @@ def slider_regression(proxy: Proxy, proxy_type: ProxyType, data: TapoutDataset, 
                       animation_dir: Path | None = None) -> tuple[list[RegressionRow], list[list]]:
     """Regress the sliders of each target sample; rows and (for animations) the frames."""
     generator = torch.Generator().manual_seed(seed)
+    freeze(proxy)
     rows, all_frames = [], []
     ranges = [s["hi"] - s["lo"] for s in proxy.sliders]
     frame_every = max(1, iterations // 60) if animation_dir is not None else 0
     for i in targets:
         x, y, u_true = (t[None].to(device) for t in data[i])
-        rec = regress(proxy, x, y, iterations, restarts, generator, frame_every=frame_every)
+        rec = regress(proxy, len(proxy.sliders), proxy.scale, x, y, iterations, restarts, generator,
+                      frame_every=frame_every)
         true = _values(proxy, u_true[0].cpu())
         found = _values(proxy, rec.u)
         with torch.no_grad():
@@ -165,18 +176,23 @@ def closed_loop(dt: Darktable, proxy_type: ProxyType, rows: list[RegressionRow],
         row.darktable_psnr = float(psnr(rendered[None], target[None])[0])
 
 
+def slider_caption(proxy: Proxy) -> Callable[[torch.Tensor], str]:
+    """``u -> "name=value ..."`` for a proxy's sliders (animation frame captions)."""
+    return lambda u: " ".join(f"{n}={v:.4g}" for n, v in zip(proxy.slider_names, _values(proxy, u)))
+
+
 def write_animation(folder: Path, stem: str, frames: list, target: torch.Tensor,
-                    slider_names: Sequence[str], proxy: Proxy) -> Path | None:
-    """PNG frames (proxy output at each iteration | darktable target) and an mp4 of them."""
+                    caption: Callable[[torch.Tensor], str]) -> Path | None:
+    """PNG frames (output at each iteration, captioned ``caption(u)`` | darktable target) and
+    an mp4 of them."""
     if not frames:
         return None
     folder.mkdir(parents=True, exist_ok=True)
     goal = to_display(target.permute(1, 2, 0).numpy())
     images = []
     for k, (it, u, pred) in enumerate(frames):
-        text = " ".join(f"{n}={v:.4g}" for n, v in zip(slider_names, _values(proxy, u)))
         tile = contact_sheet([[to_display(pred.permute(1, 2, 0).numpy()), goal]],
-                             [[f"iter {it}: {text}", "darktable target"]])
+                             [[f"iter {it}: {caption(u)}", "darktable target"]])
         save_png(folder / f"{stem}_{k:04d}.png", tile)
         images.append(tile)
     return write_video(folder / f"{stem}.mp4", images, fps=12)
@@ -277,7 +293,7 @@ def evaluate(dt: Darktable, proxy: Proxy, proxy_type: ProxyType, name: str, root
         closed_loop(dt, proxy_type, rows, data, targets, slider_names)
     if animations is not None:
         for row, i, fr in zip(rows, targets, frames):
-            write_animation(animations, row.sample, fr, data[i][1], slider_names, proxy)
+            write_animation(animations, row.sample, fr, data[i][1], slider_caption(proxy))
     metrics = summarise(name, slider_names, fid, len(data), dt.install.version_string, rows)
     write_results(root, name, metrics, rows, slider_names)
     return metrics

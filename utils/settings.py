@@ -48,7 +48,9 @@ def parse_value(name: str, text: str, default: Any) -> Any:
             return {**default, **{k.strip(): parse_value(name, v, next(iter(default.values()), ""))
                                   for k, v in pairs}}
         if isinstance(default, tuple):
-            return tuple(int(v) for v in text.replace("(", "").replace(")", "").split(",") if v.strip())
+            items = [v.strip() for v in text.replace("(", "").replace(")", "").split(",") if v.strip()]
+            numeric = all(isinstance(v, int) for v in default) and bool(default)
+            return tuple(int(v) for v in items) if numeric else tuple(items)
         return text
     except ValueError:
         kind = "true or false" if isinstance(default, bool) else type(default).__name__

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Pipeline regression: chain trained proxies as in pipeline_config.txt and recover the
+sliders of all blocks at once from darktable renders.
+
+For each target, darktable renders an evaluation image with random values of every listed
+slider; the chain of proxies (with darktable's own colour conversions between blocks) starts
+from the first block's darktable input and is fitted, by gradient descent on all sliders
+jointly, to the last block's darktable output. The recovered sliders are rendered again with
+darktable (closed loop).
+
+Examples:
+  python Pipeline_regression.py
+  python Pipeline_regression.py --config my_chain.txt -n 20 --iters 500
+  python Pipeline_regression.py --train-missing --max-minutes 5
+
+Results: ROOT/pipeline/metrics.json and report.md, ROOT/params/pipeline.csv, every block's
+output in ROOT/pipeline/outputs (SAVE_ALL_OUTPUTS) and animations in ROOT/pipeline_animations
+(PIPELINE_CREATE_ANIMATION). Rerunning an interrupted command continues it.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import Constants as C
+from utils.cli import add_common_args, root_dir
+from utils.darktable import Darktable
+from utils.errors import UserError, cli_main
+from utils.evaluation import load_trained
+from utils.images import builtin_images, list_images
+from utils.pipeline import Chain, Lock, build_blocks, generate_targets, parse_config, train_missing
+from utils.pipeline_eval import report_table, run_regression
+from utils.settings import configure
+from utils.training import resolve_device
+
+log = logging.getLogger("pipeline_regression")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help=f"blocks of the chain (default Constants.PIPELINE_CONFIG = {C.PIPELINE_CONFIG})")
+    parser.add_argument("-n", type=int, metavar="TARGETS", help=f"targets (default {C.PIPELINE_TARGETS})")
+    parser.add_argument("--images", type=Path, metavar="DIR",
+                        help="training images for --train-missing (default: built-in training set)")
+    parser.add_argument("--eval-images", type=Path, metavar="DIR",
+                        help="images rendered as targets (default: built-in evaluation set)")
+    parser.add_argument("--iters", type=int, metavar="N",
+                        help=f"regression iterations (default {C.PIPELINE_REGRESSION_NUM_ITERS})")
+    parser.add_argument("--train-missing", action="store_true",
+                        help="train every block whose proxy is not trained yet (else that is an error)")
+    parser.add_argument("--max-minutes", type=float, metavar="M", default=0,
+                        help="training minutes per missing proxy (with --train-missing; 0 = no limit)")
+    parser.add_argument("-s", "--skip", action="store_true",
+                        help="skip data generation: reuse the pipeline data already in ROOT/pipeline/data")
+    add_common_args(parser)
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    configure(args.set)
+    root = root_dir(args)
+    lines = parse_config(args.config or Path(C.PIPELINE_CONFIG))
+    targets = C.PIPELINE_TARGETS if args.n is None else args.n
+    iterations = C.PIPELINE_REGRESSION_NUM_ITERS if args.iters is None else args.iters
+    if targets < 1:
+        raise UserError(f"-n {targets}: use 1 or more targets")
+    if iterations < 1:
+        raise UserError(f"--iters {iterations}: use 1 or more iterations")
+    if args.max_minutes < 0:
+        raise UserError(f"--max-minutes {args.max_minutes:g}: use 0 (no limit) or more")
+    eval_dir = args.eval_images or builtin_images("eval")
+    images = list_images(eval_dir)
+    extra = [a for s in args.set for a in ("--set", s)] + ["--device", args.device]
+    if args.images:
+        extra += ["--images", str(args.images)]
+    if args.eval_images:
+        extra += ["--eval-images", str(args.eval_images)]
+    train_missing(lines, root, args.max_minutes if args.train_missing else None, extra)
+
+    device = resolve_device(args.device)
+    blocks = build_blocks(lines, lambda name: load_trained(root, name, device)[0])
+    chain = Chain(blocks, ["identity"] * (len(blocks) - 1))
+    if not chain.n_sliders:
+        raise UserError("the config recovers no slider: give at least one block with sliders")
+    dt = Darktable()
+    with Lock(root / "pipeline", "pipeline regression"):
+        data, conversions = generate_targets(dt, chain, images, root / "pipeline" / "data", targets, C.SEED,
+                                             render=not args.skip)
+        chain = Chain(blocks, conversions)
+        log.info("chain: %s", " -> ".join(f"{b.name}" + (f" [{c}]" if c != "identity" else "")
+                                           for b, c in zip(blocks, ["identity", *conversions])))
+        metrics = run_regression(dt, chain, data, conversions, root, Path(eval_dir), device, iterations,
+                                 C.PARAM_TUNING_RESTARTS, C.SEED)
+    print(report_table(metrics))
+    log.info("metrics: %s; recovered sliders: %s; block outputs: %s%s", root / "pipeline" / "metrics.json",
+             root / "params" / "pipeline.csv", root / "pipeline" / "outputs",
+             f"; animations: {root / 'pipeline_animations'}" if C.PIPELINE_CREATE_ANIMATION else "")
+    return 0
+
+
+if __name__ == "__main__":
+    cli_main(main)()
