@@ -211,3 +211,11 @@ def test_pipeline_order_is_checked_against_darktable(pipeline_root, tmp_path):
     proc = run_pipeline(pipeline_root, reversed_chain, "-n", "1", "--iters", "2", "--out", str(tmp_path))
     assert proc.returncode == 2 and "out of darktable's order" in proc.stderr and "line 1" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_unknown_or_untrained_proxy_names_its_line(tmp_path):
+    from utils.pipeline import train_missing
+    with pytest.raises(UserError, match="line 3: proxy nosuch is not trained, and cannot tell"):
+        train_missing([BlockLine(3, "nosuch", None, True)], tmp_path, 1.0, [])
+    with pytest.raises(UserError, match="line 4: proxy exposure is not trained.*--train-missing"):
+        train_missing([BlockLine(4, "exposure", None, True)], tmp_path, None, [])

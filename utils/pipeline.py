@@ -427,7 +427,10 @@ def train_missing(lines: Sequence[BlockLine], root: Path, max_minutes: float | N
     for line in lines:
         if is_trained(root, line.name):
             continue
-        proxy_type, sliders = split_proxy_name(line.name)
+        try:
+            proxy_type, sliders = split_proxy_name(line.name)
+        except UserError as e:
+            raise UserError(f"line {line.lineno}: proxy {line.name} is not trained, and {e}") from None
         if max_minutes is None:
             hint = f" -p {','.join(sliders)}" if sliders else ""
             raise UserError(f"line {line.lineno}: proxy {line.name} is not trained (no "
