@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 import Constants as C
+from models.mosaic import network_channels
 from models.proxies import FAMILIES, UNET_SIZES, ModelSpec
 from models.proxy import IncompatibleCheckpoint, Proxy, read_checkpoint, save_checkpoint
 from models.transform import to_network
@@ -155,7 +156,9 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
     if val_set is None:
         log.warning("no stage-2 dataset at %s: no validation PSNR; 'best' is the last epoch", stage2)
 
-    spec = ModelSpec(cfg.family, cfg.size, train_set.in_channels, train_set.out_channels, len(sliders))
+    spec = ModelSpec(cfg.family, cfg.size, *network_channels(train_set.layout, train_set.in_channels,
+                                                             train_set.out_channels),
+                     len(sliders), train_set.layout)
     dataset = read_spec(stage1)
     meta = {"proxy_type": proxy_type.name, "operation": proxy_type.operation, "name": name,
             "darktable_version": dataset.get("darktable_version", ""),
