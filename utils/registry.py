@@ -227,7 +227,7 @@ TEMPERATURE = ProxyType(
     name="temperature",
     operation="temperature",
     layout="mosaic",
-    model="unet",
+    model="pointwise",      # per photosite: a per-pixel net on the packed R, G1, G2, B planes
     doc="white balance on the raw mosaic: each photosite times its colour's multiplier",
     # darktable's struct has no $DEFAULT: it loads the camera's as-shot multipliers. Our
     # defaults are typical daylight values of the built-in cameras (red 1.8-2.35, blue
@@ -250,14 +250,17 @@ HIGHLIGHTS = ProxyType(
     name="highlights",
     operation="highlights",
     layout="mosaic",
-    model="unet",
+    model="pointwise",      # per photosite in clip mode
     doc="highlight reconstruction, mode 'clip highlights': out = min(in, clip x min(WB multipliers))",
     # Mode pinned to "clip" (0): pointwise and the same whether an image is first in a
     # darktable process or not. darktable 5's default "inpaint opposed" keeps image statistics
     # between the images of one process (batched renders then differ from single ones), and
     # its other sliders (strength, noise, iterations, scales, candidating, combine, recovery,
-    # solid colour) are dead in clip mode, so only the threshold is sampled.
-    sliders=(Slider("clip", 0.25, 1.5, 1.0, doc="clipping threshold (x the white-balanced white)"),),
+    # solid colour) are dead in clip mode, so only the threshold is sampled. The threshold
+    # is in white-balanced units (x the smallest multiplier, about 1); darktable's default 1.0
+    # clips nothing in the built-in images (their white-balanced peaks are 0.38..0.85), so
+    # the range reaches down to 0.1 and is sampled in log space, where most photosites change.
+    sliders=(Slider("clip", 0.1, 1.0, 1.0, scale="log", doc="clipping threshold (x white)"),),
     fixed={"mode": 0},
     structs=(
         Struct(4, fields("mode:i=5 blendL:f=1 blendC:f=0 strength:f=0 clip:f=1 noise_level:f=0 "
@@ -341,4 +344,8 @@ def sampler_of(proxy: ProxyType) -> tuple[ProxyType, Slider] | None:
 def describe(proxy: ProxyType) -> str:
     """One line: ``<name>  <slider>=<lo>..<hi> ...`` (the --list-proxies format)."""
     sliders = " ".join(f"{s.name}={s.lo:g}..{s.hi:g}" for s in proxy.sliders)
+    sampler = sampler_of(proxy)
+    if not sliders and sampler is not None:
+        upstream, s = sampler
+        sliders = f"(no sliders; input varied by {upstream.name}.{s.name}={s.lo:g}..{s.hi:g})"
     return f"{proxy.name}  {sliders}".rstrip()
