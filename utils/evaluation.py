@@ -305,13 +305,16 @@ def proxy_on_render(proxy: Proxy, tap_in: np.ndarray, values: Sequence[float],
                     device: torch.device, pattern: str = "RGGB") -> torch.Tensor:
     """Run the proxy on a darktable input tap-out (H, W[, C]) at slider ``values``: (C, H, W).
 
-    A mosaic needs its CFA ``pattern`` (utils.cfa.image_pattern) and even sizes."""
-    from utils.data import to_chw
-    x = torch.from_numpy(to_chw(tap_in))[None].to(device)
+    A mosaic needs its CFA ``pattern`` (utils.cfa.image_pattern); it is cropped to even size
+    (compare with ``chw(tap_out, proxy.layout)``)."""
+    x = chw(tap_in, proxy.layout)[None].to(device)
     u = proxy.to_unit(torch.tensor([list(values)], dtype=torch.float64, device=device))
     return proxy(x, u, pattern)[0].cpu()
 
 
-def chw(image: np.ndarray) -> torch.Tensor:
+def chw(image: np.ndarray, layout: str = "rgb") -> torch.Tensor:
+    """A tap-out (H, W[, C]) as a (C, H, W) tensor; cropped to even size for mosaic layouts."""
+    from models.mosaic import even_crop
     from utils.data import to_chw
-    return torch.from_numpy(to_chw(image))
+    image = torch.from_numpy(to_chw(image))
+    return image if layout == "rgb" else even_crop(image)
