@@ -94,12 +94,16 @@ class TapoutDataset(Dataset):
             self.cache[path] = image
         return image
 
+    def load_pair(self, row: dict[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole (input, output) of a manifest row, as __getitem__ returns them uncropped."""
+        return self._load(row["input"], row), self._load(row["output"], row)
+
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         row = self.rows[i]
-        x, y = self._load(row["input"], row), self._load(row["output"], row)
+        x, y = self.load_pair(row)
         if x.shape[1:] != y.shape[1:]:
             raise UserError(f"{row['input']} and {row['output']} differ in size")
         if self.crop is not None:
