@@ -16,8 +16,10 @@ from pathlib import Path
 
 import torch
 
+from utils.cfa import image_pattern
 from utils.cli import add_common_args, input_image, proxy_name, root_dir, slider_names
 from utils.darktable import Darktable
+from utils.dataset import render_size
 from utils.errors import UserError, cli_main
 from utils.evaluation import chw, load_trained, proxy_on_render
 from utils.metrics import psnr
@@ -62,17 +64,18 @@ def main() -> int:
     input_image(args.image)
 
     dt = Darktable()
-    size = int(payload.get("tapout_size") or 0)
+    size, hq = render_size(proxy_type, int(payload.get("tapout_size") or 0))
     render = dt.render(args.image, [dt.history_item(proxy_type, settings)], dump=[proxy_type.operation],
-                       size=size, hq=size == 0)
+                       size=size, hq=hq)
     tap_in, tap_out = render.io(proxy_type.operation)
-    pred = proxy_on_render(proxy, tap_in, values, device)
-    target = chw(tap_out)
+    pattern = image_pattern(args.image, dt) if proxy_type.mosaic_input else "RGGB"
+    pred = proxy_on_render(proxy, tap_in, values, device, pattern)
+    target = chw(tap_out, proxy.layout)
     score = float(psnr(pred[None], target[None])[0])
 
     folder = root / "eval" / name / f"{args.image.stem}_{'_'.join(f'{v:g}' for v in values)}"
     folder.mkdir(parents=True, exist_ok=True)
-    images = {"input": chw(tap_in), "darktable": target, "proxy": pred, "error": (pred - target).abs()}
+    images = {"input": chw(tap_in, proxy.layout), "darktable": target, "proxy": pred, "error": (pred - target).abs()}
     for key, image in images.items():
         hwc = image.permute(1, 2, 0).numpy()
         write_tiff(folder / f"{key}.tif", hwc)

@@ -21,8 +21,10 @@ import torch
 from tqdm import tqdm
 
 import Constants as C
+from utils.cfa import image_pattern
 from utils.cli import add_common_args, input_image, proxy_name, root_dir
 from utils.darktable import Darktable, Job
+from utils.dataset import render_size
 from utils.errors import DarktableError, UserError, cli_main
 from utils.evaluation import chw, load_trained, proxy_on_render, write_video
 from utils.metrics import psnr
@@ -67,7 +69,8 @@ def main() -> int:
         values[swept.name] = swept.from_unit(float(u))
         settings.append(values)
     dt = Darktable()
-    size = int(payload.get("tapout_size") or 0)
+    size, hq = render_size(proxy_type, int(payload.get("tapout_size") or 0))
+    pattern = image_pattern(args.image, dt) if proxy_type.mosaic_input else "RGGB"
     folder = root / "sweep" / name
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{args.image.stem}_{proxy_type.name}_{swept.name}_sweep"
@@ -76,12 +79,12 @@ def main() -> int:
         for start in range(0, len(settings), C.DARKTABLE_BATCH_SIZE):
             chunk = settings[start:start + C.DARKTABLE_BATCH_SIZE]
             jobs = [Job(args.image, (dt.history_item(proxy_type, v),)) for v in chunk]
-            for k, (values, result) in enumerate(zip(chunk, dt.render_batch(jobs, [proxy_type.operation], size, size == 0))):
+            for k, (values, result) in enumerate(zip(chunk, dt.render_batch(jobs, [proxy_type.operation], size, hq))):
                 if isinstance(result, DarktableError):
                     raise result
                 tap_in, tap_out = result.io(proxy_type.operation)
-                pred = proxy_on_render(proxy, tap_in, list(values.values()), device)
-                target = chw(tap_out)
+                pred = proxy_on_render(proxy, tap_in, list(values.values()), device, pattern)
+                target = chw(tap_out, proxy.layout)
                 score = float(psnr(pred[None], target[None])[0])
                 scores.append(score)
                 tiles = [to_display(t.permute(1, 2, 0).numpy()) for t in (target, pred)]

@@ -34,9 +34,10 @@ class ModelSpec:
 
     family: str         # one of FAMILIES
     size: str           # key of UNET_SIZES / STACK_SIZES
-    in_channels: int    # 1 (mosaic) or 3
+    in_channels: int    # channels the network sees (4 packed mosaic planes, 12 for demosaic)
     out_channels: int
     n_sliders: int
+    layout: str = "rgb"  # the proxy's tap-out layout (utils.registry.LAYOUTS; models.mosaic)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -3,7 +3,13 @@
 ``Proxy.forward(x, u)`` maps a module's input tap-out ``x`` (B, C_in, H, W), in the module's
 own values, and normalised sliders ``u`` (B, S) in [0, 1] to the module's output
 (B, C_out, H, W): differentiable in both, so it serves training, slider regression and
-pipelines alike. ``u`` is each slider's position in its sampling space (linear, or log for
+pipelines alike. By layout (``spec.layout``):
+
+- ``rgb``: (B, 3, H, W) -> (B, 3, H, W);
+- ``mosaic``: (B, 1, H, W) raw mosaic -> (B, 1, H, W), ``pattern`` naming its CFA phase
+  (``forward(x, u, pattern)``; one name or one per image; H, W even); the network runs on
+  the 4 packed planes (models.mosaic.pack);
+- ``mosaic_rgb`` (demosaic): (B, 1, H, W) mosaic -> (B, 3, H, W) camera RGB, likewise. ``u`` is each slider's position in its sampling space (linear, or log for
 sliders whose range spans decades): ``value = lo + u (hi - lo)`` or ``lo (hi/lo)^u``.
 """
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from models.mosaic import nearest_rgb, pack, unpack, unpack_rgb
 from models.proxies import ModelSpec, build_model
 from models.transform import from_network, to_network
 
@@ -41,9 +48,19 @@ class Proxy(nn.Module):
     def slider_names(self) -> list[str]:
         return [s["name"] for s in self.sliders]
 
-    def forward(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    @property
+    def layout(self) -> str:
+        return self.spec.layout
+
+    def forward(self, x: torch.Tensor, u: torch.Tensor, pattern: str | Sequence[str] = "RGGB") -> torch.Tensor:
         t = to_network(x, self.scale)                       # (B, C_in, H, W)
-        return from_network(self.net(t, u).float(), self.scale)   # (B, C_out, H, W)
+        if self.spec.layout == "rgb":
+            return from_network(self.net(t, u).float(), self.scale)   # (B, C_out, H, W)
+        planes = pack(t, pattern)                           # (B, 4, H/2, W/2): R, G1, G2, B
+        if self.spec.layout == "mosaic":
+            return from_network(unpack(self.net(planes, u).float(), pattern), self.scale)   # (B, 1, H, W)
+        rgb = self.net(nearest_rgb(planes), u).float()      # (B, 12, H/2, W/2)
+        return from_network(unpack_rgb(rgb, pattern), self.scale)                   # (B, 3, H, W)
 
     def to_unit(self, values: torch.Tensor) -> torch.Tensor:
         """Slider values (B, S) -> normalised positions in [0, 1] (differentiable)."""

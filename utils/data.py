@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import Dataset
 
 import Constants as C
-from utils.dataset import read_manifest
+from models.mosaic import even_crop, to_rggb
+from utils.dataset import read_manifest, read_spec
 from utils.errors import UserError
 from utils.pfm import read_tiff, tiff_shape
 from utils.registry import Slider
@@ -28,7 +29,10 @@ class TapoutDataset(Dataset):
     """(input, output, normalised sliders) triples of one dataset folder.
 
     ``crop``: side of a random crop (even offsets, so a mosaic keeps its CFA phase), or None
-    for whole images. Images are loaded once and kept in memory when the dataset is smaller
+    for whole images. Raw mosaics (and demosaic's output) are returned in the RGGB frame of
+    models.mosaic: cropped to even sizes and mirrored by their image's CFA pattern (from
+    dataset.json), so a proxy takes them with its default ``pattern="RGGB"``; metrics do
+    not change under mirroring. Images are loaded once and kept in memory when the dataset is smaller
     than ``Constants.PRELOAD_MAX_MB``; an input shared by many samples is loaded once.
     Every image is checked for NaN/Inf when it is first read.
     """
@@ -43,11 +47,20 @@ class TapoutDataset(Dataset):
             raise UserError(f"dataset {self.folder} has no column for slider(s) {', '.join(missing)}; "
                             "it was generated for other sliders (-p)")
         self.sliders = list(sliders)
+        spec = read_spec(self.folder)
+        self.layout = spec.get("layout", "rgb")
+        self.patterns: dict[str, str] = spec.get("cfa_patterns", {})
+        if self.layout != "rgb":
+            missing = sorted({r["image"] for r in self.rows} - set(self.patterns))
+            if missing:
+                raise UserError(f"dataset {self.folder} has no CFA pattern for {', '.join(missing[:3])} "
+                                "in dataset.json; generate it again")
         self.u = torch.tensor([[s.to_unit(float(r[s.name])) for s in self.sliders] for r in self.rows],
                               dtype=torch.float32).reshape(len(self.rows), len(self.sliders))
         self.cache: dict[str, torch.Tensor] = {}
         self.preload = True
-        first_in, first_out = self._load(self.rows[0]["input"]), self._load(self.rows[0]["output"])
+        first = self.rows[0]
+        first_in, first_out = self._load(first["input"], first), self._load(first["output"], first)
         self.in_channels, self.out_channels = first_in.shape[0], first_out.shape[0]
         n_inputs = len({r["input"] for r in self.rows})
         megabytes = (first_in.numel() * n_inputs + first_out.numel() * len(self.rows)) * 4 / 2 ** 20
@@ -62,23 +75,35 @@ class TapoutDataset(Dataset):
         area = float(np.mean([h * w for h, w in sizes[:50]]))   # an estimate is enough
         self.crops_per_sample = 1 if self.crop is None else max(1, round(area / self.crop ** 2))
 
-    def _load(self, path: str) -> torch.Tensor:
+    def canonical(self, image: torch.Tensor, row: dict[str, str]) -> torch.Tensor:
+        """A (C, H, W) tap-out of ``row``'s image as this dataset returns it: unchanged for
+        RGB layouts; for mosaics cropped to even size and mirrored into the RGGB frame."""
+        if self.layout == "rgb":
+            return image
+        return to_rggb(even_crop(image)[None], self.patterns[row["image"]])[0].contiguous()
+
+    def _load(self, path: str, row: dict[str, str]) -> torch.Tensor:
         if path in self.cache:
             return self.cache[path]
         image = torch.from_numpy(to_chw(read_tiff(path)))
         if not torch.isfinite(image).all():
             raise UserError(f"{path} holds NaN or Inf values; delete it and its manifest row, "
                             "or regenerate the dataset")
+        image = self.canonical(image, row)
         if self.preload:
             self.cache[path] = image
         return image
+
+    def load_pair(self, row: dict[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole (input, output) of a manifest row, as __getitem__ returns them uncropped."""
+        return self._load(row["input"], row), self._load(row["output"], row)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         row = self.rows[i]
-        x, y = self._load(row["input"]), self._load(row["output"])
+        x, y = self.load_pair(row)
         if x.shape[1:] != y.shape[1:]:
             raise UserError(f"{row['input']} and {row['output']} differ in size")
         if self.crop is not None:

@@ -4,16 +4,28 @@ Layout of one dataset folder (``ROOT/stage_<k>/NAME``):
 
     manifest.csv        input,output,<sliders...>,image,sample   (complete samples only)
     dataset.json        what the dataset is: proxy, sliders, samples per image, seed, size,
-                        darktable and module version, images
+                        darktable and module version, images; the layout, the sampler
+                        column of a module without sliders, and (mosaic layouts) the CFA
+                        pattern of every image at the tap-outs (``cfa_patterns``)
     settings.json       the settings and command line of the run that made it
     inputs/*.tif        module input tap-outs, float32, stored once per distinct content
-    outputs/*.tif       module output tap-outs, float32, one per sample
+    outputs/*.tif       module output tap-outs, float32, one per sample (a raw mosaic is a
+                        1-channel (H, W) TIFF)
     parts/<I>-of-<N>.csv rows as each shard recorded them (manifest.csv is their sorted union)
 
 Every sample is written to temporary files, checked (finite, same size, params accepted by
 darktable), renamed into place and only then appended to its part file, so an interrupted
 run (even ``kill -9``) loses at most the samples in flight; rerunning the same command
 finishes the dataset without regenerating or duplicating anything.
+
+A module without sliders (colorin, ...) gets its input varied by its sampler: each sample
+draws the sampler slider (column ``<proxy type>.<slider>``) and its history holds that
+upstream module at the drawn value plus the module itself at its pinned defaults.
+
+Modules on the raw mosaic (and demosaic) are rendered at full size with ``--hq true``
+(:func:`render_size`): with a downscaled export darktable crops the mosaic rows it does not
+need and demosaic itself downscales, so input and output would not be aligned photosites.
+Their tap-outs are the raw's full (cropped) resolution whatever ``--size`` says.
 """
 from __future__ import annotations
 
@@ -27,7 +39,7 @@ import os
 import time
 from collections import defaultdict
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -36,10 +48,12 @@ from tqdm import tqdm
 
 import Constants as C
 from utils.atomic import temp_path, write_text_atomic
+from utils.cfa import image_pattern
 from utils.darktable import Darktable, Job, Render
 from utils.errors import DarktableError, UserError
 from utils.pfm import write_tiff
-from utils.registry import ProxyType, Slider
+from utils.registry import ProxyType, Slider, sampler_of
+from utils.xmp import HistoryItem
 from utils.sampling import draw_settings
 from utils.settings import write_snapshot
 
@@ -97,6 +111,11 @@ class DatasetSpec:
     module_version: int
     images: list[str] = field(default_factory=list)   # "<file name>:<bytes>" of each input image
     source_dir: str = ""    # where the images were (for closed-loop re-renders); not compared
+    layout: str = "rgb"     # utils.registry.LAYOUTS
+    sampler: str | None = None   # manifest column of the upstream slider varied (slider-less modules)
+    cfa_patterns: dict[str, str] = field(default_factory=dict)   # image file name -> pattern at the tap-outs
+
+    NOT_COMPARED = ("source_dir", "cfa_patterns")   # derived from the images, which are compared
 
     def check_against(self, folder: Path) -> None:
         path = folder / "dataset.json"
@@ -107,7 +126,8 @@ class DatasetSpec:
         except ValueError:
             raise UserError(f"{path} is damaged; remove the folder {folder} and generate again") from None
         mine = asdict(self)
-        diff = [k for k in mine if k != "source_dir" and old.get(k) != mine[k]]
+        defaults = asdict(DatasetSpec("", "", [], 0, 0, 0, 0, "", 0))   # for keys older datasets lack
+        diff = [k for k in mine if k not in self.NOT_COMPARED and old.get(k, defaults[k]) != mine[k]]
         if diff:
             what = ", ".join(f"{k}: {old.get(k)!r} there, {mine[k]!r} now" for k in diff)
             raise UserError(f"dataset {folder} was made with other settings ({what}); "
@@ -121,6 +141,38 @@ def plan_samples(sliders: Sequence[Slider], images: Sequence[Path], per_image: i
         for k, values in enumerate(draw_settings(sliders, per_image, seed, stage, image.name)):
             samples.append(Sample(f"{image.stem}_{k:05d}", image, i * per_image + k, values))
     return samples
+
+
+def drawn_sliders(proxy: ProxyType, sliders: Sequence[Slider]) -> list[Slider]:
+    """The sliders drawn per sample: the proxy's own, or for a module without sliders its
+    sampler's slider, named ``<proxy type>.<slider>`` (its manifest column)."""
+    sampler = sampler_of(proxy)
+    if sliders or sampler is None:
+        return list(sliders)
+    upstream, slider = sampler
+    return [replace(slider, name=f"{upstream.name}.{slider.name}")]
+
+
+def sample_history(dt: Darktable, proxy: ProxyType, values: dict[str, float]) -> tuple[HistoryItem, ...]:
+    """The history of one sample: the sampler module at its drawn value (slider-less modules),
+    then the module with its sliders at ``values`` (sampler columns excluded)."""
+    items = []
+    sampler = sampler_of(proxy)
+    own = {k: v for k, v in values.items() if "." not in k}
+    if sampler is not None:
+        upstream, slider = sampler
+        column = f"{upstream.name}.{slider.name}"
+        if column in values:
+            items.append(dt.history_item(upstream, {slider.name: values[column]}))
+    items.append(dt.history_item(proxy, own))
+    return tuple(items)
+
+
+def render_size(proxy: ProxyType, size: int) -> tuple[int, bool]:
+    """(export size, hq) to render ``proxy``'s tap-outs: full size for raw mosaic modules."""
+    if proxy.mosaic_input:
+        return 0, True
+    return size, size == 0
 
 
 def columns(sliders: Sequence[Slider]) -> list[str]:
@@ -177,7 +229,7 @@ def _write_tiff_atomic(path: Path, image: np.ndarray) -> None:
 def check_sample(sample: Sample, render: Render, operation: str) -> tuple[np.ndarray, np.ndarray]:
     """The sample's (in, out) tap-outs, or DarktableError if they cannot be recorded."""
     tap_in, tap_out = render.io(operation)
-    if tap_in.shape != tap_out.shape:
+    if tap_in.shape[:2] != tap_out.shape[:2]:
         raise DarktableError(f"{sample.key}: {operation} input {tap_in.shape} and output "
                              f"{tap_out.shape} differ in size")
     for what, array in (("input", tap_in), ("output", tap_out)):
@@ -267,24 +319,28 @@ def generate(dt: Darktable, proxy: ProxyType, sliders: Sequence[Slider], images:
         raise UserError(f"another run is generating {folder} (shard {shard.index}/{shard.count}); "
                         "wait for it to finish") from None
     try:
+        drawn = drawn_sliders(proxy, sliders)
         spec = DatasetSpec(proxy.name, proxy.operation, [s.name for s in sliders], per_image, seed,
                            stage, size, dt.install.version_string, dt.module_version(proxy),
                            [f"{p.name}:{p.stat().st_size}" for p in images],
-                           str(images[0].parent.resolve()) if images else "")
+                           str(images[0].parent.resolve()) if images else "", proxy.layout,
+                           drawn[0].name if drawn and not sliders else None)
         spec.check_against(folder)
+        if proxy.mosaic_input:
+            spec.cfa_patterns = {p.name: image_pattern(p, dt) for p in images}
         write_text_atomic(folder / "dataset.json", json.dumps(asdict(spec), indent=1) + "\n")
         write_snapshot(folder)
 
-        samples = plan_samples(sliders, images, per_image, seed, stage)
+        samples = plan_samples(drawn, images, per_image, seed, stage)
         done = {row["sample"] for part in (folder / "parts").glob("*.csv") for row in read_rows(part)}
         mine = [s for s in samples if shard.holds(s)]
         todo = [s for s in mine if s.key not in done]
-        writer = _Writer(folder, sliders, folder / "parts" / f"{shard.name}.csv")
+        writer = _Writer(folder, drawn, folder / "parts" / f"{shard.name}.csv")
         try:
             failed = _run_jobs(dt, proxy, todo, writer, size, workers)
         finally:
             writer.close()
-        rows = merge_manifest(folder, sliders, [s.key for s in samples])
+        rows = merge_manifest(folder, drawn, [s.key for s in samples])
     finally:
         lock.close()
     return GenerationReport(folder, len(mine), len(mine) - len(todo), len(todo) - len(failed),
@@ -302,14 +358,14 @@ def _batches(samples: Sequence[Sample], size: int) -> list[list[Sample]]:
 def _run_jobs(dt: Darktable, proxy: ProxyType, todo: Sequence[Sample], writer: _Writer,
               size: int, workers: int) -> dict[str, str]:
     """Render ``todo`` in parallel batches, retrying failures; the samples that still failed."""
-    hq = size == 0
+    size, hq = render_size(proxy, size)
     failed: dict[str, str] = {}
     if not todo:
         return failed
     attempts: dict[str, int] = defaultdict(int)
 
     def render(batch: list[Sample]) -> list[Render | DarktableError]:
-        jobs = [Job(s.image, (dt.history_item(proxy, s.values),)) for s in batch]
+        jobs = [Job(s.image, sample_history(dt, proxy, s.values)) for s in batch]
         try:
             return dt.render_batch(jobs, dump=[proxy.operation], size=size, hq=hq)
         except DarktableError as e:      # the whole process failed (timeout): every sample did

@@ -24,7 +24,7 @@ from models.proxy import Proxy
 from models.transform import to_network
 from utils.darktable import Darktable, Job
 from utils.data import TapoutDataset
-from utils.dataset import read_spec
+from utils.dataset import read_spec, render_size
 from utils.errors import UserError
 from utils.metrics import psnr, ssim
 from utils.registry import ProxyType
@@ -164,15 +164,14 @@ def closed_loop(dt: Darktable, proxy_type: ProxyType, rows: list[RegressionRow],
         values = {k: min(max(v, proxy_type.slider(k).lo), proxy_type.slider(k).hi)
                   for k, v in zip(slider_names, row.recovered)}
         jobs.append(Job(image, (dt.history_item(proxy_type, values),)))
-    size = int(spec.get("size", C.TAPOUT_SIZE))
-    results = dt.render_batch(jobs, dump=[proxy_type.operation], size=size, hq=size == 0)
+    size, hq = render_size(proxy_type, int(spec.get("size", C.TAPOUT_SIZE)))
+    results = dt.render_batch(jobs, dump=[proxy_type.operation], size=size, hq=hq)
     for row, i, result in zip(rows, targets, results):
         if isinstance(result, Exception):
             log.warning("closed loop for %s failed: %s", row.sample, result)
             continue
-        rendered = torch.from_numpy(result.io(proxy_type.operation)[1].copy())
+        rendered = data.canonical(chw(result.io(proxy_type.operation)[1]), data.rows[i])
         target = data[i][1]
-        rendered = rendered.permute(2, 0, 1) if rendered.ndim == 3 else rendered[None]
         row.darktable_psnr = float(psnr(rendered[None], target[None])[0])
 
 
@@ -217,6 +216,7 @@ def summarise(name: str, slider_names: Sequence[str], fid: dict, n_val: int, dar
     """The metrics.json contract (more keys may follow the required ones)."""
     dt_scores = [r.darktable_psnr for r in rows if not math.isnan(r.darktable_psnr)]
     per_slider = {n: float(np.mean([r.error[k] for r in rows])) for k, n in enumerate(slider_names)}
+    skipped = {} if slider_names else {"skipped": "the module has no sliders: nothing to regress"}
     return {
         "proxy": name,
         "params": list(slider_names),
@@ -232,6 +232,7 @@ def summarise(name: str, slider_names: Sequence[str], fid: dict, n_val: int, dar
             "targets": len(rows),
             "param_mae_per_slider": per_slider,
             "closed_loop_failures": len(rows) - len(dt_scores),
+            **skipped,
         },
         "val_mae": fid["mae"],
     }
@@ -244,8 +245,10 @@ def report_table(metrics: dict) -> str:
              "| metric | value |", "|---|---|",
              f"| fidelity: PSNR vs darktable, {metrics['val_samples']} held-out samples | {metrics['val_psnr']:.2f} dB |",
              f"| fidelity: SSIM | {metrics['val_ssim']:.5f} |",
-             f"| fidelity: mean absolute error | {metrics['val_mae']:.3g} |",
-             f"| regression: slider error (fraction of range), {reg['targets']} targets | {reg['param_mae']:.5f} |"]
+             f"| fidelity: mean absolute error | {metrics['val_mae']:.3g} |"]
+    if "skipped" in reg:
+        return "\n".join(lines + [f"| regression | skipped: {reg['skipped']} |"]) + "\n"
+    lines.append(f"| regression: slider error (fraction of range), {reg['targets']} targets | {reg['param_mae']:.5f} |")
     for n, v in reg["param_mae_per_slider"].items():
         lines.append(f"| regression: {n} error (fraction of range) | {v:.5f} |")
     lines += [f"| regression: proxy PSNR at recovered sliders | {reg['proxy_psnr']:.2f} dB |",
@@ -315,14 +318,19 @@ def load_trained(root: Path, name: str, device: torch.device) -> tuple[Proxy, di
 
 @torch.no_grad()
 def proxy_on_render(proxy: Proxy, tap_in: np.ndarray, values: Sequence[float],
-                    device: torch.device) -> torch.Tensor:
-    """Run the proxy on a darktable input tap-out (H, W[, C]) at slider ``values``: (C, H, W)."""
-    from utils.data import to_chw
-    x = torch.from_numpy(to_chw(tap_in))[None].to(device)
+                    device: torch.device, pattern: str = "RGGB") -> torch.Tensor:
+    """Run the proxy on a darktable input tap-out (H, W[, C]) at slider ``values``: (C, H, W).
+
+    A mosaic needs its CFA ``pattern`` (utils.cfa.image_pattern); it is cropped to even size
+    (compare with ``chw(tap_out, proxy.layout)``)."""
+    x = chw(tap_in, proxy.layout)[None].to(device)
     u = proxy.to_unit(torch.tensor([list(values)], dtype=torch.float64, device=device))
-    return proxy(x, u)[0].cpu()
+    return proxy(x, u, pattern)[0].cpu()
 
 
-def chw(image: np.ndarray) -> torch.Tensor:
+def chw(image: np.ndarray, layout: str = "rgb") -> torch.Tensor:
+    """A tap-out (H, W[, C]) as a (C, H, W) tensor; cropped to even size for mosaic layouts."""
+    from models.mosaic import even_crop
     from utils.data import to_chw
-    return torch.from_numpy(to_chw(image))
+    image = torch.from_numpy(to_chw(image))
+    return image if layout == "rgb" else even_crop(image)

@@ -22,6 +22,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import tifffile
@@ -139,8 +140,10 @@ def unprocess(srgb: np.ndarray, camera: Camera, rng: np.random.Generator) -> np.
     return np.round(counts).astype(np.uint16)
 
 
-def write_dng(path: str | Path, counts: np.ndarray, camera: Camera, model: str) -> None:
-    """Write a Bayer mosaic of sensor counts as a DNG darktable opens."""
+def write_dng(path: str | Path, counts: np.ndarray, camera: Camera, model: str,
+              extra_tags: Sequence[tuple] = ()) -> None:
+    """Write a Bayer mosaic of sensor counts as a DNG darktable opens (``extra_tags``: more
+    tifffile tag tuples, e.g. ActiveArea or DefaultCropOrigin/Size)."""
     xyz2cam_native = np.diag([1 / camera.red_gain, 1.0, 1 / camera.blue_gain]) @ xyz_to_camera(camera)
     denom = 10000
     matrix = [v for x in xyz2cam_native.ravel() for v in (int(round(x * denom)), denom)]
@@ -163,7 +166,7 @@ def write_dng(path: str | Path, counts: np.ndarray, camera: Camera, model: str) 
         (50728, "2I", 3, neutral, True),                   # AsShotNeutral (RATIONAL)
         (50778, "H", 1, 21, True),                         # CalibrationIlluminant1: D65
     ]
-    tifffile.imwrite(path, counts, photometric=32803, subfiletype=0, extratags=tags,
+    tifffile.imwrite(path, counts, photometric=32803, subfiletype=0, extratags=[*tags, *extra_tags],
                      metadata=None)
 
 

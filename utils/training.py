@@ -22,9 +22,11 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import Constants as C
+from models.mosaic import network_channels
 from models.proxies import FAMILIES, UNET_SIZES, ModelSpec
 from models.proxy import IncompatibleCheckpoint, Proxy, read_checkpoint, save_checkpoint
 from models.transform import to_network
@@ -155,13 +157,17 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
     if val_set is None:
         log.warning("no stage-2 dataset at %s: no validation PSNR; 'best' is the last epoch", stage2)
 
-    spec = ModelSpec(cfg.family, cfg.size, train_set.in_channels, train_set.out_channels, len(sliders))
+    spec = ModelSpec(cfg.family, cfg.size, *network_channels(train_set.layout, train_set.in_channels,
+                                                             train_set.out_channels),
+                     len(sliders), train_set.layout)
     dataset = read_spec(stage1)
     meta = {"proxy_type": proxy_type.name, "operation": proxy_type.operation, "name": name,
             "darktable_version": dataset.get("darktable_version", ""),
             "module_version": dataset.get("module_version"), "tapout_size": dataset.get("size"),
             "value_scale": proxy_type.value_scale}
-    proxy = Proxy(spec, _slider_dicts(sliders), proxy_type.value_scale, meta).to(device)
+    proxy = Proxy(spec, _slider_dicts(sliders), proxy_type.value_scale, meta)
+    start_at_mean_offset(proxy, train_set)
+    proxy = proxy.to(device)
     # beta2 0.99 rather than 0.999: slider-conditioned targets change scale from batch to batch
     optimizer = torch.optim.Adam(proxy.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
 
@@ -249,6 +255,28 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
         dist.barrier()
     return TrainResult(weights, epoch, best, last_psnr,
                        float(np.mean(seconds)) if seconds else float("nan"), stopped)
+
+
+@torch.no_grad()
+def start_at_mean_offset(proxy: Proxy, data: TapoutDataset, count: int = 16, threshold: float = 1.0) -> None:
+    """Start a module that changes the scale of its values at its mean offset, not at the
+    identity: the networks add their output to their input (a residual), which is a good
+    start for exposure but not for colorin (camera RGB 0..1 -> Lab, L 0..100), whose output
+    sits ~5 units away in the network domain, more than short training moves a bias. When
+    the mean of t(output) - t(input) over ``count`` samples exceeds ``threshold`` for some
+    channel, it goes into the bias of the network's last layer (3-channel layouts only)."""
+    last = [m for m in proxy.net.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
+    if proxy.layout != "rgb" or last.bias is None or last.bias.numel() != data.in_channels:
+        return
+    offsets = []
+    for row in data.rows[:count]:       # whole images: no random crop, no random numbers drawn
+        x, y = data.load_pair(row)
+        offsets.append((to_network(y, proxy.scale) - to_network(x, proxy.scale)).mean(dim=(1, 2)))
+    offset = torch.stack(offsets).mean(0)                                  # (C,)
+    if offset.abs().max() > threshold:
+        last.bias += offset.to(last.bias.dtype)
+        log.info("output starts at the data's mean offset %s (network domain)",
+                 " ".join(f"{v:+.2f}" for v in offset.tolist()))
 
 
 def cosine_lr(lr: float, progress: float) -> float:

@@ -15,6 +15,8 @@ def to_display(image: np.ndarray, gamma: float = 2.2) -> np.ndarray:
     looking only, never for metrics.
     """
     image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 3 and image.shape[2] == 1:   # a raw mosaic as (H, W, 1)
+        image = image[..., 0]
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
     image = np.nan_to_num(image, nan=0.0, posinf=1.0, neginf=0.0)
