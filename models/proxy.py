@@ -42,7 +42,7 @@ class Proxy(nn.Module):
         self.net = build_model(spec)
         self.register_buffer("lo", torch.tensor([s["lo"] for s in self.sliders], dtype=torch.float64))
         self.register_buffer("hi", torch.tensor([s["hi"] for s in self.sliders], dtype=torch.float64))
-        self.register_buffer("log", torch.tensor([s["scale"] == "log" for s in self.sliders]))
+        self.register_buffer("log", torch.tensor([s["scale"] == "log" for s in self.sliders], dtype=torch.bool))
 
     @property
     def slider_names(self) -> list[str]:

@@ -219,3 +219,32 @@ def test_unknown_or_untrained_proxy_names_its_line(tmp_path):
         train_missing([BlockLine(3, "nosuch", None, True)], tmp_path, 1.0, [])
     with pytest.raises(UserError, match="line 4: proxy exposure is not trained.*--train-missing"):
         train_missing([BlockLine(4, "exposure", None, True)], tmp_path, None, [])
+
+
+@pytest.mark.parametrize("pattern", ["RGGB", "GBRG"])
+def test_gradient_crosses_mosaic_blocks(pattern):
+    """temperature-like mosaic block -> slider-less demosaic-like block -> exposure: the mosaic
+    block's sliders get gradient through the packing and the demosaic proxy."""
+    from models.mosaic import network_channels
+    from utils.registry import get_proxy
+
+    def proxy(layout, sliders, kind):
+        cin, cout = network_channels(layout, 1, 1 if layout == "mosaic" else 3)
+        return Proxy(ModelSpec("pointwise", "tiny", cin, cout, len(sliders), layout), sliders, 0.01,
+                     {"proxy_type": kind})
+    wb = [{"name": n, "lo": 0.25, "hi": 4.0, "default": 1.0, "scale": "log"} for n in ("red", "blue")]
+    blocks = [Block(BlockLine(1, "temperature", None, True), proxy("mosaic", wb, "temperature"),
+                    get_proxy("temperature"), ["red", "blue"]),
+              Block(BlockLine(2, "demosaic", None, True), proxy("mosaic_rgb", [], "demosaic"),
+                    get_proxy("demosaic"), []),
+              Block(BlockLine(3, "exposure", None, True), tiny_proxy(SLIDERS_EXP, "exposure"), EXPOSURE,
+                    ["exposure"])]
+    chain = Chain(blocks, ["identity", "identity"])
+    chain.pattern = pattern
+    freeze(chain)
+    assert chain.mosaic and chain.n_sliders == 3
+    u = torch.full((1, 3), 0.5, requires_grad=True)
+    out = chain(torch.rand(1, 1, 8, 12) * 0.5, u)
+    assert out.shape == (1, 3, 8, 12)
+    out.square().mean().backward()
+    assert (u.grad.abs() > 0).all()

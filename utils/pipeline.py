@@ -35,8 +35,10 @@ import torch
 from torch import nn
 
 import Constants as C
+from models.mosaic import even_crop
 from models.proxy import Proxy
 from utils.atomic import temp_path, write_text_atomic
+from utils.cfa import image_pattern
 from utils.colorspace import CONVERSIONS
 from utils.darktable import Darktable, Job, Render, is_raw
 from utils.data import to_chw
@@ -180,6 +182,12 @@ class Chain(nn.Module):
             self.slices.append(slice(start, start + len(b.recovered)))
             start += len(b.recovered)
         self.n_sliders = start
+        self.pattern = "RGGB"   # CFA pattern of the current image's mosaic (for mosaic blocks)
+
+    @property
+    def mosaic(self) -> bool:
+        """Whether the chain starts on a raw mosaic (before demosaic)."""
+        return self.blocks[0].proxy.layout != "rgb"
 
     @property
     def scale(self) -> float:
@@ -203,7 +211,10 @@ class Chain(nn.Module):
         for k, block in enumerate(self.blocks):
             if k:
                 x = CONVERSIONS[self.conversions[k - 1]](x)
-            x = block.proxy(x, self.block_u(k, u))
+            if block.proxy.layout == "rgb":
+                x = block.proxy(x, self.block_u(k, u))
+            else:
+                x = block.proxy(x, self.block_u(k, u), self.pattern)
             outputs.append(x)
         return (x, outputs) if keep else x
 
@@ -321,9 +332,12 @@ class Target:
     image: str
     u: torch.Tensor                          # true normalised sliders
     taps: dict[tuple[str, str], Path]        # (operation, in|out) -> TIFF
+    pattern: str = ""                        # CFA pattern at the mosaic tap-outs (raw input)
 
     def load(self, operation: str, kind: str) -> torch.Tensor:
-        return torch.from_numpy(to_chw(read_tiff(self.taps[(operation, kind)])))[None]
+        """A tap-out as (1, C, H, W), cropped to even sides from the top-left corner (which
+        keeps a mosaic's CFA phase; mosaic proxies work on 2x2 tiles)."""
+        return even_crop(torch.from_numpy(to_chw(read_tiff(self.taps[(operation, kind)])))[None])
 
 
 def generate_targets(dt: Darktable, chain: Chain, images: Sequence[Path], folder: Path, count: int,
@@ -355,7 +369,7 @@ def generate_targets(dt: Darktable, chain: Chain, images: Sequence[Path], folder
         new = not manifest.exists()
         with open(manifest, "a") as f:
             if new:
-                f.write("target,image\n")
+                f.write("target,image,pattern\n")
             for (key, image, u), result in zip(todo, results):
                 if isinstance(result, Exception):
                     log.warning("pipeline target %s failed: %s", key, result)
@@ -369,13 +383,15 @@ def generate_targets(dt: Darktable, chain: Chain, images: Sequence[Path], folder
                     tmp = temp_path(folder / f"{key}_{op}_{kind}.tif")
                     write_tiff(tmp, array)
                     os.replace(tmp, folder / f"{key}_{op}_{kind}.tif")
-                f.write(f"{key},{image.name}\n")
+                pattern = image_pattern(image, dt) if is_raw(image) else ""
+                f.write(f"{key},{image.name},{pattern}\n")
                 f.flush()
                 os.fsync(f.fileno())
     write_text_atomic(spec_path, json.dumps(asdict(spec), indent=1) + "\n")
     done = {r["target"]: r for r in _read_rows(manifest)}
     targets = [Target(key, done[key]["image"], u,
-                      {(op, kind): folder / f"{key}_{op}_{kind}.tif" for op in ops for kind in ("in", "out")})
+                      {(op, kind): folder / f"{key}_{op}_{kind}.tif" for op in ops for kind in ("in", "out")},
+                      done[key]["pattern"])
                for key, _, u in planned if key in done]
     if not targets:
         raise UserError(f"no pipeline targets in {folder}; run without -s to render them" if not render

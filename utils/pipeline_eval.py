@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 import Constants as C
+from models.mosaic import even_crop
 from utils.atomic import write_text_atomic
 from utils.darktable import Darktable, Job
 from utils.data import to_chw
@@ -86,6 +87,7 @@ def chain_fidelity(chain: Chain, target: Target, device: torch.device) -> list[f
     """Each block's output when the chain runs at the TRUE sliders from darktable's first
     input, against darktable's tap-out of that block."""
     x = target.load(chain.blocks[0].operation, "in").to(device)
+    chain.pattern = target.pattern
     _, outputs = chain(x, target.u[None].to(device), keep=True)
     return [_psnr(o.cpu(), target.load(b.operation, "out")) for b, o in zip(chain.blocks, outputs)]
 
@@ -95,6 +97,7 @@ def regress_target(chain: Chain, target: Target, device: torch.device, iteration
     x = target.load(chain.blocks[0].operation, "in").to(device)
     y = target.load(chain.blocks[-1].operation, "out").to(device)
     generator = torch.Generator().manual_seed(seed)
+    chain.pattern = target.pattern
     rec = regress(chain, chain.n_sliders, chain.scale, x, y, iterations, restarts, generator,
                   frame_every=frame_every)
     with torch.no_grad():
@@ -133,7 +136,7 @@ def closed_loop(dt: Darktable, chain: Chain, rows: Sequence[PipelineRow], target
         if isinstance(result, Exception):
             log.warning("closed loop for %s failed: %s", row.target, result)
             continue
-        rendered = torch.from_numpy(to_chw(result.tapouts[(last, "out")]))[None]
+        rendered = even_crop(torch.from_numpy(to_chw(result.tapouts[(last, "out")]))[None])
         row.darktable_psnr = _psnr(rendered, by_key[row.target].load(last, "out"))
 
 
@@ -143,6 +146,7 @@ def save_outputs(chain: Chain, target: Target, u: torch.Tensor, folder: Path, de
     folder.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         x = target.load(chain.blocks[0].operation, "in").to(device)
+        chain.pattern = target.pattern
         _, outputs = chain(x, u[None].to(device), keep=True)
     tiles, labels = [], []
     for k, (block, out) in enumerate(zip(chain.blocks, outputs)):
