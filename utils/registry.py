@@ -348,5 +348,5 @@ def describe(proxy: ProxyType) -> str:
     sampler = sampler_of(proxy)
     if not sliders and sampler is not None:
         upstream, s = sampler
-        sliders = f"(no sliders; input varied by {upstream.name}.{s.name}={s.lo:g}..{s.hi:g})"
+        sliders = f"sampler:{upstream.name}.{s.name}={s.lo:g}..{s.hi:g}"   # no sliders of its own
     return f"{proxy.name}  {sliders}".rstrip()
