@@ -292,9 +292,10 @@ COLORIN = ProxyType(
     name="colorin",
     operation="colorin",
     model="pointwise",
-    # in: camera RGB (about 0..1, up to ~16 at +4 EV), out: Lab (L 0..100, a/b about -100..100):
-    # asinh(x / 0.1) is linear over the dark camera values and logarithmic over Lab's range
-    value_scale=0.1,
+    # in: camera RGB (about 0..1, up to ~16 at +4 EV), out: Lab (L 0..100, a/b about -100..100).
+    # asinh(x / 1): linear over the camera values and through zero, where a and b change
+    # sign (with 0.01 a sign change is a jump of ~18 units), logarithmic over Lab's range
+    value_scale=1.0,
     doc="input color profile: camera RGB -> Lab through the DNG's embedded colour matrix; no sliders",
     sliders=(),
     sampler=("exposure", "exposure"),
@@ -311,8 +312,8 @@ COLOROUT = ProxyType(
     name="colorout",
     operation="colorout",
     model="pointwise",
-    # in: Lab (L 0..100, a/b about -100..100), out: display-encoded sRGB (about 0..1)
-    value_scale=0.1,
+    # in: Lab (L 0..100, a/b about -100..100), out: display-encoded sRGB (about 0..1): as colorin
+    value_scale=1.0,
     doc="output color profile: Lab -> display-encoded sRGB; no sliders",
     sliders=(),
     sampler=("colorbalancergb", "contrast"),
@@ -347,5 +348,5 @@ def describe(proxy: ProxyType) -> str:
     sampler = sampler_of(proxy)
     if not sliders and sampler is not None:
         upstream, s = sampler
-        sliders = f"(no sliders; input varied by {upstream.name}.{s.name}={s.lo:g}..{s.hi:g})"
+        sliders = f"sampler:{upstream.name}.{s.name}={s.lo:g}..{s.hi:g}"   # no sliders of its own
     return f"{proxy.name}  {sliders}".rstrip()
