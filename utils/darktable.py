@@ -28,7 +28,7 @@ import numpy as np
 import Constants as C
 from utils.atomic import write_text_atomic
 from utils.errors import DarktableError, UserError
-from utils.pfm import read_tapout, write_tiff
+from utils.pfm import TapoutFormatError, read_tapout, write_tiff
 from utils.registry import ProxyType
 from utils.xmp import HistoryItem, build_xmp
 
@@ -376,8 +376,14 @@ class Darktable:
         first = {}
         for (op, _), (index, _) in found.items():
             first[op] = min(first.get(op, index), index)
-        return Render(tapouts={k: read_tapout(p) for k, (_, p) in found.items() if k[0] in wanted},
-                      order=sorted(first, key=first.get), log=part)
+        tapouts = {}
+        for key, (_, path) in found.items():
+            if key[0] in wanted:
+                try:
+                    tapouts[key] = read_tapout(path)
+                except (OSError, TapoutFormatError) as e:   # e.g. cut short by a crash or a full disk
+                    raise DarktableError(f"darktable wrote an unreadable tap-out: {e}") from None
+        return Render(tapouts=tapouts, order=sorted(first, key=first.get), log=part)
 
     def module_version(self, proxy: ProxyType) -> int:
         """The params version of ``proxy``'s module in this darktable (probed once, cached)."""

@@ -9,6 +9,8 @@ Layout of one dataset folder (``ROOT/stage_<k>/NAME``):
     inputs/*.tif        module input tap-outs, float32, stored once per distinct content
     outputs/*.tif       module output tap-outs, float32, one per sample
     parts/<I>-of-<N>.csv rows as each shard recorded them (manifest.csv is their sorted union)
+    parts/<I>-of-<N>.failed.csv  samples the shard's last run could not generate, with darktable's
+                        error (after Constants.DARKTABLE_RETRIES retries); a rerun retries them
 
 Every sample is written to temporary files, checked (finite, same size, params accepted by
 darktable), renamed into place and only then appended to its part file, so an interrupted
@@ -222,6 +224,19 @@ class _Writer:
         self.file.close()
 
 
+def failures_path(folder: Path, shard: Shard) -> Path:
+    return folder / "parts" / f"{shard.name}.failed.csv"
+
+
+def record_failures(path: Path, failed: dict[str, str]) -> None:
+    """List the samples this shard's last run could not generate (sample, error); none: no file."""
+    if failed:
+        write_text_atomic(path, _csv_line(["sample", "error"]) +
+                          "".join(_csv_line([key, error]) for key, error in sorted(failed.items())))
+    elif path.exists():
+        path.unlink()
+
+
 def merge_manifest(folder: Path, sliders: Sequence[Slider], order: Sequence[str]) -> int:
     """Write ``manifest.csv`` as the sorted union of all part files; the number of rows."""
     with open(folder / ".manifest.lock", "w") as lock:
@@ -247,6 +262,7 @@ class GenerationReport:
     failed: dict[str, str]        # sample key -> last error
     seconds: float
     rows: int                     # rows in manifest.csv afterwards
+    failures: Path | None = None  # where the failed samples are listed (None: none failed)
 
     @property
     def samples_per_second(self) -> float:
@@ -284,11 +300,13 @@ def generate(dt: Darktable, proxy: ProxyType, sliders: Sequence[Slider], images:
             failed = _run_jobs(dt, proxy, todo, writer, size, workers)
         finally:
             writer.close()
+        record_failures(failures_path(folder, shard), failed)
         rows = merge_manifest(folder, sliders, [s.key for s in samples])
     finally:
         lock.close()
     return GenerationReport(folder, len(mine), len(mine) - len(todo), len(todo) - len(failed),
-                            failed, time.monotonic() - start, rows)
+                            failed, time.monotonic() - start, rows,
+                            failures_path(folder, shard) if failed else None)
 
 
 def _batches(samples: Sequence[Sample], size: int) -> list[list[Sample]]:
