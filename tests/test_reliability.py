@@ -339,3 +339,11 @@ def test_parallel_darktable_calls_share_no_directory(tmp_path):
     for a in paths:   # no directory inside another call's
         assert not any(a != b and b in a.parents for b in paths)
     assert not any(p.exists() for p in paths)
+
+
+def test_files_that_are_not_images_are_ignored(tmp_path):
+    from utils.images import list_images
+    write_tiff(tmp_path / "photo.tif", np.zeros((4, 4, 3), np.float32))
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "photo.tif.xmp").write_text("<x:xmpmeta/>")
+    assert list_images(tmp_path) == [tmp_path / "photo.tif"]

@@ -9,7 +9,7 @@ Layout of one dataset folder (``ROOT/stage_<k>/NAME``):
     inputs/*.tif        module input tap-outs, float32, stored once per distinct content
     outputs/*.tif       module output tap-outs, float32, one per sample
     parts/<I>-of-<N>.csv rows as each shard recorded them (manifest.csv is their sorted union)
-    parts/<I>-of-<N>.failed.csv  samples the shard's last run could not generate, with darktable's
+    failed-<I>-of-<N>.csv  samples the shard's last run could not generate, with darktable's
                         error (after Constants.DARKTABLE_RETRIES retries); a rerun retries them
 
 Every sample is written to temporary files, checked (finite, same size, params accepted by
@@ -225,7 +225,7 @@ class _Writer:
 
 
 def failures_path(folder: Path, shard: Shard) -> Path:
-    return folder / "parts" / f"{shard.name}.failed.csv"
+    return folder / f"failed-{shard.name}.csv"
 
 
 def record_failures(path: Path, failed: dict[str, str]) -> None:

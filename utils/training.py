@@ -172,6 +172,8 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
     lock = ExitStack()
     if world.main:
         lock.enter_context(run_lock(weights / ".lock", f"training {name}"))
+        for stale in weights.glob(".*.tmp"):   # a checkpoint write cut short by a kill
+            stale.unlink()
     with lock:
         return _train(proxy_type, name, stage1, stage2, cfg, device, world, train_set, val_set,
                       proxy, optimizer, weights, root / f"{name}_predictions")
