@@ -347,3 +347,14 @@ def test_files_that_are_not_images_are_ignored(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "photo.tif.xmp").write_text("<x:xmpmeta/>")
     assert list_images(tmp_path) == [tmp_path / "photo.tif"]
+
+
+def test_concurrent_generation_of_the_same_shard_is_refused(tmp_path):
+    import fcntl
+    from utils.dataset import generate
+    folder = tmp_path / "stage_1" / NAME
+    (folder / "parts").mkdir(parents=True)
+    with open(folder / "parts" / ".1-of-1.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(UserError, match=r"another run is generating .* \(shard 1/1\)"):
+            generate(None, EXPOSURE, EXPOSURE.sliders, [], folder, 1, 0, 1, 16, 1)
