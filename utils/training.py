@@ -198,7 +198,8 @@ def _train(proxy_type: ProxyType, name: str, stage1: Path, stage2: Path | None, 
     amp = device.type == "cuda"
     writer = _tensorboard(weights) if world.main else None
     budget = cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
-    started = time.monotonic()
+    # an interrupted run continues its time budget; --resume of a completed run gets a new one
+    started = time.monotonic() - (0.0 if completed else sum(h["seconds"] for h in history))
     stopped = False
     epoch = start_epoch
     seconds = []
