@@ -358,3 +358,23 @@ def test_concurrent_generation_of_the_same_shard_is_refused(tmp_path):
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(UserError, match=r"another run is generating .* \(shard 1/1\)"):
             generate(None, EXPOSURE, EXPOSURE.sliders, [], folder, 1, 0, 1, 16, 1)
+
+
+def test_folders_of_killed_darktable_calls_are_removed(tmp_path, monkeypatch):
+    """kill -9 leaves a call's private folder behind; the next run removes it, and only it."""
+    import fcntl
+    import tempfile
+    from utils.darktable import remove_abandoned_work
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    folders = {}
+    for name in ("killed", "running", "starting", "not-a-call"):
+        folders[name] = tmp_path / f"dtp-{name}"
+        (folders[name] / "dump").mkdir(parents=True)
+        if name != "not-a-call":
+            (folders[name] / ".lock").touch()
+        if name != "starting":
+            os.utime(folders[name], (time.time() - 3600,) * 2)
+    with open(folders["running"] / ".lock") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert remove_abandoned_work() == 1
+    assert [n for n, f in folders.items() if not f.exists()] == ["killed"]

@@ -9,6 +9,7 @@ version: darktable then silently uses the module's defaults) is an error.
 """
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import logging
@@ -19,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -253,6 +255,7 @@ class Darktable:
         self.install = install or find_darktable()
         self.timeout = C.DARKTABLE_TIMEOUT_S if timeout is None else timeout
         self._versions: dict[str, int] = {}
+        remove_abandoned_work()
 
     @property
     def version(self) -> tuple[int, ...]:
@@ -321,7 +324,9 @@ class Darktable:
         for job in jobs:
             if not Path(job.image).is_file():
                 raise UserError(f"input image {job.image} does not exist")
-        work = Path(tempfile.mkdtemp(prefix="dtp-"))
+        work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX))
+        held = open(work / ".lock", "w")   # tells remove_abandoned_work() this call is alive
+        fcntl.flock(held, fcntl.LOCK_EX)
         try:
             inputs, outputs = work / "in", work / "out"
             for sub in (inputs, outputs, work / "config", work / "cache", work / "dump"):
@@ -353,6 +358,7 @@ class Darktable:
             return results
         finally:
             shutil.rmtree(work, ignore_errors=True)
+            held.close()
 
     @staticmethod
     def _collect(dump_dir: Path, wanted: Sequence[str], part: str) -> Render:
@@ -422,6 +428,32 @@ class Darktable:
         """A history item setting ``proxy``'s sliders to ``values`` (others at defaults)."""
         version = self.module_version(proxy)
         return HistoryItem(proxy.operation, version, proxy.params(values, version))
+
+
+WORK_PREFIX = "dtp-"   # the private folder of each darktable call, in the temporary directory
+
+
+def remove_abandoned_work(min_age_s: float = 60) -> int:
+    """Remove the folders of darktable calls whose process was killed (``kill -9`` leaves them).
+
+    A live call holds the flock of its folder's ``.lock``; a folder whose lock can be taken
+    lost its owner. Folders younger than ``min_age_s`` are left alone (one being created may
+    not hold its lock yet). Returns how many were removed.
+    """
+    removed = 0
+    for work in Path(tempfile.gettempdir()).glob(WORK_PREFIX + "*"):
+        try:
+            if time.time() - work.stat().st_mtime < min_age_s:
+                continue
+            with open(work / ".lock") as lock:   # no .lock: not a call's folder
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(work, ignore_errors=True)
+                removed += 1
+        except OSError:   # BlockingIOError included: its call is still running
+            continue
+    if removed:
+        log.info("removed %d folders of darktable calls that were killed", removed)
+    return removed
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
