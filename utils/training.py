@@ -301,11 +301,17 @@ def _resume(path: Path, proxy: Proxy, optimizer, cfg: TrainConfig,
         if payload.get(key) != mine.get(key):
             raise UserError(f"{path} holds a proxy with another {key} ({payload.get(key)!r}, "
                             f"now {mine.get(key)!r}); use another -c NAME or remove {path.parent}")
-    proxy.load_state_dict(payload["state_dict"])
-    optimizer.load_state_dict(payload["optimizer"])
-    if not payload.get("completed") or cfg.resume:
-        log.info("resuming %s after epoch %d", path, payload["epoch"])
-    return payload["epoch"], payload["best_psnr"], list(payload["history"]), bool(payload.get("completed"))
+    try:
+        proxy.load_state_dict(payload["state_dict"])
+        optimizer.load_state_dict(payload["optimizer"])
+        done = payload["epoch"], payload["best_psnr"], list(payload["history"]), bool(payload.get("completed"))
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:   # written by another version
+        raise UserError(f"{path} cannot be resumed by this version ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200]}); move {path.parent} away (or use another "
+                        "-c NAME) to train anew") from None
+    if not done[3] or cfg.resume:
+        log.info("resuming %s after epoch %d", path, done[0])
+    return done
 
 
 @torch.no_grad()
