@@ -74,12 +74,18 @@ def fake_darktable(tmp_path, dt, bad, mode):
     return path
 
 
-def generate(folders, root, cache, cli, timeout=300):
+def generation(folders, root, cache, cli, timeout=300):
+    """The command and environment of a small generation run with darktable ``cli``."""
     env = {**os.environ, "DARKTABLE_CLI": str(cli), "DTP_DARKTABLE_RETRIES": "2",
            "DTP_DARKTABLE_TIMEOUT_S": str(timeout), "DTP_CACHE_DIR": str(cache)}
     cmd = [sys.executable, "Darktable_proxies.py", "exposure", "-n", "1", "--generate-only",
            "--images", str(folders / "train"), "--eval-images", str(folders / "eval"), "--size", "48",
            "--workers", "2", "--out", str(root), "--set", "GENERATE_STAGE_2=false"]
+    return cmd, env
+
+
+def generate(folders, root, cache, cli, timeout=300):
+    cmd, env = generation(folders, root, cache, cli, timeout)
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -131,6 +137,30 @@ def test_darktable_failing_once_is_retried(dt, folders, tmp_path):
     assert sorted(r["image"] for r in rows) == sorted([bad.name, good.name])
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_terminated_run_ends_its_darktable_calls(dt, folders, tmp_path, sig):
+    """SIGTERM or Ctrl-C to the script alone while darktable hangs: the run ends now, no call
+    is left running, no private folder left behind."""
+    bad, _ = list_images(folders / "train")
+    cli = fake_darktable(tmp_path, dt, bad, "hang")
+    cmd, env = generation(folders, tmp_path / "runs", tmp_path / "cache", cli)
+    (tmp_path / "tmp").mkdir()
+    env["TMPDIR"] = str(tmp_path / "tmp")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "fake" / "calls").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and stderr.strip().splitlines()[-1] == "error: interrupted", stderr
+    time.sleep(0.5)
+    assert processes_naming(str(cli)) == []
+    assert list((tmp_path / "tmp").glob("dtp-*")) == []
+    assert not list((tmp_path / "runs").rglob("*.tmp"))
+
+
 # ------------------------------------------------------------- the chroot wrapper, killed
 
 def processes_naming(text):
@@ -140,7 +170,7 @@ def processes_naming(text):
             cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if text in cmdline and "darktable" in cmdline:
+        if text in cmdline and "darktable" in cmdline and "pytest" not in cmdline:
             found.append((int(pid), cmdline))
     return found
 

@@ -20,10 +20,12 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -255,6 +257,9 @@ class Darktable:
         self.install = install or find_darktable()
         self.timeout = C.DARKTABLE_TIMEOUT_S if timeout is None else timeout
         self._versions: dict[str, int] = {}
+        self._running: set[subprocess.Popen] = set()   # calls in flight, from any thread
+        self._guard = threading.Lock()
+        self._stopped = False
         remove_abandoned_work()
 
     @property
@@ -277,12 +282,16 @@ class Darktable:
         """Run one darktable-cli command: (exit status, output); DarktableError on a timeout."""
         log.debug("running %s", shlex.join(cmd))
         env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}  # spinning OpenMP threads slow parallel calls
-        try:
-            proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    errors="replace", start_new_session=True)
-        except OSError as e:
-            raise DarktableError(f"cannot start {shlex.join(cmd[:1])}: {e}; {FIX_HINT}") from None
+        with self._guard:
+            if self._stopped:
+                raise DarktableError("darktable calls were stopped")
+            try:
+                proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        errors="replace", start_new_session=True)
+            except OSError as e:
+                raise DarktableError(f"cannot start {shlex.join(cmd[:1])}: {e}; {FIX_HINT}") from None
+            self._running.add(proc)
         try:
             out, _ = proc.communicate(timeout=self.timeout)
         except subprocess.TimeoutExpired:
@@ -293,7 +302,23 @@ class Darktable:
         except BaseException:
             _kill_group(proc)
             raise
+        finally:
+            with self._guard:
+                self._running.discard(proc)
         return proc.returncode, out
+
+    @contextmanager
+    def stopped_on_error(self) -> Iterator[None]:
+        """Around parallel calls: an exception (Ctrl-C, SIGTERM) kills every call in flight, in
+        every thread, and starts no more, so that the run ends now instead of when they end."""
+        try:
+            yield
+        except BaseException:
+            with self._guard:
+                self._stopped = True
+                for proc in self._running:
+                    _kill_group(proc)
+            raise
 
     def render(self, image: str | Path, history: Sequence[HistoryItem] = (),
                dump: Sequence[str] = (), size: int = 0, hq: bool = True, output: bool = False,

@@ -335,7 +335,8 @@ def _run_jobs(dt: Darktable, proxy: ProxyType, todo: Sequence[Sample], writer: _
 
     queue = _batches(todo, max(1, C.DARKTABLE_BATCH_SIZE))
     with ThreadPoolExecutor(max(1, workers)) as pool, \
-            tqdm(total=len(todo), unit="sample", desc=f"{proxy.name} samples", smoothing=0.1) as bar:
+            tqdm(total=len(todo), unit="sample", desc=f"{proxy.name} samples", smoothing=0.1) as bar, \
+            dt.stopped_on_error():
         running = {}
         while queue or running:
             while queue and len(running) < max(1, workers):
