@@ -289,7 +289,8 @@ def evaluate(dt: Darktable, proxy: Proxy, proxy_type: ProxyType, name: str, root
     folder = root / "eval" / name
     with run_lock(folder / ".lock", f"evaluating {name}"):
         progress(f"slider regression on {len(targets)} targets, {C.PARAM_TUNING_NUM_ITER} iterations")
-        meta = {"weights": weights_digest(proxy), "dataset": str(stage2), "seed": seed,
+        meta = {"weights": weights_digest(proxy), "dataset": str(stage2),
+                "manifest": hashlib.sha1((stage2 / "manifest.csv").read_bytes()).hexdigest()[:16], "seed": seed,
                 "iterations": C.PARAM_TUNING_NUM_ITER, "restarts": C.PARAM_TUNING_RESTARTS,
                 "crop": C.REGRESSION_CROP, "animations": animations is not None}
         with Journal(folder / "regression.jsonl", meta) as journal:
