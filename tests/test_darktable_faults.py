@@ -146,8 +146,10 @@ def test_terminated_run_ends_its_darktable_calls(dt, folders, tmp_path, sig):
     cmd, env = generation(folders, tmp_path / "runs", tmp_path / "cache", cli)
     (tmp_path / "tmp").mkdir()
     env["TMPDIR"] = str(tmp_path / "tmp")
+    # a shell's background job starts with SIGINT ignored, and Python then keeps ignoring it
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not (tmp_path / "fake" / "calls").exists():
         assert proc.poll() is None and time.monotonic() < deadline
@@ -170,7 +172,7 @@ def processes_naming(text):
             cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if text in cmdline and "darktable" in cmdline and "pytest" not in cmdline:
+        if text in cmdline and "darktable" in cmdline and int(pid) != os.getpid():
             found.append((int(pid), cmdline))
     return found
 
