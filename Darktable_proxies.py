@@ -36,6 +36,7 @@ from models.proxies import FAMILIES
 from utils.visual import save_dataset_preview
 
 log = logging.getLogger("darktable_proxies")
+PARTIAL = 3   # exit status when samples failed (user errors exit with 2)
 
 
 def parse_args() -> argparse.Namespace:
@@ -84,9 +85,10 @@ def existing_dataset(root: Path, dataset: str) -> Path:
                     "holds a manifest.csv")
 
 
-def generate_stage(dt, proxy, sliders, images, folder, per_image, stage, args) -> None:
+def generate_stage(dt, proxy, sliders, images, folder, per_image, stage, args) -> int:
+    """Generate (or complete) one stage; the number of samples that failed."""
     if not ask(f"generate stage {stage}: {per_image} settings x {len(images)} images into {folder}?"):
-        return
+        return 0
     report = generate(dt, proxy, sliders, images, folder, per_image,
                       seed=C.SEED if args.seed is None else args.seed, stage=stage,
                       size=C.TAPOUT_SIZE if args.size is None else args.size,
@@ -96,10 +98,24 @@ def generate_stage(dt, proxy, sliders, images, folder, per_image, stage, args) -
              report.rows, folder / "manifest.csv", report.generated, report.samples_per_second,
              used / max(report.rows, 1) / 1024)
     if report.failed:
-        log.warning("stage %d: %d samples failed (first: %s); rerun the same command to retry them",
-                    stage, len(report.failed), next(iter(report.failed.values())))
+        log.warning("stage %d: %d samples failed (listed with darktable's message in %s; first: %s); "
+                    "rerun the same command to retry them", stage, len(report.failed), report.failures,
+                    next(iter(report.failed.values())))
+        if not report.rows:
+            raise UserError(f"stage {stage}: no sample could be generated ({len(report.failed)} failed, "
+                            f"listed in {report.failures}); darktable said: {next(iter(report.failed.values()))}")
     if report.rows:
         save_dataset_preview(folder, sliders)
+    return len(report.failed)
+
+
+def exit_status(failed: int) -> int:
+    """0, or PARTIAL when some samples failed: the run did everything else with the rest."""
+    if failed:
+        log.warning("%d samples failed (see the warnings above); everything else is done and "
+                    "kept: rerun the same command to retry them. Exit status %d", failed, PARTIAL)
+        return PARTIAL
+    return 0
 
 
 def main() -> int:
@@ -128,6 +144,7 @@ def main() -> int:
                          family=args.family, device=args.device, max_minutes=args.max_minutes,
                          resume=args.resume or None, seed=args.seed, save_every=args.save_every)
     torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    failed = 0   # samples darktable could not render, even after retries
     if args.dataset:
         stage1 = existing_dataset(root, args.dataset)
         spec = read_spec(stage1)
@@ -146,12 +163,12 @@ def main() -> int:
         dt = Darktable()
         stage1 = root / "stage_1" / name
         if C.GENERATE_STAGE_1:
-            generate_stage(dt, proxy, sliders, images, stage1, args.n, 1, args)
+            failed += generate_stage(dt, proxy, sliders, images, stage1, args.n, 1, args)
         if C.GENERATE_STAGE_2:
-            generate_stage(dt, proxy, sliders, eval_images, root / "stage_2" / name,
-                           C.STAGE_2_SAMPLES_PER_IMAGE, 2, args)
+            failed += generate_stage(dt, proxy, sliders, eval_images, root / "stage_2" / name,
+                                     C.STAGE_2_SAMPLES_PER_IMAGE, 2, args)
     if args.generate_only or not C.TRAIN_PROXY or not ask(f"train the {name} proxy?"):
-        return 0
+        return exit_status(failed)
     stage2 = stage1.parent.parent / "stage_2" / stage1.name
     result = train(proxy, sliders, name, stage1, stage2, root, cfg)
     if int(os.environ.get("RANK", "0")) != 0:
@@ -160,7 +177,7 @@ def main() -> int:
              name, result.epochs_done, result.seconds_per_epoch, result.last_psnr, result.best_psnr,
              result.weights)
     if args.no_eval:
-        return 0
+        return exit_status(failed)
     if not (stage2 / "manifest.csv").exists():
         raise UserError(f"no stage-2 data at {stage2} to evaluate on; generate it "
                         "(--set GENERATE_STAGE_2=true) or pass --no-eval")
@@ -172,7 +189,7 @@ def main() -> int:
     log.info("metrics: %s; recovered sliders: %s; predictions: %s%s", root / "eval" / name / "metrics.json",
              root / "params" / f"{name}.csv", root / f"{name}_predictions",
              f"; animations: {root / f'{name}_animations'}" if C.CREATE_ANIMATION else "")
-    return 0
+    return exit_status(failed)
 
 
 if __name__ == "__main__":

@@ -107,7 +107,11 @@ def load_proxy(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     payload = read_checkpoint(path, map_location)
     meta = {k: v for k, v in payload.items()
             if k not in ("format", "model", "sliders", "transform_scale", "state_dict", "optimizer")}
-    proxy = Proxy(ModelSpec(**payload["model"]), payload["sliders"], payload["transform_scale"], meta)
-    proxy.load_state_dict(payload["state_dict"])
+    try:
+        proxy = Proxy(ModelSpec(**payload["model"]), payload["sliders"], payload["transform_scale"], meta)
+        proxy.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:   # written by another version
+        raise IncompatibleCheckpoint(f"{path} does not fit this version's proxies "
+                                     f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     return proxy.to(map_location).eval(), payload
 

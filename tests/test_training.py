@@ -56,6 +56,7 @@ def test_checkpoint_alone_reproduces_validation(trained):
 def test_rerun_resumes_from_last_checkpoint(trained):
     proc = train(trained, "--epochs", "22")      # that run completed: nothing to do
     assert "training of exposure_exposure_black is complete" in proc.stderr
+    assert "2 targets regressed by an earlier run are kept" in proc.stderr   # same weights, same settings
     assert [int(r["epoch"]) for r in history(trained)] == list(range(1, 21))
     proc = train(trained, "--epochs", "22", "--resume")
     assert "resuming" in proc.stderr and "after epoch 20" in proc.stderr

@@ -9,6 +9,7 @@ version: darktable then silently uses the module's defaults) is an error.
 """
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import logging
@@ -19,16 +20,19 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 import Constants as C
 from utils.atomic import write_text_atomic
 from utils.errors import DarktableError, UserError
-from utils.pfm import read_tapout, write_tiff
+from utils.pfm import TapoutFormatError, read_tapout, write_tiff
 from utils.registry import ProxyType
 from utils.xmp import HistoryItem, build_xmp
 
@@ -253,6 +257,10 @@ class Darktable:
         self.install = install or find_darktable()
         self.timeout = C.DARKTABLE_TIMEOUT_S if timeout is None else timeout
         self._versions: dict[str, int] = {}
+        self._running: set[subprocess.Popen] = set()   # calls in flight, from any thread
+        self._guard = threading.Lock()
+        self._stopped = False
+        remove_abandoned_work()
 
     @property
     def version(self) -> tuple[int, ...]:
@@ -274,12 +282,16 @@ class Darktable:
         """Run one darktable-cli command: (exit status, output); DarktableError on a timeout."""
         log.debug("running %s", shlex.join(cmd))
         env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}  # spinning OpenMP threads slow parallel calls
-        try:
-            proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    errors="replace", start_new_session=True)
-        except OSError as e:
-            raise DarktableError(f"cannot start {shlex.join(cmd[:1])}: {e}; {FIX_HINT}") from None
+        with self._guard:
+            if self._stopped:
+                raise DarktableError("darktable calls were stopped")
+            try:
+                proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        errors="replace", start_new_session=True)
+            except OSError as e:
+                raise DarktableError(f"cannot start {shlex.join(cmd[:1])}: {e}; {FIX_HINT}") from None
+            self._running.add(proc)
         try:
             out, _ = proc.communicate(timeout=self.timeout)
         except subprocess.TimeoutExpired:
@@ -290,7 +302,23 @@ class Darktable:
         except BaseException:
             _kill_group(proc)
             raise
+        finally:
+            with self._guard:
+                self._running.discard(proc)
         return proc.returncode, out
+
+    @contextmanager
+    def stopped_on_error(self) -> Iterator[None]:
+        """Around parallel calls: an exception (Ctrl-C, SIGTERM) kills every call in flight, in
+        every thread, and starts no more, so that the run ends now instead of when they end."""
+        try:
+            yield
+        except BaseException:
+            with self._guard:
+                self._stopped = True
+                for proc in self._running:
+                    _kill_group(proc)
+            raise
 
     def render(self, image: str | Path, history: Sequence[HistoryItem] = (),
                dump: Sequence[str] = (), size: int = 0, hq: bool = True, output: bool = False,
@@ -321,7 +349,9 @@ class Darktable:
         for job in jobs:
             if not Path(job.image).is_file():
                 raise UserError(f"input image {job.image} does not exist")
-        work = Path(tempfile.mkdtemp(prefix="dtp-"))
+        work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX))
+        held = open(work / ".lock", "w")   # tells remove_abandoned_work() this call is alive
+        fcntl.flock(held, fcntl.LOCK_EX)
         try:
             inputs, outputs = work / "in", work / "out"
             for sub in (inputs, outputs, work / "config", work / "cache", work / "dump"):
@@ -353,6 +383,7 @@ class Darktable:
             return results
         finally:
             shutil.rmtree(work, ignore_errors=True)
+            held.close()
 
     @staticmethod
     def _collect(dump_dir: Path, wanted: Sequence[str], part: str) -> Render:
@@ -376,8 +407,14 @@ class Darktable:
         first = {}
         for (op, _), (index, _) in found.items():
             first[op] = min(first.get(op, index), index)
-        return Render(tapouts={k: read_tapout(p) for k, (_, p) in found.items() if k[0] in wanted},
-                      order=sorted(first, key=first.get), log=part)
+        tapouts = {}
+        for key, (_, path) in found.items():
+            if key[0] in wanted:
+                try:
+                    tapouts[key] = read_tapout(path)
+                except (OSError, TapoutFormatError) as e:   # e.g. cut short by a crash or a full disk
+                    raise DarktableError(f"darktable wrote an unreadable tap-out: {e}") from None
+        return Render(tapouts=tapouts, order=sorted(first, key=first.get), log=part)
 
     def module_version(self, proxy: ProxyType) -> int:
         """The params version of ``proxy``'s module in this darktable (probed once, cached)."""
@@ -416,6 +453,32 @@ class Darktable:
         """A history item setting ``proxy``'s sliders to ``values`` (others at defaults)."""
         version = self.module_version(proxy)
         return HistoryItem(proxy.operation, version, proxy.params(values, version))
+
+
+WORK_PREFIX = "dtp-"   # the private folder of each darktable call, in the temporary directory
+
+
+def remove_abandoned_work(min_age_s: float = 60) -> int:
+    """Remove the folders of darktable calls whose process was killed (``kill -9`` leaves them).
+
+    A live call holds the flock of its folder's ``.lock``; a folder whose lock can be taken
+    lost its owner. Folders younger than ``min_age_s`` are left alone (one being created may
+    not hold its lock yet). Returns how many were removed.
+    """
+    removed = 0
+    for work in Path(tempfile.gettempdir()).glob(WORK_PREFIX + "*"):
+        try:
+            if time.time() - work.stat().st_mtime < min_age_s:
+                continue
+            with open(work / ".lock") as lock:   # no .lock: not a call's folder
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(work, ignore_errors=True)
+                removed += 1
+        except OSError:   # BlockingIOError included: its call is still running
+            continue
+    if removed:
+        log.info("removed %d folders of darktable calls that were killed", removed)
+    return removed
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

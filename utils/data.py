@@ -34,7 +34,7 @@ class TapoutDataset(Dataset):
     dataset.json), so a proxy takes them with its default ``pattern="RGGB"``; metrics do
     not change under mirroring. Images are loaded once and kept in memory when the dataset is smaller
     than ``Constants.PRELOAD_MAX_MB``; an input shared by many samples is loaded once.
-    Every image is checked for NaN/Inf when it is first read.
+    Every image is checked for NaN/Inf when it is first read (at construction when preloaded).
     """
 
     def __init__(self, folder: str | Path, sliders: Sequence[Slider], crop: int | None = None):
@@ -69,6 +69,10 @@ class TapoutDataset(Dataset):
             self.cache.clear()
             log.info("dataset %s: %.0f MB, read per sample (PRELOAD_MAX_MB=%d)", folder, megabytes,
                      C.PRELOAD_MAX_MB)
+        else:   # read everything now: a damaged file is named before any training starts
+            for row in self.rows:
+                for column in ("input", "output"):
+                    self._load(row[column], row)
         sizes = [tiff_shape(r["output"])[:2] for r in self.rows]
         self.min_side = min(min(s) for s in sizes)
         self.crop = None if crop is None else max(2, min(crop, self.min_side) // 2 * 2)

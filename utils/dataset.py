@@ -12,6 +12,8 @@ Layout of one dataset folder (``ROOT/stage_<k>/NAME``):
     outputs/*.tif       module output tap-outs, float32, one per sample (a raw mosaic is a
                         1-channel (H, W) TIFF)
     parts/<I>-of-<N>.csv rows as each shard recorded them (manifest.csv is their sorted union)
+    failed-<I>-of-<N>.csv  samples the shard's last run could not generate, with darktable's
+                        error (after Constants.DARKTABLE_RETRIES retries); a rerun retries them
 
 Every sample is written to temporary files, checked (finite, same size, params accepted by
 darktable), renamed into place and only then appended to its part file, so an interrupted
@@ -274,6 +276,19 @@ class _Writer:
         self.file.close()
 
 
+def failures_path(folder: Path, shard: Shard) -> Path:
+    return folder / f"failed-{shard.name}.csv"
+
+
+def record_failures(path: Path, failed: dict[str, str]) -> None:
+    """List the samples this shard's last run could not generate (sample, error); none: no file."""
+    if failed:
+        write_text_atomic(path, _csv_line(["sample", "error"]) +
+                          "".join(_csv_line([key, error]) for key, error in sorted(failed.items())))
+    elif path.exists():
+        path.unlink()
+
+
 def merge_manifest(folder: Path, sliders: Sequence[Slider], order: Sequence[str]) -> int:
     """Write ``manifest.csv`` as the sorted union of all part files; the number of rows."""
     with open(folder / ".manifest.lock", "w") as lock:
@@ -299,6 +314,7 @@ class GenerationReport:
     failed: dict[str, str]        # sample key -> last error
     seconds: float
     rows: int                     # rows in manifest.csv afterwards
+    failures: Path | None = None  # where the failed samples are listed (None: none failed)
 
     @property
     def samples_per_second(self) -> float:
@@ -340,11 +356,13 @@ def generate(dt: Darktable, proxy: ProxyType, sliders: Sequence[Slider], images:
             failed = _run_jobs(dt, proxy, todo, writer, size, workers)
         finally:
             writer.close()
+        record_failures(failures_path(folder, shard), failed)
         rows = merge_manifest(folder, drawn, [s.key for s in samples])
     finally:
         lock.close()
     return GenerationReport(folder, len(mine), len(mine) - len(todo), len(todo) - len(failed),
-                            failed, time.monotonic() - start, rows)
+                            failed, time.monotonic() - start, rows,
+                            failures_path(folder, shard) if failed else None)
 
 
 def _batches(samples: Sequence[Sample], size: int) -> list[list[Sample]]:
@@ -373,7 +391,8 @@ def _run_jobs(dt: Darktable, proxy: ProxyType, todo: Sequence[Sample], writer: _
 
     queue = _batches(todo, max(1, C.DARKTABLE_BATCH_SIZE))
     with ThreadPoolExecutor(max(1, workers)) as pool, \
-            tqdm(total=len(todo), unit="sample", desc=f"{proxy.name} samples", smoothing=0.1) as bar:
+            tqdm(total=len(todo), unit="sample", desc=f"{proxy.name} samples", smoothing=0.1) as bar, \
+            dt.stopped_on_error():
         running = {}
         while queue or running:
             while queue and len(running) < max(1, workers):

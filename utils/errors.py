@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
 from typing import Callable
 
@@ -18,12 +19,17 @@ class DarktableError(UserError):
     """darktable-cli failed, timed out, or silently dropped the params we gave it."""
 
 
+def _interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def cli_main(main: Callable[[], int | None]) -> Callable[[], None]:
     """Wrap a script's ``main`` so that user errors end as one line and a non-zero status."""
 
     @functools.wraps(main)
     def wrapper() -> None:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
+        signal.signal(signal.SIGTERM, _interrupt)   # a `kill` or a job scheduler: end as on Ctrl-C
         try:
             status = main()
         except UserError as e:

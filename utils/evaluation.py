@@ -9,10 +9,12 @@ runs stall) from several random starts at once; the start with the lowest loss w
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -22,10 +24,12 @@ import torch
 import Constants as C
 from models.proxy import Proxy
 from models.transform import to_network
+from utils.atomic import write_text_atomic
 from utils.darktable import Darktable, Job
 from utils.data import TapoutDataset
 from utils.dataset import read_spec, render_size
 from utils.errors import UserError
+from utils.journal import Journal, run_lock
 from utils.metrics import psnr, ssim
 from utils.registry import ProxyType
 from utils.visual import contact_sheet, save_png, to_display
@@ -128,25 +132,37 @@ class RegressionRow:
 
 def slider_regression(proxy: Proxy, proxy_type: ProxyType, data: TapoutDataset, targets: Sequence[int],
                       device: torch.device, iterations: int, restarts: int, seed: int,
-                      animation_dir: Path | None = None) -> tuple[list[RegressionRow], list[list]]:
-    """Regress the sliders of each target sample; rows and (for animations) the frames."""
-    generator = torch.Generator().manual_seed(seed)
+                      animation_dir: Path | None = None, journal: Journal | None = None) -> list[RegressionRow]:
+    """Regress the sliders of each target sample (and write its animation when asked).
+
+    Each target has its own random generator, so its result does not depend on the others;
+    with a ``journal``, each finished target is recorded at once and targets already in it
+    are not regressed again (an interrupted evaluation continues where it stopped).
+    """
     freeze(proxy)
-    rows, all_frames = [], []
+    rows = []
     ranges = [s["hi"] - s["lo"] for s in proxy.sliders]
     frame_every = max(1, iterations // 60) if animation_dir is not None else 0
     for i in targets:
+        key = data.rows[i]["sample"]
+        if journal is not None and key in journal:
+            rows.append(RegressionRow(**journal[key]))
+            continue
         x, y, u_true = (t[None].to(device) for t in data[i])
+        generator = torch.Generator().manual_seed(seed * 1000003 + i)
         rec = regress(proxy, len(proxy.sliders), proxy.scale, x, y, iterations, restarts, generator,
                       frame_every=frame_every)
         true = _values(proxy, u_true[0].cpu())
         found = _values(proxy, rec.u)
         with torch.no_grad():
             score = float(psnr(proxy(x, rec.u[None].to(device)), y)[0])
-        rows.append(RegressionRow(data.rows[i]["sample"], data.rows[i]["image"], true, found,
+        rows.append(RegressionRow(key, data.rows[i]["image"], true, found,
                                   [abs(a - b) / r for a, b, r in zip(found, true, ranges)], score))
-        all_frames.append(rec.frames)
-    return rows, all_frames
+        if animation_dir is not None:
+            write_animation(animation_dir, key, rec.frames, y[0].cpu(), slider_caption(proxy))
+        if journal is not None:
+            journal.record(key, **asdict(rows[-1]))
+    return rows
 
 
 def closed_loop(dt: Darktable, proxy_type: ProxyType, rows: list[RegressionRow], data: TapoutDataset,
@@ -262,18 +278,19 @@ def write_results(root: Path, name: str, metrics: dict, rows: Sequence[Regressio
     """ROOT/eval/NAME/metrics.json + report.md, and the recovered values in ROOT/params/."""
     folder = root / "eval" / name
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    (folder / "report.md").write_text(report_table(metrics))
+    write_text_atomic(folder / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    write_text_atomic(folder / "report.md", report_table(metrics))
     params = root / "params"
     params.mkdir(parents=True, exist_ok=True)
-    with open(params / f"{name}.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["sample", "image", *(f"{n}_true" for n in slider_names),
-                    *(f"{n}_recovered" for n in slider_names), *(f"{n}_error" for n in slider_names),
-                    "proxy_psnr", "darktable_psnr"])
-        for r in rows:
-            w.writerow([r.sample, r.image, *(f"{v:.9g}" for v in r.true), *(f"{v:.9g}" for v in r.recovered),
-                        *(f"{v:.6g}" for v in r.error), f"{r.proxy_psnr:.3f}", f"{r.darktable_psnr:.3f}"])
+    text = io.StringIO()
+    w = csv.writer(text, lineterminator="\n")
+    w.writerow(["sample", "image", *(f"{n}_true" for n in slider_names),
+                *(f"{n}_recovered" for n in slider_names), *(f"{n}_error" for n in slider_names),
+                "proxy_psnr", "darktable_psnr"])
+    for r in rows:
+        w.writerow([r.sample, r.image, *(f"{v:.9g}" for v in r.true), *(f"{v:.9g}" for v in r.recovered),
+                    *(f"{v:.6g}" for v in r.error), f"{r.proxy_psnr:.3f}", f"{r.darktable_psnr:.3f}"])
+    write_text_atomic(params / f"{name}.csv", text.getvalue())
     return folder
 
 
@@ -288,18 +305,33 @@ def evaluate(dt: Darktable, proxy: Proxy, proxy_type: ProxyType, name: str, root
     fid = fidelity(proxy, data, device)
     targets = pick_targets(n_targets, len(data), seed) if sliders else []
     animations = root / f"{name}_animations" if C.CREATE_ANIMATION else None
-    progress(f"slider regression on {len(targets)} targets, {C.PARAM_TUNING_NUM_ITER} iterations")
-    rows, frames = slider_regression(proxy, proxy_type, data, targets, device, C.PARAM_TUNING_NUM_ITER,
-                                     C.PARAM_TUNING_RESTARTS, seed, animations)
-    if rows:
-        progress("closed loop: rendering the recovered sliders with darktable")
-        closed_loop(dt, proxy_type, rows, data, targets, slider_names)
-    if animations is not None:
-        for row, i, fr in zip(rows, targets, frames):
-            write_animation(animations, row.sample, fr, data[i][1], slider_caption(proxy))
-    metrics = summarise(name, slider_names, fid, len(data), dt.install.version_string, rows)
-    write_results(root, name, metrics, rows, slider_names)
+    folder = root / "eval" / name
+    with run_lock(folder / ".lock", f"evaluating {name}"):
+        progress(f"slider regression on {len(targets)} targets, {C.PARAM_TUNING_NUM_ITER} iterations")
+        meta = {"weights": weights_digest(proxy), "dataset": str(stage2),
+                "manifest": hashlib.sha1((stage2 / "manifest.csv").read_bytes()).hexdigest()[:16], "seed": seed,
+                "iterations": C.PARAM_TUNING_NUM_ITER, "restarts": C.PARAM_TUNING_RESTARTS,
+                "crop": C.REGRESSION_CROP, "animations": animations is not None}
+        with Journal(folder / "regression.jsonl", meta) as journal:
+            if len(journal):
+                progress(f"{len(journal)} targets regressed by an earlier run are kept")
+            rows = slider_regression(proxy, proxy_type, data, targets, device, C.PARAM_TUNING_NUM_ITER,
+                                     C.PARAM_TUNING_RESTARTS, seed, animations, journal)
+        if rows:
+            progress("closed loop: rendering the recovered sliders with darktable")
+            closed_loop(dt, proxy_type, rows, data, targets, slider_names)
+        metrics = summarise(name, slider_names, fid, len(data), dt.install.version_string, rows)
+        write_results(root, name, metrics, rows, slider_names)
     return metrics
+
+
+def weights_digest(proxy: Proxy) -> str:
+    """A short hash of the proxy's weights: results recorded for other weights are not reused."""
+    digest = hashlib.sha1()
+    for key, tensor in sorted(proxy.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def load_trained(root: Path, name: str, device: torch.device) -> tuple[Proxy, dict]:

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -34,6 +35,7 @@ from utils.atomic import write_text_atomic
 from utils.data import TapoutDataset
 from utils.dataset import read_spec
 from utils.errors import UserError
+from utils.journal import run_lock
 from utils.losses import parse_loss
 from utils.metrics import psnr
 from utils.registry import ProxyType, Slider
@@ -172,7 +174,20 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
     optimizer = torch.optim.Adam(proxy.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
 
     weights = root / f"{name}_model_weights"
-    predictions = root / f"{name}_predictions"
+    # one writer per weights folder (rank 0 under torchrun); held until the process ends
+    lock = ExitStack()
+    if world.main:
+        lock.enter_context(run_lock(weights / ".lock", f"training {name}"))
+        for stale in weights.glob(".*.tmp"):   # a checkpoint write cut short by a kill
+            stale.unlink()
+    with lock:
+        return _train(proxy_type, name, stage1, stage2, cfg, device, world, train_set, val_set,
+                      proxy, optimizer, weights, root / f"{name}_predictions")
+
+
+def _train(proxy_type: ProxyType, name: str, stage1: Path, stage2: Path | None, cfg: TrainConfig,
+           device: torch.device, world: _Dist, train_set: TapoutDataset, val_set: TapoutDataset | None,
+           proxy: Proxy, optimizer: torch.optim.Optimizer, weights: Path, predictions: Path) -> TrainResult:
     start_epoch, best, history, completed = _resume(weights / "last.pt", proxy, optimizer, cfg, device)
     last_psnr = history[-1]["val_psnr"] if history else float("nan")
     if completed and not cfg.resume:
@@ -189,7 +204,8 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
     amp = device.type == "cuda"
     writer = _tensorboard(weights) if world.main else None
     budget = cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
-    started = time.monotonic()
+    # an interrupted run continues its time budget; --resume of a completed run gets a new one
+    started = time.monotonic() - (0.0 if completed else sum(h["seconds"] for h in history))
     stopped = False
     epoch = start_epoch
     seconds = []
@@ -199,6 +215,8 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
         model.train()
         total, count = 0.0, 0
         shuffle = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)   # same order on every rank
+        # crops drawn per epoch from its own seed: a resumed run trains exactly as an uninterrupted one
+        torch.manual_seed((cfg.seed * 100003 + epoch) * 1009 + world.rank)
         for step, (x, y, u) in enumerate(train_set.batches(cfg.batch_size, shuffle, world.rank, world.size)):
             # cosine schedule over whichever ends first: the epochs or the time budget
             progress = max((epoch - 1 + step / steps_per_epoch) / cfg.epochs, (time.monotonic() - started) / budget)
@@ -210,8 +228,7 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
             # the loss compares in the network domain, where every decade counts alike
             loss = loss_fn(to_network(pred.float(), proxy.scale), to_network(y, proxy.scale))
             if not torch.isfinite(loss):
-                raise UserError(f"training loss became {loss.item()} at epoch {epoch}; lower --lr "
-                                f"(now {cfg.lr:g}) or check the dataset {stage1}")
+                raise _diverged(f"the training loss became {loss.item()}", epoch, weights, cfg, stage1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -221,7 +238,12 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
                 break
         stopped = world.any(stopped)
         train_loss = world.mean(total / max(count, 1), count)
+        bad = [n for n, p in proxy.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise _diverged(f"weights {bad[0]} hold NaN or Inf", epoch, weights, cfg, stage1)
         last_psnr = _validate(proxy, val_set, device, world) if val_set is not None else float("nan")
+        if val_set is not None and math.isnan(last_psnr):
+            raise _diverged("the validation PSNR is NaN", epoch, weights, cfg, stage1)
         seconds.append(time.monotonic() - t0)
         improved = val_set is None or math.isnan(best) or last_psnr > best
         best = last_psnr if improved else best
@@ -279,6 +301,12 @@ def start_at_mean_offset(proxy: Proxy, data: TapoutDataset, count: int = 16, thr
                  " ".join(f"{v:+.2f}" for v in offset.tolist()))
 
 
+def _diverged(what: str, epoch: int, weights: Path, cfg: TrainConfig, stage1: Path) -> UserError:
+    """The error that stops a diverged training; nothing of that epoch was saved."""
+    return UserError(f"{what} at epoch {epoch}; nothing of this epoch is saved ({weights / 'last.pt'} "
+                     f"keeps epoch {epoch - 1}); lower --lr (now {cfg.lr:g}) or check the dataset {stage1}")
+
+
 def cosine_lr(lr: float, progress: float) -> float:
     """Cosine decay from ``lr`` to lr/100 as training progresses from 0 to 1."""
     return lr / 100 + (lr - lr / 100) * 0.5 * (1 + math.cos(math.pi * progress))
@@ -301,11 +329,17 @@ def _resume(path: Path, proxy: Proxy, optimizer, cfg: TrainConfig,
         if payload.get(key) != mine.get(key):
             raise UserError(f"{path} holds a proxy with another {key} ({payload.get(key)!r}, "
                             f"now {mine.get(key)!r}); use another -c NAME or remove {path.parent}")
-    proxy.load_state_dict(payload["state_dict"])
-    optimizer.load_state_dict(payload["optimizer"])
-    if not payload.get("completed") or cfg.resume:
-        log.info("resuming %s after epoch %d", path, payload["epoch"])
-    return payload["epoch"], payload["best_psnr"], list(payload["history"]), bool(payload.get("completed"))
+    try:
+        proxy.load_state_dict(payload["state_dict"])
+        optimizer.load_state_dict(payload["optimizer"])
+        done = payload["epoch"], payload["best_psnr"], list(payload["history"]), bool(payload.get("completed"))
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:   # written by another version
+        raise UserError(f"{path} cannot be resumed by this version ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200]}); move {path.parent} away (or use another "
+                        "-c NAME) to train anew") from None
+    if not done[3] or cfg.resume:
+        log.info("resuming %s after epoch %d", path, done[0])
+    return done
 
 
 @torch.no_grad()
