@@ -29,7 +29,8 @@ from utils.darktable import Darktable
 from utils.errors import UserError, cli_main
 from utils.evaluation import load_trained
 from utils.images import builtin_images, list_images
-from utils.pipeline import Chain, Lock, build_blocks, generate_targets, parse_config, train_missing
+from utils.journal import run_lock
+from utils.pipeline import Chain, build_blocks, generate_targets, parse_config, train_missing
 from utils.pipeline_eval import report_table, run_regression
 from utils.settings import configure
 from utils.training import resolve_device
@@ -86,7 +87,8 @@ def main() -> int:
     if not chain.n_sliders:
         raise UserError("the config recovers no slider: give at least one block with sliders")
     dt = Darktable()
-    with Lock(root / "pipeline", "pipeline regression"):
+    (root / "pipeline").mkdir(parents=True, exist_ok=True)
+    with run_lock(root / "pipeline" / ".lock", "regressing the pipeline"):
         data, conversions = generate_targets(dt, chain, images, root / "pipeline" / "data", targets, C.SEED,
                                              render=not args.skip)
         chain = Chain(blocks, conversions)

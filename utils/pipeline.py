@@ -19,7 +19,6 @@ block's input tap-out, the target the last block's output tap-out.
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
 import json
 import logging
@@ -405,25 +404,6 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
     text = path.read_text()
     text = text[:text.rfind("\n") + 1]
     return list(csv.DictReader(io.StringIO(text)))
-
-
-class Lock:
-    """An exclusive lock on a folder for one run; a second run is refused with a clear line."""
-
-    def __init__(self, folder: Path, what: str):
-        folder.mkdir(parents=True, exist_ok=True)
-        self.file = open(folder / ".lock", "w")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.close()
-            raise UserError(f"another run is using {folder} ({what}); wait for it or use --out") from None
-
-    def __enter__(self) -> "Lock":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.file.close()
 
 
 # ------------------------------------------------------------------ missing proxies

@@ -2,17 +2,16 @@
 and the pipeline's result files (``ROOT/pipeline/metrics.json``, ``report.md``,
 ``ROOT/params/pipeline.csv``, block outputs and animations).
 
-Each target's result is appended to a journal as soon as it is known, so an interrupted run
-(even ``kill -9``) continues with the targets still missing when the same command runs again.
+Each target's result is recorded in a journal (utils/journal.py) as soon as it is known, so an
+interrupted run (even ``kill -9``) continues with the targets still missing when the same
+command runs again.
 """
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -25,7 +24,8 @@ from models.mosaic import even_crop
 from utils.atomic import write_text_atomic
 from utils.darktable import Darktable, Job
 from utils.data import to_chw
-from utils.evaluation import freeze, regress, write_animation
+from utils.evaluation import freeze, regress, weights_digest, write_animation
+from utils.journal import Journal
 from utils.metrics import psnr
 from utils.pfm import write_tiff
 from utils.pipeline import Chain, Target, history
@@ -45,37 +45,6 @@ class PipelineRow:
     proxy_psnr: float                 # chain output at the recovered sliders vs darktable's target
     chain_psnr: list[float]           # per block: chain at the TRUE sliders vs darktable's tap-out
     darktable_psnr: float = float("nan")
-
-
-class Journal:
-    """Append-only JSON lines, one per finished target, fsynced; a half-written last line (a
-    killed run) is ignored. Its name carries a digest of the run's settings, so that results
-    of other settings are never mixed in."""
-
-    def __init__(self, folder: Path, settings: dict):
-        digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-        self.path = folder / f"results-{digest}.jsonl"
-
-    def read(self) -> dict[str, dict]:
-        if not self.path.exists():
-            return {}
-        text = self.path.read_text()
-        done = {}
-        for line in text[:text.rfind("\n") + 1].splitlines():
-            record = json.loads(line)
-            done[record["target"]] = record
-        return done
-
-    def append(self, record: dict) -> None:
-        if self.path.exists():   # drop a line a killed run left half-written
-            text = self.path.read_bytes()
-            if text and not text.endswith(b"\n"):
-                with open(self.path, "r+b") as f:
-                    f.truncate(text.rfind(b"\n") + 1)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -239,14 +208,25 @@ def run_regression(dt: Darktable, chain: Chain, targets: Sequence[Target], conve
     """Regress every target (resuming from the journal), close the loop, write the results."""
     freeze(chain)
     folder = root / "pipeline"
-    journal = Journal(folder, {"blocks": [b.name for b in chain.blocks], "sliders": chain.slider_labels(),
-                               "iterations": iterations, "restarts": restarts, "seed": seed})
-    done = journal.read()
+    meta = {"blocks": [b.name for b in chain.blocks], "sliders": chain.slider_labels(),
+            "weights": [weights_digest(b.proxy) for b in chain.blocks], "targets": [t.key for t in targets],
+            "iterations": iterations, "restarts": restarts, "seed": seed, "crop": C.REGRESSION_CROP}
+    with Journal(folder / "regression.jsonl", meta) as journal:
+        rows = _regress_all(chain, targets, journal, folder, root, device, iterations, restarts, seed)
+    log.info("closed loop: rendering the recovered sliders of %d targets with darktable", len(rows))
+    closed_loop(dt, chain, rows, targets, image_dir)
+    metrics = summarise(chain, rows, dt.install.version_string, conversions)
+    write_results(root, chain, metrics, rows)
+    return metrics
+
+
+def _regress_all(chain: Chain, targets: Sequence[Target], journal: Journal, folder: Path, root: Path,
+                 device: torch.device, iterations: int, restarts: int, seed: int) -> list[PipelineRow]:
     animations = root / "pipeline_animations" if C.PIPELINE_CREATE_ANIMATION else None
     rows = []
     for i, target in enumerate(targets):
-        if target.key in done:
-            rows.append(PipelineRow(**{k: v for k, v in done[target.key].items() if k != "u"}))
+        if target.key in journal:
+            rows.append(PipelineRow(target=target.key, **{k: v for k, v in journal[target.key].items() if k != "u"}))
             continue
         animate = animations is not None and i < C.PIPELINE_ANIMATION_TARGETS
         row, rec = regress_target(chain, target, device, iterations, restarts, seed * 1000003 + i,
@@ -259,10 +239,6 @@ def run_regression(dt: Darktable, chain: Chain, targets: Sequence[Target], conve
             caption = lambda u: " ".join(f"{n}={v:.3g}" for b in chain.values(u).values() for n, v in b.items())
             write_animation(animations, target.key, rec.frames,
                             target.load(chain.blocks[-1].operation, "out")[0], caption)
-        journal.append({**asdict(row), "u": rec.u.tolist()})
+        journal.record(target.key, **{k: v for k, v in asdict(row).items() if k != "target"}, u=rec.u.tolist())
         rows.append(row)
-    log.info("closed loop: rendering the recovered sliders of %d targets with darktable", len(rows))
-    closed_loop(dt, chain, rows, targets, image_dir)
-    metrics = summarise(chain, rows, dt.install.version_string, conversions)
-    write_results(root, chain, metrics, rows)
-    return metrics
+    return rows
