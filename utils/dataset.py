@@ -203,20 +203,26 @@ class _Writer:
         if new:
             self._append(columns(sliders))
 
-    def _append(self, values: Sequence) -> None:
-        self.file.write(_csv_line(values))
+    def _append(self, *rows: Sequence) -> None:
+        self.file.write("".join(_csv_line(values) for values in rows))
         self.file.flush()
         os.fsync(self.file.fileno())
 
-    def record(self, sample: Sample, tap_in: np.ndarray, tap_out: np.ndarray) -> None:
+    def record(self, sample: Sample, tap_in: np.ndarray, tap_out: np.ndarray) -> list[str]:
+        """Write the sample's files; its row, for :meth:`commit` once the files are in place."""
         digest = hashlib.sha1(np.ascontiguousarray(tap_in).tobytes()).hexdigest()[:16]
         rel_in = f"inputs/{sample.image.stem}_{digest}.tif"
         if not (self.folder / rel_in).exists():
             _write_tiff_atomic(self.folder / rel_in, tap_in)
         rel_out = f"outputs/{sample.key}.tif"
         _write_tiff_atomic(self.folder / rel_out, tap_out)
-        self._append([rel_in, rel_out, *(_fmt(sample.values[s.name]) for s in self.sliders),
-                      sample.image.name, sample.key])
+        return [rel_in, rel_out, *(_fmt(sample.values[s.name]) for s in self.sliders),
+                sample.image.name, sample.key]
+
+    def commit(self, rows: Sequence[Sequence]) -> None:
+        """Record ``rows`` in the part file (one fsync for a whole darktable batch)."""
+        if rows:
+            self._append(*rows)
 
     def close(self) -> None:
         self.file.close()
@@ -291,12 +297,19 @@ def generate(dt: Darktable, proxy: ProxyType, sliders: Sequence[Slider], images:
                             failed, time.monotonic() - start, rows)
 
 
-def _batches(samples: Sequence[Sample], size: int) -> list[list[Sample]]:
-    """Samples grouped by image, at most ``size`` per darktable process."""
-    by_image: dict[Path, list[Sample]] = defaultdict(list)
-    for s in samples:
-        by_image[s.image].append(s)
-    return [group[i:i + size] for group in by_image.values() for i in range(0, len(group), size)]
+def _batches(samples: Sequence[Sample], size: int, workers: int) -> list[list[Sample]]:
+    """``samples`` in order, cut into batches of at most ``size`` (one darktable process each).
+
+    The batches are of equal length (+-1) and their number is a multiple of ``workers``, so
+    that the processes finish together (no worker idles at the end) and as few processes as
+    possible pay darktable's start-up. A batch may hold several images.
+    """
+    if not samples:
+        return []
+    count = -(-len(samples) // size)                              # ceil
+    count = min(-(-count // workers) * workers, len(samples))      # a multiple of workers
+    bounds = [round(k * len(samples) / count) for k in range(count + 1)]
+    return [list(samples[a:b]) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
 def _run_jobs(dt: Darktable, proxy: ProxyType, todo: Sequence[Sample], writer: _Writer,
@@ -315,7 +328,7 @@ def _run_jobs(dt: Darktable, proxy: ProxyType, todo: Sequence[Sample], writer: _
         except DarktableError as e:      # the whole process failed (timeout): every sample did
             return [e] * len(batch)
 
-    queue = _batches(todo, max(1, C.DARKTABLE_BATCH_SIZE))
+    queue = _batches(todo, max(1, C.DARKTABLE_BATCH_SIZE), max(1, workers))
     with ThreadPoolExecutor(max(1, workers)) as pool, \
             tqdm(total=len(todo), unit="sample", desc=f"{proxy.name} samples", smoothing=0.1) as bar:
         running = {}
@@ -326,12 +339,12 @@ def _run_jobs(dt: Darktable, proxy: ProxyType, todo: Sequence[Sample], writer: _
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 batch = running.pop(future)
-                retry = []
+                retry, rows = [], []
                 for sample, result in zip(batch, future.result()):
                     try:
                         if isinstance(result, DarktableError):
                             raise result
-                        writer.record(sample, *check_sample(sample, result, proxy.operation))
+                        rows.append(writer.record(sample, *check_sample(sample, result, proxy.operation)))
                         failed.pop(sample.key, None)
                         bar.update(1)
                     except DarktableError as e:
@@ -342,6 +355,7 @@ def _run_jobs(dt: Darktable, proxy: ProxyType, todo: Sequence[Sample], writer: _
                         else:
                             log.warning("sample %s failed: %s", sample.key, e)
                             bar.update(1)
+                writer.commit(rows)
                 if retry:   # one at a time: a bad sample must not take a batch down with it
                     queue.extend([s] for s in retry)
     return failed
