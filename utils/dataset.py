@@ -261,8 +261,9 @@ class GenerationReport:
 
 def generate(dt: Darktable, proxy: ProxyType, sliders: Sequence[Slider], images: Sequence[Path],
              folder: Path, per_image: int, seed: int, stage: int, size: int, workers: int,
-             shard: Shard = Shard(1, 1)) -> GenerationReport:
-    """Generate (or complete) one dataset of ``proxy`` tap-outs in ``folder``."""
+             shard: Shard = Shard(1, 1), batch_size: int | None = None) -> GenerationReport:
+    """Generate (or complete) one dataset of ``proxy`` tap-outs in ``folder``; ``batch_size``:
+    samples per darktable process (default Constants.DARKTABLE_BATCH_SIZE)."""
     start = time.monotonic()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "parts").mkdir(exist_ok=True)
@@ -287,7 +288,8 @@ def generate(dt: Darktable, proxy: ProxyType, sliders: Sequence[Slider], images:
         todo = [s for s in mine if s.key not in done]
         writer = _Writer(folder, sliders, folder / "parts" / f"{shard.name}.csv")
         try:
-            failed = _run_jobs(dt, proxy, todo, writer, size, workers)
+            failed = _run_jobs(dt, proxy, todo, writer, size, workers,
+                               batch_size or C.DARKTABLE_BATCH_SIZE)
         finally:
             writer.close()
         rows = merge_manifest(folder, sliders, [s.key for s in samples])
@@ -313,7 +315,7 @@ def _batches(samples: Sequence[Sample], size: int, workers: int) -> list[list[Sa
 
 
 def _run_jobs(dt: Darktable, proxy: ProxyType, todo: Sequence[Sample], writer: _Writer,
-              size: int, workers: int) -> dict[str, str]:
+              size: int, workers: int, batch_size: int) -> dict[str, str]:
     """Render ``todo`` in parallel batches, retrying failures; the samples that still failed."""
     hq = size == 0
     failed: dict[str, str] = {}
@@ -328,7 +330,7 @@ def _run_jobs(dt: Darktable, proxy: ProxyType, todo: Sequence[Sample], writer: _
         except DarktableError as e:      # the whole process failed (timeout): every sample did
             return [e] * len(batch)
 
-    queue = _batches(todo, max(1, C.DARKTABLE_BATCH_SIZE), max(1, workers))
+    queue = _batches(todo, max(1, batch_size), max(1, workers))
     with ThreadPoolExecutor(max(1, workers)) as pool, \
             tqdm(total=len(todo), unit="sample", desc=f"{proxy.name} samples", smoothing=0.1) as bar:
         running = {}

@@ -61,7 +61,7 @@ def regress(proxy: Proxy, x: torch.Tensor, target: torch.Tensor, iterations: int
 
     Each iteration fits a random ``crop`` (default Constants.REGRESSION_CROP; the sliders are
     global, so any part of the image constrains them), which makes an iteration several times
-    cheaper; the winning start is chosen on the whole image.
+    cheaper (``crop=0``: the whole image); the winning start is chosen on the whole image.
     """
     for p in proxy.parameters():
         p.requires_grad_(False)
@@ -73,16 +73,16 @@ def regress(proxy: Proxy, x: torch.Tensor, target: torch.Tensor, iterations: int
     xs = x.expand(restarts, *x.shape[1:])
     goal = to_network(target, proxy.scale)
     h, w = x.shape[-2:]
-    c = min(crop or C.REGRESSION_CROP, h, w) // 2 * 2
+    ch, cw = (h, w) if crop == 0 else (min(crop or C.REGRESSION_CROP, h, w) // 2 * 2,) * 2
     frames = []
     for it in range(iterations):
         if frame_every and it % frame_every == 0:
             with torch.no_grad():
                 frames.append((it, torch.sigmoid(theta).cpu(), proxy(xs, torch.sigmoid(theta)).cpu()))
-        top = 2 * int(torch.randint(0, (h - c) // 2 + 1, (), generator=generator))
-        left = 2 * int(torch.randint(0, (w - c) // 2 + 1, (), generator=generator))
-        pred = proxy(xs[..., top:top + c, left:left + c], torch.sigmoid(theta))
-        err = to_network(pred, proxy.scale) - goal[..., top:top + c, left:left + c]
+        top = 2 * int(torch.randint(0, (h - ch) // 2 + 1, (), generator=generator))
+        left = 2 * int(torch.randint(0, (w - cw) // 2 + 1, (), generator=generator))
+        pred = proxy(xs[..., top:top + ch, left:left + cw], torch.sigmoid(theta))
+        err = to_network(pred, proxy.scale) - goal[..., top:top + ch, left:left + cw]
         optimizer.zero_grad(set_to_none=True)
         (err ** 2).mean(dim=(1, 2, 3)).sum().backward()
         optimizer.step()
