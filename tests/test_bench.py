@@ -23,7 +23,8 @@ def test_bench_without_darktable_writes_results_and_table(tmp_path, capsys):
         assert entry["best"] in ("fp32", "channels_last") and entry["ms"] > 0
         assert cpu["training"][family]["samples_per_s"] > 0
         assert cpu["proxy_speedup_vs_darktable"][family] is None     # no darktable figure
-    assert cpu["regression"]["seconds_per_target"] > 0 and cpu["peak_rss_mb"] > 0
+    assert list(cpu["regression"]) == ["pointwise"]                   # the CPU default
+    assert cpu["regression"]["pointwise"]["seconds_per_target"] > 0 and cpu["peak_rss_mb"] > 0
     printed = capsys.readouterr().out
     assert "absent (--skip-darktable" in printed and "proxy ms per image, unet tiny (cpu" in printed
 

@@ -46,6 +46,7 @@ import torch
 import Constants as C
 from models.proxies import FAMILIES, ModelSpec
 from models.proxy import Proxy
+from utils.atomic import write_text_atomic
 from utils.errors import UserError
 from utils.registry import EXPOSURE
 
@@ -251,44 +252,51 @@ def bench_training(families: list[str], size: str, device: torch.device, steps: 
 
 
 def bench_regression(family: str, size: str, device: torch.device, iterations: int,
-                     full_iterations: int, hw: tuple[int, int] = (720, 1280)) -> dict[str, Any]:
-    """Seconds of slider regression per target at ``hw``: project settings and full frame."""
+                     full_iterations: int, hw: tuple[int, int], tried: list[dict[str, Any]]) -> dict[str, Any]:
+    """Seconds of slider regression per target at ``hw`` (H, W) in each variant of ``tried``
+    (compile excluded: crops and the whole image have other shapes): project settings
+    (random crops, several starts) and full frame (one start)."""
     from utils.evaluation import regress
-    proxy = make_proxy(family, size, device)
     g = torch.Generator(device="cpu").manual_seed(0)
     h, w = hw
     ramp = torch.linspace(0.01, 1.0, w)[None, None, None, :] * torch.linspace(0.2, 1.0, h)[None, None, :, None]
-    x = (ramp * torch.tensor([0.9, 1.0, 0.8])[None, :, None, None]).to(device)   # (1, 3, H, W)
-    with torch.no_grad():
-        target = proxy(x, torch.tensor([[0.6, 0.3]], device=device))
-
-    def timed(n: int, restarts: int, crop: int | None, dtype) -> float:
-        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            t0 = time.perf_counter()
-            regress(proxy, x, target, n, restarts, g, crop=crop)
-            _sync(device)
-            return time.perf_counter() - t0
-
-    dtypes = {"fp32": None, "bf16": torch.bfloat16}
-    if device.type == "cuda":
-        dtypes["fp16"] = torch.float16
     out = {"family": family, "shape": [h, w], "iterations": iterations,
-           "restarts": C.PARAM_TUNING_RESTARTS, "crop": C.REGRESSION_CROP, "variants": {}}
-    for name, dtype in dtypes.items():
-        timed(2, 1, None, dtype)   # warm-up (allocator, kernels)
-        project = timed(iterations, C.PARAM_TUNING_RESTARTS, None, dtype)
-        full = timed(full_iterations, 1, 0, dtype)
-        out["variants"][name] = {"seconds_per_target": project,
-                                 "full_frame_seconds_per_200_iterations": full * 200 / full_iterations}
-        log.info("regression %s: %.2f s per target, full frame %.2f s per 200 iterations", name,
-                 project, full * 200 / full_iterations)
-    out["full_frame_iterations_measured"] = full_iterations
+           "restarts": C.PARAM_TUNING_RESTARTS, "crop": C.REGRESSION_CROP, "variants": {},
+           "full_frame_iterations_measured": full_iterations,
+           "published_seconds_per_200_iterations": PUBLISHED_REGRESSION_S}
+    for variant in tried:
+        memory = torch.channels_last if variant.get("channels_last") else torch.contiguous_format
+        proxy = make_proxy(family, size, device).to(memory_format=memory)
+        x = (ramp * torch.tensor([0.9, 1.0, 0.8])[None, :, None, None]).to(device)   # (1, 3, H, W)
+        x = x.contiguous(memory_format=memory)
+        with torch.no_grad():
+            target = proxy(x, torch.tensor([[0.6, 0.3]], device=device))
+        dtype = variant.get("dtype")
+
+        def timed(n: int, restarts: int, crop: int | None) -> float:
+            with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                t0 = time.perf_counter()
+                regress(proxy, x, target, n, restarts, g, crop=crop)
+                _sync(device)
+                return time.perf_counter() - t0
+
+        timed(2, 1, None)   # warm-up (allocator, kernels)
+        project = timed(iterations, C.PARAM_TUNING_RESTARTS, None)
+        full = timed(full_iterations, 1, 0) * 200 / full_iterations
+        out["variants"][variant["name"]] = {"seconds_per_target": project,
+                                            "full_frame_seconds_per_200_iterations": full}
+        log.info("regression %s %s: %.2f s per target, full frame %.2f s per 200 iterations",
+                 family, variant["name"], project, full)
     best = min(out["variants"], key=lambda k: out["variants"][k]["full_frame_seconds_per_200_iterations"])
-    out["best"] = best
-    out["seconds_per_target"] = out["variants"][best]["seconds_per_target"]
-    out["full_frame_seconds_per_200_iterations"] = out["variants"][best]["full_frame_seconds_per_200_iterations"]
-    out["published_seconds_per_200_iterations"] = PUBLISHED_REGRESSION_S
+    out.update(best=best, **out["variants"][best])
     return out
+
+
+def paying_variants(device: torch.device, timings: dict[str, Any]) -> list[dict[str, Any]]:
+    """fp32 and the variants (not compiled) that beat it in ``timings`` (a family's forward passes)."""
+    fp32 = timings.get("fp32", {}).get("ms", float("inf"))
+    return [v for v in variants(device) if not v.get("compile") and
+            (v["name"] == "fp32" or timings.get(v["name"], {}).get("ms", float("inf")) < fp32)]
 
 
 # ------------------------------------------------------------------ the whole benchmark
@@ -301,6 +309,7 @@ def synthetic_image(h: int, w: int):
 
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Every figure; the results so far are written to ``args.out`` after each part."""
     started = time.monotonic()
     devices = resolve_devices(args.device)
     families = args.families.split(",")
@@ -320,6 +329,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         datagen = bench_datagen(dt, images, args.per_image, args.single, args.workers)
         results["darktable"] = {"render_512": render, "datagen": datagen,
                                 "machine": machine(torch.device("cpu"), dt_version)}
+        save(results, args.out)
     elif args.darktable_from and Path(args.darktable_from).exists():
         earlier = json.loads(Path(args.darktable_from).read_text()).get("darktable")
         if earlier:
@@ -334,24 +344,36 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         entry = {"machine": machine(device, dt_version)}
+        results["devices"][device.type] = entry
         entry["proxy"] = bench_proxies(families, args.model_size, tap_in, device, args.repeats,
                                        args.variants)
+        save(results, args.out)
         entry["training"] = bench_training(families, args.model_size, device, args.train_steps,
                                            args.train_crop)
-        full_iters = args.full_frame_iterations or (200 if device.type == "cuda" else 5)
-        entry["regression"] = bench_regression(args.regression_family, args.model_size, device,
-                                               args.regression_iterations, full_iters,
-                                               tuple(args.regression_size))
+        save(results, args.out)
+        full_iters = args.full_frame_iterations or (200 if device.type == "cuda" else 2)
+        chosen = args.regression_families or ("pointwise" if device.type == "cpu" else ",".join(families))
+        entry["regression"] = {
+            f: bench_regression(f, args.model_size, device, args.regression_iterations, full_iters,
+                                tuple(args.regression_size),
+                                paying_variants(device, entry["proxy"]["families"].get(f, {}).get("variants", {})))
+            for f in chosen.split(",")}
         entry["peak_rss_mb"] = peak_rss_mb()
         if device.type == "cuda":
             entry["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
         dt_ms = (results["darktable"] or {}).get("render_512", {}).get("ms")
         entry["proxy_speedup_vs_darktable"] = {
             f: (dt_ms / v["ms"] if dt_ms and v["ms"] else None) for f, v in entry["proxy"]["families"].items()}
-        results["devices"][device.type] = entry
+        save(results, args.out)
     results["peak_rss_mb"] = peak_rss_mb()
     results["seconds"] = time.monotonic() - started
     return results
+
+
+def save(results: dict[str, Any], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(results, indent=1) + "\n")
 
 
 def resolve_devices(choice: str) -> list[torch.device]:
@@ -366,6 +388,18 @@ def resolve_devices(choice: str) -> list[torch.device]:
 
 def _fmt(value, spec: str = ".1f") -> str:
     return "absent" if value is None else format(value, spec)
+
+
+def _regression_rows(r: dict[str, Any], kind: str, where: str) -> list[tuple[str, str, str]]:
+    shape = f"{r['shape'][1]}x{r['shape'][0]}"
+    measured = r["full_frame_iterations_measured"]
+    note = "" if measured == 200 else f", from {measured} it"
+    return [(f"regression s per target, {r['family']} ({kind}, {shape}, {r['iterations']} it, "
+             f"{r['restarts']} starts, {r['crop']} px crops, {r['best']})",
+             f"{r['seconds_per_target']:.2f}", where),
+            (f"regression s per 200 iterations, {r['family']}, full frame {shape} ({kind}, 1 start{note}; "
+             f"published {r['published_seconds_per_200_iterations']} s)",
+             f"{r['full_frame_seconds_per_200_iterations']:.2f}", where)]
 
 
 def table(results: dict[str, Any]) -> str:
@@ -404,16 +438,8 @@ def table(results: dict[str, Any]) -> str:
         for family, v in e["training"].items():
             rows.append((f"training samples/s, {family} ({kind}, {v['batch']} x {v['crop']} px crops)",
                          f"{v['samples_per_s']:.0f}", where))
-        r = e["regression"]
-        shape = f"{r['shape'][1]}x{r['shape'][0]}"
-        rows.append((f"regression s per target, {r['family']} ({kind}, {shape}, {r['iterations']} it, "
-                     f"{r['restarts']} starts, {r['crop']} px crops, {r['best']})",
-                     f"{r['seconds_per_target']:.2f}", where))
-        measured = r["full_frame_iterations_measured"]
-        note = "" if measured == 200 else f", from {measured} it"
-        rows.append((f"regression s per 200 iterations, full frame {shape} ({kind}, 1 start{note}; "
-                     f"published {r['published_seconds_per_200_iterations']} s)",
-                     f"{r['full_frame_seconds_per_200_iterations']:.2f}", where))
+        for r in e["regression"].values():
+            rows += _regression_rows(r, kind, where)
         rows.append((f"peak RSS MB ({kind} run)", f"{e['peak_rss_mb']:.0f}", where))
         if "cuda_max_allocated_mb" in e:
             rows.append(("CUDA max allocated MB", f"{e['cuda_max_allocated_mb']:.0f}", where))
@@ -436,17 +462,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--variants", default="", help="forward-pass variants to time, comma-separated "
                    "(default all: fp32, channels_last, bf16, bf16+channels_last, compile, and on CUDA "
                    "fp16+channels_last, compile+bf16+channels_last)")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats per figure (median)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats per figure (median)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="darktable processes in parallel")
     p.add_argument("--per-image", type=int, default=32, help="batched generation: samples per built-in image")
     p.add_argument("--single", type=int, default=8, help="one-call-per-sample generation: samples")
     p.add_argument("--train-steps", type=int, default=20, help="timed training steps per family")
     p.add_argument("--train-crop", type=int, default=0, metavar="PX",
                    help="side of the training crops (default: each family's PROXY_MODEL_CROP)")
-    p.add_argument("--regression-family", default="pointwise", choices=FAMILIES)
+    p.add_argument("--regression-families", default="", metavar="FAMILIES",
+                   help="families timed in slider regression (default: pointwise on CPU, all on CUDA)")
     p.add_argument("--regression-iterations", type=int, default=C.PARAM_TUNING_NUM_ITER)
     p.add_argument("--full-frame-iterations", type=int, default=0,
-                   help="full-frame regression iterations (default 200 on CUDA, 5 on CPU)")
+                   help="full-frame regression iterations (default 200 on CUDA, 2 on CPU)")
     p.add_argument("--regression-size", type=int, nargs=2, default=[720, 1280], metavar=("H", "W"))
     return p.parse_args(argv)
 
@@ -454,11 +481,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     results = run_bench(args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1) + "\n")
+    save(results, args.out)
     print(table(results))
-    print(f"results: {out} ({results['seconds']:.0f} s)")
+    print(f"results: {args.out} ({results['seconds']:.0f} s)")
     return 0
 
 
