@@ -51,3 +51,17 @@ def test_bench_with_darktable(tmp_path):
     assert results["darktable"]["render_512"]["ms"] > 0
     assert results["devices"]["cpu"]["proxy_speedup_vs_darktable"]["pointwise"] > 0
     assert "datagen_speedup_vs_one_call_per_sample" in table(results)
+
+
+def test_regression_on_the_whole_image_lowers_the_loss():
+    """``regress(crop=0)`` (the full-frame figure of the bench) fits a non-square image."""
+    import torch
+    from utils.bench import make_proxy
+    from utils.evaluation import regress
+    proxy = make_proxy("pointwise", "tiny", torch.device("cpu"))
+    x = torch.rand(1, 3, 12, 20, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        target = proxy(x, torch.tensor([[0.7, 0.2]]))
+    short = regress(proxy, x, target, 1, 2, torch.Generator().manual_seed(0), crop=0)
+    long = regress(proxy, x, target, 60, 2, torch.Generator().manual_seed(0), crop=0)
+    assert long.loss < short.loss
