@@ -391,6 +391,11 @@ def _fmt(value, spec: str = ".1f") -> str:
     return "absent" if value is None else format(value, spec)
 
 
+def _load(m: dict[str, Any]) -> str:
+    load = m.get("load_average_1min")
+    return "" if load is None else f", load {load:.1f}"
+
+
 def _regression_rows(r: dict[str, Any], kind: str, where: str) -> list[tuple[str, str, str]]:
     shape = f"{r['shape'][1]}x{r['shape'][0]}"
     measured = r["full_frame_iterations_measured"]
@@ -409,7 +414,7 @@ def table(results: dict[str, Any]) -> str:
     dtr = results.get("darktable")
     if dtr:
         m = dtr["machine"]
-        where = f"{m['cpu']}, {m['cores']} cores, darktable {m['darktable']}"
+        where = f"{m['cpu']}, {m['cores']} cores, darktable {m['darktable']}{_load(m)}"
         if dtr.get("from_earlier_run"):
             where += f" (earlier run: {dtr['from_earlier_run']})"
         g = dtr.get("datagen")
@@ -427,7 +432,7 @@ def table(results: dict[str, Any]) -> str:
         rows.append(("darktable figures", "absent (--skip-darktable, no earlier results)", ""))
     for kind, e in results["devices"].items():
         m = e["machine"]
-        where = (f"{m['gpu']}, " if m["gpu"] else "") + f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}"
+        where = (f"{m['gpu']}, " if m["gpu"] else "") + f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}{_load(m)}"
         p = e["proxy"]
         for family, v in p["families"].items():
             speed = e["proxy_speedup_vs_darktable"][family]
