@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test unit darktable images clean
+.PHONY: demo test unit bench darktable images clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ unit: $(STAMP)
 
 demo: darktable images
 	$(PY) Darktable_proxies.py exposure -n 50 --size 128 --epochs 40 --max-minutes 6
+
+# speed of generation, proxies, training and regression: bench/results.json and a table
+bench: darktable images
+	$(PY) -m utils.bench
 
 clean:
 	rm -rf runs .pytest_cache

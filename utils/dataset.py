@@ -257,20 +257,26 @@ class _Writer:
         if new:
             self._append(columns(sliders))
 
-    def _append(self, values: Sequence) -> None:
-        self.file.write(_csv_line(values))
+    def _append(self, *rows: Sequence) -> None:
+        self.file.write("".join(_csv_line(values) for values in rows))
         self.file.flush()
         os.fsync(self.file.fileno())
 
-    def record(self, sample: Sample, tap_in: np.ndarray, tap_out: np.ndarray) -> None:
+    def record(self, sample: Sample, tap_in: np.ndarray, tap_out: np.ndarray) -> list[str]:
+        """Write the sample's files; its row, for :meth:`commit` once the files are in place."""
         digest = hashlib.sha1(np.ascontiguousarray(tap_in).tobytes()).hexdigest()[:16]
         rel_in = f"inputs/{sample.image.stem}_{digest}.tif"
         if not (self.folder / rel_in).exists():
             _write_tiff_atomic(self.folder / rel_in, tap_in)
         rel_out = f"outputs/{sample.key}.tif"
         _write_tiff_atomic(self.folder / rel_out, tap_out)
-        self._append([rel_in, rel_out, *(_fmt(sample.values[s.name]) for s in self.sliders),
-                      sample.image.name, sample.key])
+        return [rel_in, rel_out, *(_fmt(sample.values[s.name]) for s in self.sliders),
+                sample.image.name, sample.key]
+
+    def commit(self, rows: Sequence[Sequence]) -> None:
+        """Record ``rows`` in the part file (one fsync for a whole darktable batch)."""
+        if rows:
+            self._append(*rows)
 
     def close(self) -> None:
         self.file.close()
@@ -323,8 +329,9 @@ class GenerationReport:
 
 def generate(dt: Darktable, proxy: ProxyType, sliders: Sequence[Slider], images: Sequence[Path],
              folder: Path, per_image: int, seed: int, stage: int, size: int, workers: int,
-             shard: Shard = Shard(1, 1)) -> GenerationReport:
-    """Generate (or complete) one dataset of ``proxy`` tap-outs in ``folder``."""
+             shard: Shard = Shard(1, 1), batch_size: int | None = None) -> GenerationReport:
+    """Generate (or complete) one dataset of ``proxy`` tap-outs in ``folder``; ``batch_size``:
+    samples per darktable process (default Constants.DARKTABLE_BATCH_SIZE)."""
     start = time.monotonic()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "parts").mkdir(exist_ok=True)
@@ -353,7 +360,8 @@ def generate(dt: Darktable, proxy: ProxyType, sliders: Sequence[Slider], images:
         todo = [s for s in mine if s.key not in done]
         writer = _Writer(folder, drawn, folder / "parts" / f"{shard.name}.csv")
         try:
-            failed = _run_jobs(dt, proxy, todo, writer, size, workers)
+            failed = _run_jobs(dt, proxy, todo, writer, size, workers,
+                               batch_size or C.DARKTABLE_BATCH_SIZE)
         finally:
             writer.close()
         record_failures(failures_path(folder, shard), failed)
@@ -365,16 +373,23 @@ def generate(dt: Darktable, proxy: ProxyType, sliders: Sequence[Slider], images:
                             failures_path(folder, shard) if failed else None)
 
 
-def _batches(samples: Sequence[Sample], size: int) -> list[list[Sample]]:
-    """Samples grouped by image, at most ``size`` per darktable process."""
-    by_image: dict[Path, list[Sample]] = defaultdict(list)
-    for s in samples:
-        by_image[s.image].append(s)
-    return [group[i:i + size] for group in by_image.values() for i in range(0, len(group), size)]
+def _batches(samples: Sequence[Sample], size: int, workers: int) -> list[list[Sample]]:
+    """``samples`` in order, cut into batches of at most ``size`` (one darktable process each).
+
+    The batches are of equal length (+-1) and their number is a multiple of ``workers``, so
+    that the processes finish together (no worker idles at the end) and as few processes as
+    possible pay darktable's start-up. A batch may hold several images.
+    """
+    if not samples:
+        return []
+    count = -(-len(samples) // size)                              # ceil
+    count = min(-(-count // workers) * workers, len(samples))      # a multiple of workers
+    bounds = [round(k * len(samples) / count) for k in range(count + 1)]
+    return [list(samples[a:b]) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
 def _run_jobs(dt: Darktable, proxy: ProxyType, todo: Sequence[Sample], writer: _Writer,
-              size: int, workers: int) -> dict[str, str]:
+              size: int, workers: int, batch_size: int) -> dict[str, str]:
     """Render ``todo`` in parallel batches, retrying failures; the samples that still failed."""
     size, hq = render_size(proxy, size)
     failed: dict[str, str] = {}
@@ -389,7 +404,7 @@ def _run_jobs(dt: Darktable, proxy: ProxyType, todo: Sequence[Sample], writer: _
         except DarktableError as e:      # the whole process failed (timeout): every sample did
             return [e] * len(batch)
 
-    queue = _batches(todo, max(1, C.DARKTABLE_BATCH_SIZE))
+    queue = _batches(todo, max(1, batch_size), max(1, workers))
     with ThreadPoolExecutor(max(1, workers)) as pool, \
             tqdm(total=len(todo), unit="sample", desc=f"{proxy.name} samples", smoothing=0.1) as bar, \
             dt.stopped_on_error():
@@ -401,12 +416,12 @@ def _run_jobs(dt: Darktable, proxy: ProxyType, todo: Sequence[Sample], writer: _
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 batch = running.pop(future)
-                retry = []
+                retry, rows = [], []
                 for sample, result in zip(batch, future.result()):
                     try:
                         if isinstance(result, DarktableError):
                             raise result
-                        writer.record(sample, *check_sample(sample, result, proxy.operation))
+                        rows.append(writer.record(sample, *check_sample(sample, result, proxy.operation)))
                         failed.pop(sample.key, None)
                         bar.update(1)
                     except DarktableError as e:
@@ -417,6 +432,7 @@ def _run_jobs(dt: Darktable, proxy: ProxyType, todo: Sequence[Sample], writer: _
                         else:
                             log.warning("sample %s failed: %s", sample.key, e)
                             bar.update(1)
+                writer.commit(rows)
                 if retry:   # one at a time: a bad sample must not take a batch down with it
                     queue.extend([s] for s in retry)
     return failed

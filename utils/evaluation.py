@@ -77,24 +77,26 @@ def regress(forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], n_sli
     models.transform). Each iteration fits a random ``crop`` (default
     Constants.REGRESSION_CROP, even offsets so a mosaic keeps its phase; the sliders are
     global, so any part of the image constrains them), which makes an iteration several times
-    cheaper; the winning start is chosen on the whole image.
+    cheaper (``crop=0``: the whole image); the winning start is chosen on the whole image.
     """
+    if isinstance(forward, torch.nn.Module):
+        freeze(forward)
     start = torch.rand(restarts, n_sliders, generator=generator).clamp(0.02, 0.98).to(x.device)
     theta = torch.logit(start).requires_grad_(True)
     optimizer = torch.optim.Adam([theta], lr=lr, betas=(0.9, 0.9))
     xs = x.expand(restarts, *x.shape[1:])
     goal = to_network(target, scale)
     h, w = x.shape[-2:]
-    c = min(crop or C.REGRESSION_CROP, h, w) // 2 * 2
+    ch, cw = (h, w) if crop == 0 else (min(crop or C.REGRESSION_CROP, h, w) // 2 * 2,) * 2
     frames = []
     for it in range(iterations):
         if frame_every and it % frame_every == 0:
             with torch.no_grad():
                 frames.append((it, torch.sigmoid(theta).cpu(), forward(xs, torch.sigmoid(theta)).cpu()))
-        top = 2 * int(torch.randint(0, (h - c) // 2 + 1, (), generator=generator))
-        left = 2 * int(torch.randint(0, (w - c) // 2 + 1, (), generator=generator))
-        pred = forward(xs[..., top:top + c, left:left + c], torch.sigmoid(theta))
-        err = to_network(pred, scale) - goal[..., top:top + c, left:left + c]
+        top = 2 * int(torch.randint(0, (h - ch) // 2 + 1, (), generator=generator))
+        left = 2 * int(torch.randint(0, (w - cw) // 2 + 1, (), generator=generator))
+        pred = forward(xs[..., top:top + ch, left:left + cw], torch.sigmoid(theta))
+        err = to_network(pred, scale) - goal[..., top:top + ch, left:left + cw]
         optimizer.zero_grad(set_to_none=True)
         (err ** 2).mean(dim=(1, 2, 3)).sum().backward()
         optimizer.step()
