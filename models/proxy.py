@@ -42,7 +42,11 @@ class Proxy(nn.Module):
         return [s["name"] for s in self.sliders]
 
     def forward(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        t = to_network(x, self.scale)                       # (B, C_in, H, W)
+        """``x`` holds the image channels, then ``spec.extra_channels`` coordinate planes."""
+        c = self.spec.in_channels
+        t = to_network(x[:, :c], self.scale)                # (B, C_in, H, W)
+        if self.spec.extra_channels:
+            t = torch.cat([t, x[:, c:c + self.spec.extra_channels].to(t.dtype)], 1)
         return from_network(self.net(t, u).float(), self.scale)   # (B, C_out, H, W)
 
     def to_unit(self, values: torch.Tensor) -> torch.Tensor:

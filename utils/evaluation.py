@@ -264,7 +264,7 @@ def evaluate(dt: Darktable, proxy: Proxy, proxy_type: ProxyType, name: str, root
     """Everything above for one trained proxy; returns metrics.json's content."""
     slider_names = proxy.slider_names
     sliders = [proxy_type.slider(n) for n in slider_names]
-    data = TapoutDataset(stage2, sliders)
+    data = TapoutDataset(stage2, sliders, positional=proxy.spec.extra_channels > 0)
     progress(f"fidelity on {len(data)} held-out samples")
     fid = fidelity(proxy, data, device)
     targets = pick_targets(n_targets, len(data), seed) if sliders else []
@@ -301,8 +301,9 @@ def load_trained(root: Path, name: str, device: torch.device) -> tuple[Proxy, di
 def proxy_on_render(proxy: Proxy, tap_in: np.ndarray, values: Sequence[float],
                     device: torch.device) -> torch.Tensor:
     """Run the proxy on a darktable input tap-out (H, W[, C]) at slider ``values``: (C, H, W)."""
-    from utils.data import to_chw
-    x = torch.from_numpy(to_chw(tap_in))[None].to(device)
+    from utils.data import to_chw, with_coordinates
+    x = torch.from_numpy(to_chw(tap_in))
+    x = (with_coordinates(x) if proxy.spec.extra_channels else x)[None].to(device)
     u = proxy.to_unit(torch.tensor([list(values)], dtype=torch.float64, device=device))
     return proxy(x, u)[0].cpu()
 

@@ -540,6 +540,8 @@ def get_proxy(name: str) -> ProxyType:
 
 
 def describe(proxy: ProxyType) -> str:
-    """One line: ``<name>  <slider>=<lo>..<hi> ...`` (the --list-proxies format)."""
-    sliders = " ".join(f"{s.name}={s.lo:g}..{s.hi:g}" for s in proxy.sliders)
-    return f"{proxy.name}  {sliders}".rstrip()
+    """One line: ``<name>  <slider>=<lo>..<hi> ...`` (the --list-proxies format), names in a
+    column; ``(log)`` marks a slider sampled in log space."""
+    sliders = " ".join(f"{s.name}={s.lo:g}..{s.hi:g}{'(log)' if s.scale == 'log' else ''}"
+                       for s in proxy.sliders)
+    return f"{proxy.name:<16} {sliders}".rstrip()
