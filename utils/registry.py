@@ -231,7 +231,8 @@ SHARPEN = ProxyType(
     value_scale=1.0,
     doc="sharpen: unsharp mask on Lab lightness",
     sliders=(
-        Slider("radius", 0.5, 8.0, 2.0, scale="log", doc="blur radius of the mask"),
+        # radii below 1 (full-resolution pixels) left 128 px renders unchanged
+        Slider("radius", 1.0, 8.0, 2.0, scale="log", doc="blur radius of the mask"),
         Slider("amount", 0.0, 2.0, 0.5, doc="strength of the sharpening"),
         Slider("threshold", 0.0, 2.0, 0.5, doc="contrast below which nothing is sharpened (L units)"),
     ),
@@ -261,9 +262,10 @@ HAZEREMOVAL = ProxyType(
     model="unet",
     doc="haze removal: dark-channel haze estimate subtracted (negative strength adds haze)",
     sliders=(
-        Slider("strength", -1.0, 1.0, 0.2, doc="amount of haze removed"),
-        # distance 1 gave the same output as 0.2 on the test images
-        Slider("distance", 0.0, 0.5, 0.2, doc="how far into the scene haze is removed"),
+        # haze removal only (negative strengths add haze, and there distance acts not at all);
+        # distances above the default 0.2 gave the same output as 0.2 on the test images
+        Slider("strength", 0.0, 1.0, 0.2, doc="amount of haze removed"),
+        Slider("distance", 0.0, 0.2, 0.2, doc="how far into the scene haze is removed"),
     ),
     fixed={"compatibility_mode": 0},
     structs=(Struct(2, fields("strength:f=0.2 distance:f=0.2 compatibility_mode:i=0")),),
@@ -274,11 +276,11 @@ DENOISEPROFILE = ProxyType(
     name="denoiseprofile",
     operation="denoiseprofile",
     model="unet",
-    doc="denoise (profiled), wavelets mode, with the generic noise profile (a[0] = -1)",
+    doc="denoise (profiled), wavelets mode, with the generic noise profile (a[0] = -1); "
+        "bias correction changes the output by < 1e-3 of its mean: not learned",
     sliders=(
         Slider("strength", 0.1, 10.0, 1.0, scale="log", doc="denoising strength"),
         Slider("shadows", 0.1, 1.8, 1.0, doc="preserve shadows"),
-        Slider("bias", -10.0, 10.0, 0.0, doc="bias correction"),
     ),
     fixed={"mode": 1},
     structs=(Struct(11, fields(
@@ -379,13 +381,13 @@ CENSORIZE = ProxyType(
     operation="censorize",
     model="unet",
     positional=True,   # the pixelation grid is fixed to the image
-    doc="censorize: blur, pixelate, blur (noise off: it is random)",
+    doc="censorize: blur, then pixelate (noise off: it is random; the output blur radius_2 "
+        "made two identical renders differ in darktable 5.0.1)",
     sliders=(
         Slider("radius_1", 0.0, 20.0, 0.0, doc="input blur radius"),
         Slider("pixelate", 0.0, 20.0, 0.0, doc="pixelation radius"),
-        Slider("radius_2", 0.0, 20.0, 0.0, doc="output blur radius"),
     ),
-    fixed={"noise": 0},
+    fixed={"noise": 0, "radius_2": 0},
     structs=(Struct(1, fields("radius_1:f=0 pixelate:f=0 radius_2:f=0 noise:f=0")),),
 )
 
