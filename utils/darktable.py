@@ -386,12 +386,13 @@ class Darktable:
     def module_version(self, proxy: ProxyType) -> int:
         """The params version of ``proxy``'s module in this darktable (probed once, cached)."""
         op = proxy.operation
-        if op in self._versions:
+        known = {s.version for s in proxy.structs}
+        if self._versions.get(op) in known:
             return self._versions[op]
         cache_file = Path(C.CACHE_DIR) / "module_versions.json"
         key = f"{self.install.path}|{self.install.version_string}|{op}"
         cached = _read_json(cache_file)
-        if key in cached:
+        if cached.get(key) in known:        # else the registry changed since: probe again
             self._versions[op] = cached[key]
             return cached[key]
         version = self._probe_module_version(proxy)
