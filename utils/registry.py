@@ -333,8 +333,9 @@ COLORIZE = ProxyType(
         Slider("source_lightness_mix", 0.0, 100.0, 50.0, doc="% of the source lightness kept"),
         Slider("lightness", 0.0, 100.0, 50.0),
     ),
+    # version: darktable's init sets the module version, 2 (1 selects an old colour matrix)
     structs=(Struct(2, fields("hue:f=0 saturation:f=0.5 source_lightness_mix:f=50 lightness:f=50 "
-                              "version:i=0")),),
+                              "version:i=2")),),
 )
 
 SOFTEN = ProxyType(
