@@ -5,8 +5,10 @@
 
 With --run, first trains each type, one after the other, with the table's command (below);
 then prints, per type, what its run wrote: the validation PSNR of the training (best and
-last epoch of ROOT/<name>_model_weights/log.csv, <name> = <type>_<sliders...>) and the
-network family of its checkpoint. A type without a finished run gets an empty PSNR cell.
+last epoch of ROOT/<name>_model_weights/log.csv, <name> = <type>_<sliders...>), the network
+family of its checkpoint, and for scale the PSNR of doing nothing (the module's input taken
+for its output) on the same held-out samples (ROOT/stage_2/<name>). A type without a
+finished run gets empty cells.
 """
 from __future__ import annotations
 
@@ -19,20 +21,37 @@ from pathlib import Path
 ROOT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT_DIR))
 
+import torch  # noqa: E402
+
 import Constants as C  # noqa: E402
 from models.proxy import IncompatibleCheckpoint, read_checkpoint  # noqa: E402
 from utils.cli import proxy_name  # noqa: E402
+from utils.data import to_chw  # noqa: E402
+from utils.dataset import read_manifest  # noqa: E402
+from utils.metrics import psnr  # noqa: E402
+from utils.pfm import read_tiff  # noqa: E402
 from utils.errors import UserError, cli_main  # noqa: E402
 from utils.registry import PROXIES, ProxyType, get_proxy  # noqa: E402
 
 COMMAND = "python Darktable_proxies.py {type} -n 20 --size 128 --max-minutes 2 --no-eval"
-HEADER = ("| type | darktable operation | sliders (range, scale) | model | val_psnr dB best (last), epochs |\n"
-          "|---|---|---|---|---|")
+HEADER = ("| type | darktable operation | sliders (range, scale) | model | val_psnr dB best (last), epochs "
+          "| identity dB |\n|---|---|---|---|---|---|")
 
 
 def sliders_cell(proxy: ProxyType) -> str:
     return ", ".join(f"`{s.name}` {s.lo:g}..{s.hi:g}{' log' if s.scale == 'log' else ''}"
                      for s in proxy.sliders) or "none"
+
+
+def identity_psnr(stage2: Path) -> str:
+    """Mean PSNR of the inputs as predictions of the outputs over a stage-2 dataset."""
+    try:
+        rows = read_manifest(stage2)
+    except UserError:
+        return ""
+    scores = [float(psnr(*(torch.from_numpy(to_chw(read_tiff(r[k])))[None] for k in ("input", "output")))[0])
+              for r in rows]
+    return f"{sum(scores) / len(scores):.2f}" if scores else ""
 
 
 def measured(root: Path, proxy: ProxyType) -> tuple[str, str]:
@@ -57,9 +76,10 @@ def measured(root: Path, proxy: ProxyType) -> tuple[str, str]:
 
 
 def row(root: Path, proxy: ProxyType) -> str:
-    family, psnr = measured(root, proxy)
+    family, val = measured(root, proxy)
+    identity = identity_psnr(root / "stage_2" / proxy_name(proxy.name, proxy.sliders, None))
     return (f"| {proxy.name} | {proxy.operation} | {sliders_cell(proxy)} | {family or proxy.model} "
-            f"| {psnr} |")
+            f"| {val} | {identity} |")
 
 
 def main() -> None:
