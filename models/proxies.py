@@ -38,6 +38,9 @@ class ModelSpec:
     out_channels: int
     n_sliders: int
     layout: str = "rgb"  # the proxy's tap-out layout (utils.registry.LAYOUTS; models.mosaic)
+    # planes after the image channels that are not image values (a positional proxy type's
+    # pixel coordinates, utils.data.coordinate_planes): network input, not part of the residual
+    extra_channels: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,7 +51,7 @@ class SliderUNet(nn.Module):
         super().__init__()
         widths, s = UNET_SIZES[spec.size], spec.n_sliders
         self.down = nn.ModuleList()
-        cin = spec.in_channels
+        cin = spec.in_channels + spec.extra_channels
         for w in widths:
             self.down.append(ConvBlock(cin + s, w))
             cin = w
@@ -59,6 +62,7 @@ class SliderUNet(nn.Module):
             self.merge.append(ConvBlock(2 * w_hi, w_hi))
         self.head = nn.Conv2d(widths[0], spec.out_channels, 1)
         self.multiple = 2 ** (len(widths) - 1)
+        self.image_channels = spec.in_channels
 
     def forward(self, x: torch.Tensor, sliders: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -73,7 +77,7 @@ class SliderUNet(nn.Module):
         for up, merge, skip in zip(self.up, self.merge, reversed(skips[:-1])):
             y = merge(torch.cat([up(y), skip], 1))
         y = self.head(y)[..., :h, :w]                                   # (B, C_out, H, W)
-        return _residual(x, y)
+        return _residual(x[:, :self.image_channels], y)
 
 
 class SliderConvStack(nn.Module):
@@ -82,11 +86,13 @@ class SliderConvStack(nn.Module):
     def __init__(self, spec: ModelSpec, kernel: int):
         super().__init__()
         width, depth = STACK_SIZES[spec.size]
-        self.net = ConvStack(spec.in_channels + spec.n_sliders, spec.out_channels, width, depth, kernel)
+        self.net = ConvStack(spec.in_channels + spec.extra_channels + spec.n_sliders,
+                             spec.out_channels, width, depth, kernel)
+        self.image_channels = spec.in_channels
 
     def forward(self, x: torch.Tensor, sliders: torch.Tensor) -> torch.Tensor:
         y = self.net(torch.cat([x, slider_planes(sliders, x)], 1))      # (B, C_out, H, W)
-        return _residual(x, y)
+        return _residual(x[:, :self.image_channels], y)
 
 
 class SliderPointwise(nn.Module):
@@ -96,18 +102,20 @@ class SliderPointwise(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         width, depth = STACK_SIZES[spec.size]
-        sizes = [spec.in_channels + spec.n_sliders] + [width] * (depth - 1) + [spec.out_channels]
+        sizes = ([spec.in_channels + spec.extra_channels + spec.n_sliders] + [width] * (depth - 1)
+                 + [spec.out_channels])
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
             layers.append(nn.Linear(a, b))
             if i < depth - 1:
                 layers.append(nn.LeakyReLU(0.2, inplace=True))
         self.mlp = nn.Sequential(*layers)
+        self.image_channels = spec.in_channels
 
     def forward(self, x: torch.Tensor, sliders: torch.Tensor) -> torch.Tensor:
         table = torch.cat([x, slider_planes(sliders, x)], 1).permute(0, 2, 3, 1)   # (B, H, W, C+S)
         y = self.mlp(table).permute(0, 3, 1, 2)                                 # (B, C_out, H, W)
-        return _residual(x, y)
+        return _residual(x[:, :self.image_channels], y)
 
 
 def _residual(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -53,10 +53,15 @@ class Proxy(nn.Module):
         return self.spec.layout
 
     def forward(self, x: torch.Tensor, u: torch.Tensor, pattern: str | Sequence[str] = "RGGB") -> torch.Tensor:
-        t = to_network(x, self.scale)                       # (B, C_in, H, W)
+        """For the ``rgb`` layout ``x`` holds the image channels, then ``spec.extra_channels``
+        coordinate planes; mosaic layouts take the mosaic and its CFA ``pattern``."""
         if self.spec.layout == "rgb":
+            c = self.spec.in_channels
+            t = to_network(x[:, :c], self.scale)                # (B, C_in, H, W)
+            if self.spec.extra_channels:
+                t = torch.cat([t, x[:, c:c + self.spec.extra_channels].to(t.dtype)], 1)
             return from_network(self.net(t, u).float(), self.scale)   # (B, C_out, H, W)
-        planes = pack(t, pattern)                           # (B, 4, H/2, W/2): R, G1, G2, B
+        planes = pack(to_network(x, self.scale), pattern)  # (B, 4, H/2, W/2): R, G1, G2, B
         if self.spec.layout == "mosaic":
             return from_network(unpack(self.net(planes, u).float(), pattern), self.scale)   # (B, 1, H, W)
         rgb = self.net(nearest_rgb(planes), u).float()      # (B, 12, H/2, W/2)

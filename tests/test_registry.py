@@ -60,5 +60,7 @@ def test_log_sampling_space():
 
 def test_describe_format():
     for proxy in PROXIES.values():
-        assert re.fullmatch(r"[a-z0-9_]+  ([a-zA-Z_:.]+=-?[\d.e+-]+\.\.-?[\d.e+-]+ ?)+", describe(proxy))
-    assert describe(EXPOSURE) == "exposure  exposure=-3..4 black=-0.02..0.02"
+        assert re.fullmatch(r"[a-z0-9_]+ +([a-zA-Z0-9_:.]+=-?[\d.e+-]+\.\.-?[\d.e+-]+(\(log\))? ?)+",
+                            describe(proxy))
+    assert describe(EXPOSURE) == "exposure         exposure=-3..4 black=-0.02..0.02"
+    assert "grey_fulcrum=0.05..0.5(log)" in describe(COLORBALANCERGB)

@@ -226,6 +226,7 @@ class Job:
 
     image: Path
     history: tuple[HistoryItem, ...] = ()
+    dump: tuple[str, ...] | None = None    # this job's tap-outs (None: the batch's ``dump``)
 
 
 _EXPORTED_RE = re.compile(r"\[export_job\] exported to `(.+)'")
@@ -342,7 +343,8 @@ class Darktable:
         Each job's image is linked into a private folder with its own XMP sidecar and the
         folder is exported; darktable numbers its tap-outs with one counter for the whole
         process, so each image's tap-outs are attributed from the log, where they come just
-        before that image's ``exported to`` line. Returns, per job, its Render or the
+        before that image's ``exported to`` line. A job's own ``dump`` replaces ``dump`` for it
+        (jobs of different modules in one process). Returns, per job, its Render or the
         DarktableError that says why it has none; raises DarktableError only when darktable
         could not be started or timed out.
         """
@@ -360,7 +362,8 @@ class Darktable:
                 link = inputs / f"{k:05d}{Path(job.image).suffix}"
                 _link_or_copy(Path(job.image).resolve(), link)
                 link.with_name(link.name + ".xmp").write_text(build_xmp(list(job.history), is_raw(job.image)))
-            cmd = self.command(inputs, outputs, work, dump, size, hq)
+            every_dump = list(dict.fromkeys([*dump, *(op for j in jobs for op in j.dump or ())]))
+            cmd = self.command(inputs, outputs, work, every_dump, size, hq)
             status, text = self.run(cmd, cwd=work)
             parts, rest = split_batch_log(text)
             results: list[Render | DarktableError] = []
@@ -374,7 +377,8 @@ class Darktable:
                 try:
                     if check_params:
                         check_params_accepted(job.history, part)
-                    render = self._collect(work / "dump" / "export", dump, part)
+                    wanted = dump if job.dump is None else job.dump
+                    render = self._collect(work / "dump" / "export", wanted, part)
                     if output:
                         render.output = read_tapout(outputs / f"{k:05d}.pfm")
                     results.append(render)
@@ -419,12 +423,13 @@ class Darktable:
     def module_version(self, proxy: ProxyType) -> int:
         """The params version of ``proxy``'s module in this darktable (probed once, cached)."""
         op = proxy.operation
-        if op in self._versions:
+        known = {s.version for s in proxy.structs}
+        if self._versions.get(op) in known:
             return self._versions[op]
         cache_file = Path(C.CACHE_DIR) / "module_versions.json"
         key = f"{self.install.path}|{self.install.version_string}|{op}"
         cached = _read_json(cache_file)
-        if key in cached:
+        if cached.get(key) in known:        # else the registry changed since: probe again
             self._versions[op] = cached[key]
             return cached[key]
         version = self._probe_module_version(proxy)

@@ -25,6 +25,23 @@ def to_chw(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
 
 
+def coordinate_planes(height: int, width: int) -> torch.Tensor:
+    """(2, H, W): the x and y of every pixel centre, from -1 to 1 across the whole image.
+
+    Positional proxy types (``ProxyType.positional``: vignette, graduated filter, ...) depend
+    on where a pixel is in the image; their networks get these planes after the image
+    channels, so a random crop still knows where it lies.
+    """
+    ys = (torch.arange(height, dtype=torch.float32) + 0.5) / height * 2 - 1
+    xs = (torch.arange(width, dtype=torch.float32) + 0.5) / width * 2 - 1
+    return torch.stack([xs[None, :].expand(height, width), ys[:, None].expand(height, width)])
+
+
+def with_coordinates(x: torch.Tensor) -> torch.Tensor:
+    """A whole tap-out (C, H, W) -> (C + 2, H, W) with its coordinate planes appended."""
+    return torch.cat([x, coordinate_planes(*x.shape[-2:]).to(x.dtype)], 0)
+
+
 class TapoutDataset(Dataset):
     """(input, output, normalised sliders) triples of one dataset folder.
 
@@ -35,10 +52,14 @@ class TapoutDataset(Dataset):
     not change under mirroring. Images are loaded once and kept in memory when the dataset is smaller
     than ``Constants.PRELOAD_MAX_MB``; an input shared by many samples is loaded once.
     Every image is checked for NaN/Inf when it is first read (at construction when preloaded).
+    ``positional``: inputs get their coordinate planes in the whole image (``with_coordinates``)
+    before cropping.
     """
 
-    def __init__(self, folder: str | Path, sliders: Sequence[Slider], crop: int | None = None):
+    def __init__(self, folder: str | Path, sliders: Sequence[Slider], crop: int | None = None,
+                 positional: bool = False):
         self.folder = Path(folder)
+        self.extra_channels = 2 if positional else 0
         self.rows = read_manifest(self.folder)
         if not self.rows:
             raise UserError(f"dataset {self.folder} has no samples; generate it first")
@@ -110,6 +131,8 @@ class TapoutDataset(Dataset):
         x, y = self.load_pair(row)
         if x.shape[1:] != y.shape[1:]:
             raise UserError(f"{row['input']} and {row['output']} differ in size")
+        if self.extra_channels:
+            x = with_coordinates(x)
         if self.crop is not None:
             h, w = y.shape[1:]
             top = 2 * int(torch.randint(0, (h - self.crop) // 2 + 1, ()))

@@ -302,7 +302,7 @@ def evaluate(dt: Darktable, proxy: Proxy, proxy_type: ProxyType, name: str, root
     """Everything above for one trained proxy; returns metrics.json's content."""
     slider_names = proxy.slider_names
     sliders = [proxy_type.slider(n) for n in slider_names]
-    data = TapoutDataset(stage2, sliders)
+    data = TapoutDataset(stage2, sliders, positional=proxy.spec.extra_channels > 0)
     progress(f"fidelity on {len(data)} held-out samples")
     fid = fidelity(proxy, data, device)
     targets = pick_targets(n_targets, len(data), seed) if sliders else []
@@ -356,8 +356,10 @@ def proxy_on_render(proxy: Proxy, tap_in: np.ndarray, values: Sequence[float],
     """Run the proxy on a darktable input tap-out (H, W[, C]) at slider ``values``: (C, H, W).
 
     A mosaic needs its CFA ``pattern`` (utils.cfa.image_pattern); it is cropped to even size
-    (compare with ``chw(tap_out, proxy.layout)``)."""
-    x = chw(tap_in, proxy.layout)[None].to(device)
+    (compare with ``chw(tap_out, proxy.layout)``). A positional proxy gets its coordinate planes."""
+    from utils.data import with_coordinates
+    x = chw(tap_in, proxy.layout)
+    x = (with_coordinates(x) if proxy.spec.extra_channels else x)[None].to(device)
     u = proxy.to_unit(torch.tensor([list(values)], dtype=torch.float64, device=device))
     return proxy(x, u, pattern)[0].cpu()
 

@@ -2,9 +2,11 @@
 
 Adding a darktable module means adding one ``ProxyType`` entry (and a test), never code.
 Struct layouts come from darktable's ``src/iop/<operation>.c``: the fields of
-``dt_iop_<op>_params_t`` in order, ``f`` for float and ``i`` for int/enum/gboolean (4 bytes,
-little-endian, no padding), ``<n>s`` for a ``char[n]`` (a file name, zero-filled), with the
-``$DEFAULT`` of each field.
+``dt_iop_<op>_params_t`` in order, with the ``$DEFAULT`` of each field, written as ``struct``
+format characters: ``f`` float, ``i`` int/enum/gboolean, ``I`` unsigned int, ``B`` uint8_t/char,
+``x`` a padding byte (little-endian and no implicit padding: a C struct's padding is written
+out), ``<n>s`` a ``char[n]`` (a file name, zero-filled). An array ``name[n]`` becomes the
+fields ``name_0 .. name_<n-1>`` (a 2-D array row by row).
 
 Layouts (``ProxyType.layout``): ``rgb`` maps a 3-channel tap-out to a 3-channel one;
 ``mosaic`` a 1-channel raw mosaic to a mosaic (modules before demosaic); ``mosaic_rgb`` a
@@ -14,6 +16,7 @@ another proxy type, drawn per sample and applied upstream, so the module sees va
 from __future__ import annotations
 
 import math
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -24,8 +27,13 @@ from utils.errors import UserError
 @dataclass(frozen=True)
 class Field:
     name: str
-    ctype: str        # "f" float32, "i" int32 (int, enum, gboolean), "<n>s" char[n] (zero-filled)
+    ctype: str        # "f" float32, "i" int32 (int, enum, gboolean), "I" uint32, "B" uint8,
+                      # "x" padding, "<n>s" char[n] (zero-filled)
     default: float
+
+    @property
+    def packed(self) -> bool:
+        return self.ctype != "x"
 
 
 @dataclass(frozen=True)
@@ -45,20 +53,20 @@ class Struct:
 
     def pack(self, values: Mapping[str, float]) -> bytes:
         """Pack ``values`` (field name -> value), every other field at its default."""
-        unknown = set(values) - {f.name for f in self.fields}
+        unknown = set(values) - {f.name for f in self.fields if f.packed}
         if unknown:
             raise KeyError(f"no field {sorted(unknown)} in params v{self.version}")
         return struct.pack(self.format, *(_field_value(f, values.get(f.name, f.default))
-                                          for f in self.fields))
+                                          for f in self.fields if f.packed))
 
     def unpack(self, blob: bytes) -> dict[str, float]:
         if len(blob) != self.size:
             raise ValueError(f"params v{self.version} are {self.size} bytes, got {len(blob)}")
-        return dict(zip((f.name for f in self.fields), struct.unpack(self.format, blob)))
+        return dict(zip((f.name for f in self.fields if f.packed), struct.unpack(self.format, blob)))
 
 
 def _field_value(f: Field, value):
-    if f.ctype == "i":
+    if f.ctype in ("i", "I", "B"):
         return int(value)
     if f.ctype.endswith("s"):
         return value if isinstance(value, bytes) else b""   # char[n]: zero bytes unless given
@@ -66,12 +74,27 @@ def _field_value(f: Field, value):
 
 
 def fields(spec: str) -> tuple[Field, ...]:
-    """Parse a compact struct spec: ``"name:f=0.0 other:i=1 ..."`` (whitespace separated)."""
+    """Parse a compact struct spec (whitespace separated): ``"name:f=0.0 other:i=1 ..."``.
+
+    An array gives its length and its defaults, one value for all elements or one per element:
+    ``red:f[4]=1,0,0,0`` or ``y:f[42]=0.5`` (elements ``red_0 ..``). ``pad:x[3]=0`` is 3
+    padding bytes.
+    """
     out = []
     for token in spec.split():
         name, rest = token.split(":")
         ctype, default = rest.split("=")
-        out.append(Field(name, ctype, float(default)))
+        m = re.fullmatch(r"(\d+s|[fiIBx])(?:\[(\d+)\])?", ctype)
+        if not m:
+            raise ValueError(f"field {name}: unknown type {ctype!r}")
+        values = [float(v) for v in default.split(",")]
+        if m[2] is None:
+            out.append(Field(name, ctype, values[0]))
+            continue
+        n = int(m[2])
+        if len(values) not in (1, n):
+            raise ValueError(f"field {name}: {len(values)} defaults for {n} elements")
+        out += [Field(f"{name}_{k}", m[1], values[k if len(values) > 1 else 0]) for k in range(n)]
     return tuple(out)
 
 
@@ -121,6 +144,9 @@ class ProxyType:
     model: str = "unet"             # default network family (models.proxies.FAMILIES)
     value_scale: float = 0.01       # s of the network domain asinh(x / s) (models.transform)
     doc: str = ""
+    # the output depends on where a pixel is in the whole image (vignette, graduated filter):
+    # the networks also get its coordinates (utils.data.coordinate_planes)
+    positional: bool = False
     layout: str = "rgb"             # "rgb", "mosaic" (1ch -> 1ch) or "mosaic_rgb" (1ch -> 3ch)
     # (proxy type, slider) varied upstream for a module without sliders of its own
     sampler: tuple[str, str] | None = None
@@ -322,8 +348,321 @@ COLOROUT = ProxyType(
 )
 
 
-PROXIES: dict[str, ProxyType] = {p.name: p for p in (EXPOSURE, COLORBALANCERGB, TEMPERATURE, HIGHLIGHTS,
-                                                    DEMOSAIC, COLORIN, COLOROUT)}
+# ---------------------------------------------------------------- modules on 3-channel data
+# Versions and struct layouts checked against darktable 5.0.1 (tests/test_modules.py). Ranges
+# are darktable's soft slider ranges or a narrower useful part of them; "log" for wide
+# positive ranges. Modules after colorin work on linear Rec.2020 RGB (value_scale 0.01) or
+# on Lab, L 0..100 (value_scale 1). Sizes and radii are darktable's, in pixels of the full
+# image: darktable scales them to the processed size.
+
+SHARPEN = ProxyType(
+    name="sharpen",
+    operation="sharpen",
+    model="neighbourhood",
+    value_scale=1.0,
+    doc="sharpen: unsharp mask on Lab lightness",
+    sliders=(
+        # radii below 1 (full-resolution pixels) left 128 px renders unchanged
+        Slider("radius", 1.0, 8.0, 2.0, scale="log", doc="blur radius of the mask"),
+        Slider("amount", 0.0, 2.0, 0.5, doc="strength of the sharpening"),
+        Slider("threshold", 0.0, 2.0, 0.5, doc="contrast below which nothing is sharpened (L units)"),
+    ),
+    structs=(Struct(1, fields("radius:f=2 amount:f=0.5 threshold:f=0.5")),),
+)
+
+GRADUATEDND = ProxyType(
+    name="graduatednd",
+    operation="graduatednd",
+    model="pointwise",
+    positional=True,
+    doc="graduated density: a neutral density filter over part of the frame",
+    sliders=(
+        Slider("density", -2.0, 3.0, 1.0, doc="EV of the filter at its dark end"),
+        Slider("hardness", 0.0, 100.0, 0.0, doc="% steepness of the transition"),
+        Slider("rotation", -180.0, 180.0, 0.0, doc="degrees"),
+        Slider("offset", 0.0, 100.0, 50.0, doc="% position of the transition"),
+    ),
+    fixed={"hue": 0, "saturation": 0},   # neutral grey filter (hue is dead at saturation 0)
+    structs=(Struct(1, fields("density:f=1 hardness:f=0 rotation:f=0 offset:f=50 hue:f=0 "
+                              "saturation:f=0")),),
+)
+
+HAZEREMOVAL = ProxyType(
+    name="hazeremoval",
+    operation="hazeremoval",
+    model="unet",
+    doc="haze removal: dark-channel haze estimate subtracted (negative strength adds haze)",
+    sliders=(
+        # haze removal only (negative strengths add haze, and there distance acts not at all);
+        # distances above the default 0.2 gave the same output as 0.2 on the test images
+        Slider("strength", 0.0, 1.0, 0.2, doc="amount of haze removed"),
+        Slider("distance", 0.0, 0.2, 0.2, doc="how far into the scene haze is removed"),
+    ),
+    fixed={"compatibility_mode": 0},
+    structs=(Struct(2, fields("strength:f=0.2 distance:f=0.2 compatibility_mode:i=0")),),
+)
+
+_DENOISE_X = ",".join(f"{k / 6:.9g}" for _ in range(6) for k in range(7))
+DENOISEPROFILE = ProxyType(
+    name="denoiseprofile",
+    operation="denoiseprofile",
+    model="unet",
+    doc="denoise (profiled), wavelets mode, with the generic noise profile (a[0] = -1); "
+        "bias correction changes the output by < 1e-3 of its mean: not learned",
+    sliders=(
+        Slider("strength", 0.1, 10.0, 1.0, scale="log", doc="denoising strength"),
+        Slider("shadows", 0.1, 1.8, 1.0, doc="preserve shadows"),
+    ),
+    fixed={"mode": 1},
+    structs=(Struct(11, fields(
+        "radius:f=1 nbhood:f=7 strength:f=1 shadows:f=1 bias:f=0 scattering:f=0 "
+        "central_pixel_weight:f=0.1 overshooting:f=1 a:f[3]=-1,0,0 b:f[3]=0 mode:i=1 "
+        f"x:f[42]={_DENOISE_X} y:f[42]=0.5 wb_adaptive_anscombe:i=1 "
+        "fix_anscombe_and_nlmeans_norm:i=1 use_new_vst:i=1 wavelet_color_mode:i=1")),),
+)
+
+LOWPASS = ProxyType(
+    name="lowpass",
+    operation="lowpass",
+    model="unet",
+    value_scale=1.0,
+    doc="lowpass: gaussian blur of Lab with contrast, brightness and saturation",
+    sliders=(
+        Slider("radius", 1.0, 50.0, 10.0, scale="log", doc="blur radius"),
+        Slider("contrast", -1.0, 2.0, 1.0, doc="contrast of the blurred image"),
+        Slider("brightness", -1.0, 1.0, 0.0),
+        Slider("saturation", 0.0, 2.0, 1.0),
+    ),
+    fixed={"order": 0, "lowpass_algo": 0},   # gaussian
+    structs=(Struct(4, fields("order:i=0 radius:f=10 contrast:f=1 brightness:f=0 saturation:f=1 "
+                              "lowpass_algo:i=0 unbound:i=1")),),
+)
+
+BLOOM = ProxyType(
+    name="bloom",
+    operation="bloom",
+    model="unet",
+    value_scale=1.0,
+    doc="bloom: blurred highlights added to Lab lightness",
+    sliders=(
+        Slider("size", 5.0, 60.0, 20.0, scale="log", doc="% size of the glow"),
+        Slider("threshold", 50.0, 100.0, 90.0, doc="% lightness above which pixels glow"),
+        Slider("strength", 0.0, 100.0, 25.0, doc="% strength of the glow"),
+    ),
+    structs=(Struct(1, fields("size:f=20 threshold:f=90 strength:f=25")),),
+)
+
+COLORIZE = ProxyType(
+    name="colorize",
+    operation="colorize",
+    model="pointwise",
+    value_scale=1.0,
+    doc="colorize: a uniform colour mixed into Lab",
+    sliders=(
+        Slider("hue", 0.0, 1.0, 0.0),
+        Slider("saturation", 0.0, 1.0, 0.5),
+        Slider("source_lightness_mix", 0.0, 100.0, 50.0, doc="% of the source lightness kept"),
+        Slider("lightness", 0.0, 100.0, 50.0),
+    ),
+    # version: darktable's init sets the module version, 2 (1 selects an old colour matrix)
+    structs=(Struct(2, fields("hue:f=0 saturation:f=0.5 source_lightness_mix:f=50 lightness:f=50 "
+                              "version:i=2")),),
+)
+
+SOFTEN = ProxyType(
+    name="soften",
+    operation="soften",
+    model="unet",
+    doc="soften: a brightened, saturated blur (Orton effect) mixed in",
+    sliders=(
+        Slider("size", 5.0, 100.0, 50.0, scale="log", doc="% blur size"),
+        Slider("saturation", 0.0, 100.0, 100.0, doc="% saturation of the blur"),
+        Slider("brightness", -2.0, 2.0, 0.33, doc="EV of the blur"),
+        Slider("amount", 0.0, 100.0, 50.0, doc="% mix"),
+    ),
+    structs=(Struct(1, fields("size:f=50 saturation:f=100 brightness:f=0.33 amount:f=50")),),
+)
+
+FILMICRGB = ProxyType(
+    name="filmicrgb",
+    operation="filmicrgb",
+    model="pointwise",
+    doc="filmic rgb: log tone mapping to display (v7 colour science, power norm)",
+    sliders=(
+        Slider("white_point_source", 2.0, 8.0, 4.0, doc="white relative exposure (EV)"),
+        Slider("black_point_source", -14.0, -4.0, -8.0, doc="black relative exposure (EV)"),
+        Slider("contrast", 0.7, 2.0, 1.0),
+        Slider("latitude", 0.01, 50.0, 0.01, scale="log", doc="% linear part of the curve"),
+    ),
+    # no highlight reconstruction, no highlight noise (random), hardness set automatically;
+    # grey_point_source and balance barely change the output (< 1e-4): not learned
+    fixed={"enable_highlight_reconstruction": 0, "noise_level": 0, "auto_hardness": 1},
+    structs=(Struct(6, fields(
+        "grey_point_source:f=18.45 black_point_source:f=-8 white_point_source:f=4 "
+        "reconstruct_threshold:f=0 reconstruct_feather:f=3 reconstruct_bloom_vs_details:f=100 "
+        "reconstruct_grey_vs_color:f=100 reconstruct_structure_vs_texture:f=0 security_factor:f=0 "
+        "grey_point_target:f=18.45 black_point_target:f=0.01517634 white_point_target:f=100 "
+        "output_power:f=4 latitude:f=0.01 contrast:f=1 saturation:f=0 balance:f=0 "
+        "noise_level:f=0.2 preserve_color:i=3 version:i=4 auto_hardness:i=1 custom_grey:i=0 "
+        "high_quality_reconstruction:i=1 noise_distribution:i=1 shadows:i=0 highlights:i=0 "
+        "compensate_icc_black:i=0 spline_version:i=2 enable_highlight_reconstruction:i=0")),),
+)
+
+CENSORIZE = ProxyType(
+    name="censorize",
+    operation="censorize",
+    model="unet",
+    positional=True,   # the pixelation grid is fixed to the image
+    doc="censorize: blur, then pixelate (noise off: it is random; the output blur radius_2 "
+        "made two identical renders differ in darktable 5.0.1)",
+    sliders=(
+        Slider("radius_1", 0.0, 20.0, 0.0, doc="input blur radius"),
+        Slider("pixelate", 0.0, 20.0, 0.0, doc="pixelation radius"),
+    ),
+    fixed={"noise": 0, "radius_2": 0},
+    structs=(Struct(1, fields("radius_1:f=0 pixelate:f=0 radius_2:f=0 noise:f=0")),),
+)
+
+SIGMOID = ProxyType(
+    name="sigmoid",
+    operation="sigmoid",
+    model="pointwise",
+    doc="sigmoid: log-logistic tone mapping to display, per channel with hue preservation",
+    sliders=(
+        Slider("middle_grey_contrast", 0.7, 3.0, 1.5, doc="contrast"),
+        Slider("contrast_skewness", -1.0, 1.0, 0.0, doc="skew"),
+        Slider("hue_preservation", 0.0, 100.0, 100.0, doc="% preserve hue"),
+        Slider("display_black_target", 0.0, 1.0, 0.0152, doc="% target black"),
+    ),
+    fixed={"color_processing": 0, "base_primaries": 0},   # per channel, working profile
+    structs=(Struct(3, fields(
+        "middle_grey_contrast:f=1.5 contrast_skewness:f=0 display_white_target:f=100 "
+        "display_black_target:f=0.0152 color_processing:i=0 hue_preservation:f=100 red_inset:f=0 "
+        "red_rotation:f=0 green_inset:f=0 green_rotation:f=0 blue_inset:f=0 blue_rotation:f=0 "
+        "purity:f=0 base_primaries:i=0")),),
+)
+
+BILAT = ProxyType(
+    name="bilat",
+    operation="bilat",
+    model="unet",
+    value_scale=1.0,
+    doc="local contrast, local laplacian mode, on Lab",
+    sliders=(
+        Slider("detail", -0.5, 1.5, 0.25, doc="detail (0.25 = 125 %)"),
+        Slider("sigma_r", 0.0, 1.0, 0.5, doc="highlights"),
+        Slider("sigma_s", 0.0, 1.0, 0.5, doc="shadows"),
+        Slider("midtone", 0.1, 1.0, 0.5, doc="midtone range"),
+    ),
+    fixed={"mode": 1},
+    structs=(Struct(3, fields("mode:i=1 sigma_r:f=0.5 sigma_s:f=0.5 detail:f=0.25 midtone:f=0.5")),),
+)
+
+SHADHI = ProxyType(
+    name="shadhi",
+    operation="shadhi",
+    model="unet",
+    value_scale=1.0,
+    doc="shadows and highlights, bilateral filter, on Lab",
+    sliders=(
+        Slider("shadows", -100.0, 100.0, 50.0),
+        Slider("highlights", -100.0, 100.0, -50.0),
+        Slider("whitepoint", -5.0, 5.0, 0.0, doc="white point adjustment"),
+        Slider("radius", 10.0, 200.0, 100.0, scale="log", doc="filter radius"),
+        Slider("compress", 0.0, 100.0, 50.0, doc="% compression of the effect toward midtones"),
+    ),
+    fixed={"shadhi_algo": 1},
+    structs=(Struct(5, fields(
+        "order:i=0 radius:f=100 shadows:f=50 whitepoint:f=0 highlights:f=-50 reserved2:f=0 "
+        "compress:f=50 shadows_ccorrect:f=100 highlights_ccorrect:f=50 flags:I=127 "
+        "low_approximation:f=0.000001 shadhi_algo:i=1")),),
+)
+
+VIGNETTE = ProxyType(
+    name="vignette",
+    operation="vignette",
+    model="pointwise",
+    positional=True,
+    doc="vignetting: brightness and saturation falling off from the centre",
+    sliders=(
+        Slider("scale", 0.0, 100.0, 80.0, doc="% fall-off start"),
+        Slider("falloff_scale", 5.0, 100.0, 50.0, doc="% fall-off radius"),
+        Slider("brightness", -1.0, 1.0, -0.5),
+        Slider("saturation", -1.0, 1.0, -0.5),
+    ),
+    fixed={"dithering": 0, "autoratio": 0},
+    structs=(Struct(4, fields(
+        "scale:f=80 falloff_scale:f=50 brightness:f=-0.5 saturation:f=-0.5 center_x:f=0 "
+        "center_y:f=0 autoratio:i=0 whratio:f=1 shape:f=1 dithering:i=0 unbound:i=1")),),
+)
+
+CHANNELMIXERRGB = ProxyType(
+    name="channelmixerrgb",
+    operation="channelmixerrgb",
+    model="pointwise",
+    doc="color calibration: the RGB mixing matrix (row <out>_<in>), no chromatic adaptation",
+    sliders=(
+        Slider("red_0", 0.0, 2.0, 1.0, doc="red of the red output"),
+        Slider("red_1", -1.0, 1.0, 0.0, doc="green of the red output"),
+        Slider("green_1", 0.0, 2.0, 1.0, doc="green of the green output"),
+        Slider("green_2", -1.0, 1.0, 0.0, doc="blue of the green output"),
+        Slider("blue_0", -1.0, 1.0, 0.0, doc="red of the blue output"),
+        Slider("blue_2", 0.0, 2.0, 1.0, doc="blue of the blue output"),
+    ),
+    # adaptation 4 = none (bypass); rows not normalised, so each slider acts alone
+    fixed={"adaptation": 4, "normalize_R": 0, "normalize_G": 0, "normalize_B": 0},
+    structs=(Struct(3, fields(
+        "red:f[4]=1,0,0,0 green:f[4]=0,1,0,0 blue:f[4]=0,0,1,0 saturation:f[4]=0 lightness:f[4]=0 "
+        "grey:f[4]=0 normalize_R:i=0 normalize_G:i=0 normalize_B:i=0 normalize_sat:i=0 "
+        "normalize_light:i=0 normalize_grey:i=1 illuminant:i=2 illum_fluo:i=2 illum_led:i=4 "
+        "adaptation:i=1 x:f=0.333 y:f=0.333 temperature:f=5003 gamut:f=1 clip:i=1 version:i=2")),),
+)
+
+VELVIA = ProxyType(
+    name="velvia",
+    operation="velvia",
+    model="pointwise",
+    doc="velvia: saturation boost weighted toward less saturated pixels",
+    sliders=(
+        Slider("strength", 0.0, 100.0, 25.0, doc="%"),
+        Slider("bias", 0.0, 1.0, 1.0, doc="mid-tones bias"),
+    ),
+    structs=(Struct(2, fields("strength:f=25 bias:f=1")),),
+)
+
+VIBRANCE = ProxyType(
+    name="vibrance",
+    operation="vibrance",
+    model="pointwise",
+    value_scale=1.0,
+    doc="vibrance (deprecated in the GUI, still processed): saturation of dull Lab colours",
+    sliders=(Slider("amount", 0.0, 100.0, 25.0, doc="%"),),
+    structs=(Struct(2, fields("amount:f=25")),),
+)
+
+TONEEQUAL = ProxyType(
+    name="toneequal",
+    operation="toneequal",
+    model="unet",
+    doc="tone equalizer: EV gains per exposure band of a guided-filter luminance mask",
+    sliders=(
+        Slider("blacks", -2.0, 2.0, 0.0, doc="EV at -5 EV"),
+        Slider("shadows", -2.0, 2.0, 0.0, doc="EV at -4 EV"),
+        Slider("midtones", -2.0, 2.0, 0.0, doc="EV at -3 EV"),
+        Slider("highlights", -2.0, 2.0, 0.0, doc="EV at -2 EV"),
+        Slider("whites", -2.0, 2.0, 0.0, doc="EV at -1 EV"),
+    ),
+    structs=(Struct(2, fields(
+        "noise:f=0 ultra_deep_blacks:f=0 deep_blacks:f=0 blacks:f=0 shadows:f=0 midtones:f=0 "
+        "highlights:f=0 whites:f=0 speculars:f=0 blending:f=5 smoothing:f=1.41421356 "
+        "feathering:f=1 quantization:f=0 contrast_boost:f=0 exposure_boost:f=0 details:i=4 "
+        "method:i=4 iterations:i=1")),),
+)
+
+PROXIES: dict[str, ProxyType] = {p.name: p for p in (
+    EXPOSURE, COLORBALANCERGB, TEMPERATURE, HIGHLIGHTS, DEMOSAIC, COLORIN, COLOROUT, SHARPEN,
+    GRADUATEDND, HAZEREMOVAL, DENOISEPROFILE, LOWPASS, BLOOM, COLORIZE, SOFTEN, FILMICRGB, CENSORIZE,
+    SIGMOID, BILAT, SHADHI, VIGNETTE, CHANNELMIXERRGB, VELVIA, VIBRANCE, TONEEQUAL)}
 
 
 def get_proxy(name: str) -> ProxyType:
@@ -343,10 +682,13 @@ def sampler_of(proxy: ProxyType) -> tuple[ProxyType, Slider] | None:
 
 
 def describe(proxy: ProxyType) -> str:
-    """One line: ``<name>  <slider>=<lo>..<hi> ...`` (the --list-proxies format)."""
-    sliders = " ".join(f"{s.name}={s.lo:g}..{s.hi:g}" for s in proxy.sliders)
+    """One line: ``<name>  <slider>=<lo>..<hi> ...`` (the --list-proxies format), names in a
+    column; ``(log)`` marks a slider sampled in log space; a type without sliders shows the
+    slider of its sampler as ``sampler:<type>.<slider>=<lo>..<hi>``."""
+    sliders = " ".join(f"{s.name}={s.lo:g}..{s.hi:g}{'(log)' if s.scale == 'log' else ''}"
+                       for s in proxy.sliders)
     sampler = sampler_of(proxy)
     if not sliders and sampler is not None:
         upstream, s = sampler
         sliders = f"sampler:{upstream.name}.{s.name}={s.lo:g}..{s.hi:g}"   # no sliders of its own
-    return f"{proxy.name}  {sliders}".rstrip()
+    return f"{proxy.name:<16} {sliders}".rstrip()

@@ -154,14 +154,16 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
     torch.manual_seed(cfg.seed + world.rank)
     np.random.seed(cfg.seed + world.rank)
 
-    train_set = TapoutDataset(stage1, sliders, crop=cfg.crop)
-    val_set = TapoutDataset(stage2, sliders) if stage2 is not None and (stage2 / "manifest.csv").exists() else None
+    positional = proxy_type.positional
+    train_set = TapoutDataset(stage1, sliders, crop=cfg.crop, positional=positional)
+    val_set = (TapoutDataset(stage2, sliders, positional=positional)
+               if stage2 is not None and (stage2 / "manifest.csv").exists() else None)
     if val_set is None:
         log.warning("no stage-2 dataset at %s: no validation PSNR; 'best' is the last epoch", stage2)
 
     spec = ModelSpec(cfg.family, cfg.size, *network_channels(train_set.layout, train_set.in_channels,
                                                              train_set.out_channels),
-                     len(sliders), train_set.layout)
+                     len(sliders), layout=train_set.layout, extra_channels=train_set.extra_channels)
     dataset = read_spec(stage1)
     meta = {"proxy_type": proxy_type.name, "operation": proxy_type.operation, "name": name,
             "darktable_version": dataset.get("darktable_version", ""),
@@ -362,7 +364,7 @@ def _prediction_grid(proxy: Proxy, val_set: TapoutDataset, device: torch.device,
         x, y, u = (t[None].to(device) for t in val_set[i])
         pred = proxy(x, u).float()
         score = float(psnr(pred, y)[0])
-        tiles = [x[0], y[0], pred[0], (pred[0] - y[0]).abs() * 10]
+        tiles = [x[0, :proxy.spec.in_channels], y[0], pred[0], (pred[0] - y[0]).abs() * 10]
         rows.append([to_display(t.permute(1, 2, 0).cpu().numpy()) for t in tiles])
         labels.append([val_set.rows[i]["sample"], "darktable", f"proxy {score:.1f} dB", "|error| x10"])
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""The README's "Proxy types" table: one markdown row per proxy type.
+
+    python tools/proxy_table.py TYPE [TYPE ...] [--run] [--out ROOT]
+
+With --run, first trains each type, one after the other, with the table's command (below);
+then prints, per type, what its run wrote: the validation PSNR of the training (best and
+last epoch of ROOT/<name>_model_weights/log.csv, <name> = <type>_<sliders...>), the network
+family of its checkpoint, and for scale the PSNR of doing nothing (the module's input taken
+for its output) on the same held-out samples (ROOT/stage_2/<name>). A type without a
+finished run gets empty cells.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT_DIR))
+
+import torch  # noqa: E402
+
+import Constants as C  # noqa: E402
+from models.proxy import IncompatibleCheckpoint, read_checkpoint  # noqa: E402
+from utils.cli import proxy_name  # noqa: E402
+from utils.data import to_chw  # noqa: E402
+from utils.dataset import read_manifest  # noqa: E402
+from utils.metrics import psnr  # noqa: E402
+from utils.pfm import read_tiff  # noqa: E402
+from utils.errors import UserError, cli_main  # noqa: E402
+from utils.registry import PROXIES, ProxyType, get_proxy  # noqa: E402
+
+COMMAND = "python Darktable_proxies.py {type} -n 20 --size 128 --max-minutes 2 --no-eval"
+HEADER = ("| type | darktable operation | sliders (range, scale) | model | val_psnr dB best (last), epochs "
+          "| identity dB |\n|---|---|---|---|---|---|")
+
+
+def sliders_cell(proxy: ProxyType) -> str:
+    return ", ".join(f"`{s.name}` {s.lo:g}..{s.hi:g}{' log' if s.scale == 'log' else ''}"
+                     for s in proxy.sliders) or "none"
+
+
+def identity_psnr(stage2: Path) -> str:
+    """Mean PSNR of the inputs as predictions of the outputs over a stage-2 dataset."""
+    try:
+        rows = read_manifest(stage2)
+    except UserError:
+        return ""
+    scores = [float(psnr(*(torch.from_numpy(to_chw(read_tiff(r[k])))[None] for k in ("input", "output")))[0])
+              for r in rows]
+    return f"{sum(scores) / len(scores):.2f}" if scores else ""
+
+
+def measured(root: Path, proxy: ProxyType) -> tuple[str, str]:
+    """(model family, PSNR cell) from the run's checkpoint and log.csv; family '' if no run."""
+    weights = root / f"{proxy_name(proxy.name, proxy.sliders, None)}_model_weights"
+    try:
+        with open(weights / "log.csv", newline="") as f:
+            history = list(csv.DictReader(f))
+    except OSError:
+        return "", ""
+    if not history:
+        return "", ""
+    psnrs = [float(h["val_psnr"]) for h in history]
+    family = ""
+    for checkpoint in ("best.pt", "last.pt"):
+        try:
+            family = read_checkpoint(weights / checkpoint)["model"]["family"]
+            break
+        except (IncompatibleCheckpoint, KeyError):
+            continue
+    return family, f"{max(psnrs):.2f} ({psnrs[-1]:.2f}), {len(history)}"
+
+
+def row(root: Path, proxy: ProxyType) -> str:
+    family, val = measured(root, proxy)
+    identity = identity_psnr(root / "stage_2" / proxy_name(proxy.name, proxy.sliders, None))
+    return (f"| {proxy.name} | {proxy.operation} | {sliders_cell(proxy)} | {family or proxy.model} "
+            f"| {val} | {identity} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("types", nargs="*", metavar="TYPE", help="proxy types (default: all)")
+    parser.add_argument("--run", action="store_true", help="train each type first: " + COMMAND)
+    parser.add_argument("--out", type=Path, default=Path(C.IMAGE_ROOT_DIR), metavar="ROOT",
+                        help=f"where the runs are (default {C.IMAGE_ROOT_DIR})")
+    args = parser.parse_args()
+    proxies = [get_proxy(t) for t in args.types] or list(PROXIES.values())
+    if args.run:
+        for proxy in proxies:
+            cmd = COMMAND.format(type=proxy.name).split()[1:] + ["--out", str(args.out)]
+            if subprocess.run([sys.executable, *cmd], cwd=ROOT_DIR).returncode:
+                raise UserError(f"training {proxy.name} failed: '{' '.join(cmd)}' (see its output above)")
+    print(f"command: {COMMAND.format(type='TYPE')}\n")
+    print(HEADER)
+    for proxy in proxies:
+        print(row(args.out, proxy))
+
+
+if __name__ == "__main__":
+    cli_main(main)()
