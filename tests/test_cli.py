@@ -18,7 +18,7 @@ def test_list_proxies_one_line_each():
     lines = proc.stdout.strip().splitlines()
     assert [ln.split()[0] for ln in lines] == list(PROXIES)
     for line in lines:
-        assert re.fullmatch(r"\S+  (\S+=\S+\.\.\S+ ?)+", line)
+        assert re.fullmatch(r"\S+ +(\S+=\S+\.\.\S+ ?)+", line)
 
 
 def test_help_lists_every_proxy():
