@@ -19,6 +19,7 @@ block's input tap-out, the target the last block's output tap-out.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -341,19 +342,20 @@ class Target:
 
 def generate_targets(dt: Darktable, chain: Chain, images: Sequence[Path], folder: Path, count: int,
                      seed: int, render: bool = True) -> tuple[list[Target], list[str]]:
-    """Render (or reuse) ``count`` targets into ``folder``; the targets and the conversions.
-    With ``render`` off only the targets already there are used."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Render (or reuse) ``count`` targets; the targets and the conversions. Each config and
+    setting gets its own subfolder of ``folder`` (named by a digest of what the data is), so
+    changing the config never mixes or destroys renders. With ``render`` off only the targets
+    already there are used."""
     spec = PipelineSpec([b.name for b in chain.blocks], chain.slider_labels(), count, seed,
                         dt.install.version_string, [f"{p.name}:{p.stat().st_size}" for p in images])
+    digest = hashlib.sha1(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:12]
+    folder = folder / digest
+    folder.mkdir(parents=True, exist_ok=True)
     spec_path = folder / "pipeline.json"
     if spec_path.exists():
-        old = json.loads(spec_path.read_text())
-        diff = [k for k in asdict(spec) if k != "conversions" and old.get(k) != asdict(spec)[k]]
-        if diff:
-            raise UserError(f"pipeline data in {folder} was made for another config or settings "
-                            f"({', '.join(diff)} differ); remove that folder or use --out")
-        spec.conversions = old.get("conversions", [])
+        spec.conversions = json.loads(spec_path.read_text()).get("conversions", [])
+    else:
+        write_text_atomic(spec_path, json.dumps(asdict(spec), indent=1) + "\n")
     planned = draw_targets(chain, images, count, seed)
     manifest = folder / "manifest.csv"
     done = {r["target"] for r in _read_rows(manifest)}
