@@ -1,6 +1,7 @@
 """Pipelines: config parsing, colour-space glue, gradient flow through chained proxies, and
 Pipeline_regression.py end to end on tiny proxies (darktable tests are marked)."""
 import json
+import math
 import subprocess
 import sys
 
@@ -248,3 +249,14 @@ def test_gradient_crosses_mosaic_blocks(pattern):
     assert out.shape == (1, 3, 8, 12)
     out.square().mean().backward()
     assert (u.grad.abs() > 0).all()
+
+
+def test_regression_survives_a_start_that_overflows():
+    """A start whose output is not finite neither poisons the others nor wins (with this seed
+    five of the eight starts begin in the region where the output is NaN)."""
+    def forward(x, u):
+        return torch.where(u[:, :1, None, None] > 0.3, x * u[:, :1, None, None] * 2,
+                           torch.full_like(x, float("nan")))
+    x = torch.rand(1, 3, 8, 8) + 0.1
+    rec = regress(forward, 1, 0.01, x, x * 1.5, 20, 8, torch.Generator().manual_seed(3))
+    assert torch.isfinite(rec.u).all() and math.isfinite(rec.loss)

@@ -99,11 +99,15 @@ def regress(forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], n_sli
         err = to_network(pred, scale) - goal[..., top:top + ch, left:left + cw]
         optimizer.zero_grad(set_to_none=True)
         (err ** 2).mean(dim=(1, 2, 3)).sum().backward()
+        # a start whose output overflowed (a proxy far outside its training data) gets no
+        # NaN step: it stays where it is instead of poisoning its sliders
+        theta.grad = torch.nan_to_num(theta.grad, nan=0.0, posinf=0.0, neginf=0.0)
         optimizer.step()
     with torch.no_grad():
         u = torch.sigmoid(theta)
         pred = forward(xs, u)
         losses = ((to_network(pred, scale) - goal) ** 2).mean(dim=(1, 2, 3))   # (restarts,)
+        losses = torch.nan_to_num(losses, nan=math.inf)          # a start that overflowed never wins
     if frame_every:
         frames.append((iterations, u.cpu(), pred.cpu()))
     best = int(torch.argmin(losses))
