@@ -49,11 +49,11 @@ import numpy as np
 from tqdm import tqdm
 
 import Constants as C
-from utils.atomic import temp_path, write_text_atomic
+from utils.atomic import write_text_atomic
 from utils.cfa import image_pattern
 from utils.darktable import Darktable, Job, Render
 from utils.errors import DarktableError, UserError
-from utils.pfm import write_tiff
+from utils.pfm import write_tiff_atomic
 from utils.registry import ProxyType, Slider, sampler_of
 from utils.xmp import HistoryItem
 from utils.sampling import draw_settings
@@ -222,12 +222,6 @@ def _fmt(value: float) -> str:
     return f"{value:.9g}"   # round-trips float32 exactly
 
 
-def _write_tiff_atomic(path: Path, image: np.ndarray) -> None:
-    tmp = temp_path(path)
-    write_tiff(tmp, image)
-    os.replace(tmp, path)
-
-
 def check_sample(sample: Sample, render: Render, operation: str) -> tuple[np.ndarray, np.ndarray]:
     """The sample's (in, out) tap-outs, or DarktableError if they cannot be recorded."""
     tap_in, tap_out = render.io(operation)
@@ -267,9 +261,9 @@ class _Writer:
         digest = hashlib.sha1(np.ascontiguousarray(tap_in).tobytes()).hexdigest()[:16]
         rel_in = f"inputs/{sample.image.stem}_{digest}.tif"
         if not (self.folder / rel_in).exists():
-            _write_tiff_atomic(self.folder / rel_in, tap_in)
+            write_tiff_atomic(self.folder / rel_in, tap_in)
         rel_out = f"outputs/{sample.key}.tif"
-        _write_tiff_atomic(self.folder / rel_out, tap_out)
+        write_tiff_atomic(self.folder / rel_out, tap_out)
         return [rel_in, rel_out, *(_fmt(sample.values[s.name]) for s in self.sliders),
                 sample.image.name, sample.key]
 

@@ -13,11 +13,13 @@ are refused with a clear error instead of being misread.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
+from utils.atomic import temp_path
 from utils.errors import UserError
 
 
@@ -103,6 +105,13 @@ def write_tiff(path: str | Path, image: np.ndarray) -> None:
     image = np.asarray(image, dtype=np.float32)
     photometric = "rgb" if image.ndim == 3 and image.shape[2] == 3 else "minisblack"
     tifffile.imwrite(path, image, photometric=photometric)
+
+
+def write_tiff_atomic(path: Path, image: np.ndarray) -> None:
+    """:func:`write_tiff` through a temporary file renamed into place (never half-written)."""
+    tmp = temp_path(path)
+    write_tiff(tmp, image)
+    os.replace(tmp, path)
 
 
 def read_tiff(path: str | Path) -> np.ndarray:

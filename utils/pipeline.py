@@ -18,9 +18,7 @@ block's input tap-out, the target the last block's output tap-out.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import os
@@ -37,14 +35,15 @@ from torch import nn
 import Constants as C
 from models.mosaic import even_crop
 from models.proxy import Proxy
-from utils.atomic import temp_path, write_text_atomic
+from utils.atomic import write_text_atomic
 from utils.cfa import image_pattern
 from utils.colorspace import CONVERSIONS
 from utils.darktable import Darktable, Job, Render, is_raw
 from utils.data import to_chw
+from utils.dataset import read_rows
 from utils.errors import UserError
 from utils.metrics import psnr
-from utils.pfm import read_tiff, write_tiff
+from utils.pfm import read_tiff, write_tiff_atomic
 from utils.registry import PROXIES, ProxyType, get_proxy
 from utils.sampling import latin_hypercube
 from utils.xmp import HistoryItem
@@ -358,7 +357,7 @@ def generate_targets(dt: Darktable, chain: Chain, images: Sequence[Path], folder
         write_text_atomic(spec_path, json.dumps(asdict(spec), indent=1) + "\n")
     planned = draw_targets(chain, images, count, seed)
     manifest = folder / "manifest.csv"
-    done = {r["target"] for r in _read_rows(manifest)}
+    done = {r["target"] for r in read_rows(manifest)}
     todo = [t for t in planned if t[0] not in done] if render else []
     ops = [b.operation for b in chain.blocks]
     if todo:
@@ -381,15 +380,13 @@ def generate_targets(dt: Darktable, chain: Chain, images: Sequence[Path], folder
                 for (op, kind), array in result.tapouts.items():
                     if not np.isfinite(array).all():
                         raise UserError(f"darktable's {op} {kind} tap-out of target {key} holds NaN or Inf")
-                    tmp = temp_path(folder / f"{key}_{op}_{kind}.tif")
-                    write_tiff(tmp, array)
-                    os.replace(tmp, folder / f"{key}_{op}_{kind}.tif")
+                    write_tiff_atomic(folder / f"{key}_{op}_{kind}.tif", array)
                 pattern = image_pattern(image, dt) if is_raw(image) else ""
                 f.write(f"{key},{image.name},{pattern}\n")
                 f.flush()
                 os.fsync(f.fileno())
     write_text_atomic(spec_path, json.dumps(asdict(spec), indent=1) + "\n")
-    done = {r["target"]: r for r in _read_rows(manifest)}
+    done = {r["target"]: r for r in read_rows(manifest)}
     targets = [Target(key, done[key]["image"], u,
                       {(op, kind): folder / f"{key}_{op}_{kind}.tif" for op in ops for kind in ("in", "out")},
                       done[key]["pattern"])
@@ -398,14 +395,6 @@ def generate_targets(dt: Darktable, chain: Chain, images: Sequence[Path], folder
         raise UserError(f"no pipeline targets in {folder}; run without -s to render them" if not render
                         else "no pipeline target could be rendered; see the warnings above")
     return targets, spec.conversions
-
-
-def _read_rows(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    text = path.read_text()
-    text = text[:text.rfind("\n") + 1]
-    return list(csv.DictReader(io.StringIO(text)))
 
 
 # ------------------------------------------------------------------ missing proxies
