@@ -23,17 +23,26 @@ import os
 from pathlib import Path
 
 import Constants as C
-from utils.cli import add_common_args, ask, disk_usage, proxy_name, root_dir, slider_names
-from utils.darktable import Darktable
-from utils.dataset import Shard, generate, read_manifest, read_spec
+from models.networks import FAMILIES
+from utils.cli import (
+    add_common_args,
+    ask,
+    disk_usage,
+    proxy_name,
+    root_dir,
+    slider_names,
+)
+from utils.darktable.runner import Darktable
+from utils.data.generate import Shard, generate
+from utils.data.images import builtin_images, list_images
+from utils.data.manifest import read_manifest, read_spec, save_dataset_preview
 from utils.errors import UserError, cli_main
-from utils.images import builtin_images, list_images
-from utils.registry import PROXIES, describe, get_proxy
+from utils.evaluation.evaluate import evaluate
+from utils.evaluation.report import report_table
+from utils.proxies.registry import PROXIES, describe, get_proxy
+from utils.proxies.train import default_config, resolve_device, train
+from utils.proxies.trained import load_trained
 from utils.settings import configure
-from utils.evaluation import evaluate, load_trained, report_table
-from utils.training import default_config, resolve_device, train
-from models.proxies import FAMILIES
-from utils.visual import save_dataset_preview
 
 log = logging.getLogger("darktable_proxies")
 PARTIAL = 3   # exit status when samples failed (user errors exit with 2)

@@ -16,17 +16,18 @@ from pathlib import Path
 
 import torch
 
-from utils.cfa import image_pattern
 from utils.cli import add_common_args, input_image, proxy_name, root_dir, slider_names
-from utils.darktable import Darktable
-from utils.dataset import render_size
+from utils.darktable.files import write_tiff
+from utils.darktable.runner import Darktable
+from utils.data.images import cfa_pattern
 from utils.errors import UserError, cli_main
-from utils.evaluation import chw, load_trained, proxy_on_render
-from utils.metrics import psnr
-from utils.pfm import write_tiff
-from utils.registry import get_proxy
+from utils.evaluation.fidelity import chw, proxy_on_render
+from utils.evaluation.metrics import psnr
+from utils.proxies.registry import get_proxy
+from utils.proxies.schema import render_size
+from utils.proxies.train import resolve_device
+from utils.proxies.trained import load_trained
 from utils.settings import configure
-from utils.training import resolve_device
 from utils.visual import save_png, to_display
 
 log = logging.getLogger("eval")
@@ -65,10 +66,10 @@ def main() -> int:
 
     dt = Darktable()
     size, hq = render_size(proxy_type, int(payload.get("tapout_size") or 0))
-    render = dt.render(args.image, [dt.history_item(proxy_type, settings)], dump=[proxy_type.operation],
+    render = dt.render(args.image, [proxy_type.history_item(dt, settings)], dump=[proxy_type.operation],
                        size=size, hq=hq)
     tap_in, tap_out = render.io(proxy_type.operation)
-    pattern = image_pattern(args.image, dt) if proxy_type.mosaic_input else "RGGB"
+    pattern = cfa_pattern(args.image, dt) if proxy_type.mosaic_input else "RGGB"
     pred = proxy_on_render(proxy, tap_in, values, device, pattern)
     target = chw(tap_out, proxy.layout)
     score = float(psnr(pred[None], target[None])[0])

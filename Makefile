@@ -19,7 +19,7 @@ darktable: $(STAMP)
 	@$(PY) -m utils.darktable
 
 images: $(STAMP)
-	@$(PY) -m utils.images
+	@$(PY) -m utils.data.images
 
 test: darktable images
 	$(PY) -m pytest -q
@@ -32,7 +32,7 @@ demo: darktable images
 
 # speed of generation, proxies, training and regression: bench/results.json and a table
 bench: darktable images
-	$(PY) -m utils.bench
+	$(PY) -m tools.bench
 
 clean:
 	rm -rf runs .pytest_cache

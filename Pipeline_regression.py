@@ -25,15 +25,17 @@ from pathlib import Path
 
 import Constants as C
 from utils.cli import add_common_args, root_dir
-from utils.darktable import Darktable
+from utils.darktable.runner import Darktable
+from utils.data.images import builtin_images, list_images
 from utils.errors import UserError, cli_main
-from utils.evaluation import load_trained
-from utils.images import builtin_images, list_images
 from utils.journal import run_lock
-from utils.pipeline import Chain, build_blocks, generate_targets, parse_config, train_missing
-from utils.pipeline_eval import report_table, run_regression
+from utils.pipeline.chain import Chain, build_blocks
+from utils.pipeline.config import parse_config
+from utils.pipeline.regress import report_table, run_regression
+from utils.pipeline.targets import generate_targets
+from utils.proxies.train import resolve_device
+from utils.proxies.trained import load_trained, train_missing
 from utils.settings import configure
-from utils.training import resolve_device
 
 log = logging.getLogger("pipeline_regression")
 

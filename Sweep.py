@@ -21,17 +21,18 @@ import torch
 from tqdm import tqdm
 
 import Constants as C
-from utils.cfa import image_pattern
 from utils.cli import add_common_args, input_image, proxy_name, root_dir
-from utils.darktable import Darktable, Job
-from utils.dataset import render_size
+from utils.darktable.runner import Darktable, Job
+from utils.data.images import cfa_pattern
 from utils.errors import DarktableError, UserError, cli_main
-from utils.evaluation import chw, load_trained, proxy_on_render, write_video
-from utils.metrics import psnr
-from utils.registry import get_proxy
+from utils.evaluation.fidelity import chw, proxy_on_render
+from utils.evaluation.metrics import psnr
+from utils.proxies.registry import get_proxy
+from utils.proxies.schema import render_size
+from utils.proxies.train import resolve_device
+from utils.proxies.trained import load_trained
 from utils.settings import configure
-from utils.training import resolve_device
-from utils.visual import contact_sheet, save_png, to_display
+from utils.visual import contact_sheet, save_png, to_display, write_video
 
 log = logging.getLogger("sweep")
 
@@ -70,7 +71,7 @@ def main() -> int:
         settings.append(values)
     dt = Darktable()
     size, hq = render_size(proxy_type, int(payload.get("tapout_size") or 0))
-    pattern = image_pattern(args.image, dt) if proxy_type.mosaic_input else "RGGB"
+    pattern = cfa_pattern(args.image, dt) if proxy_type.mosaic_input else "RGGB"
     folder = root / "sweep" / name
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{args.image.stem}_{proxy_type.name}_{swept.name}_sweep"
@@ -78,7 +79,7 @@ def main() -> int:
     with tqdm(total=len(settings), unit="frame", desc="sweep") as bar:
         for start in range(0, len(settings), C.DARKTABLE_BATCH_SIZE):
             chunk = settings[start:start + C.DARKTABLE_BATCH_SIZE]
-            jobs = [Job(args.image, (dt.history_item(proxy_type, v),)) for v in chunk]
+            jobs = [Job(args.image, (proxy_type.history_item(dt, v),)) for v in chunk]
             for k, (values, result) in enumerate(zip(chunk, dt.render_batch(jobs, [proxy_type.operation], size, hq))):
                 if isinstance(result, DarktableError):
                     raise result

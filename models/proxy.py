@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from models.mosaic import nearest_rgb, pack, unpack, unpack_rgb
-from models.proxies import ModelSpec, build_model
+from models.networks import ModelSpec, build_model
 from models.transform import from_network, to_network
 
 CHECKPOINT_FORMAT = 1   # bump when the checkpoint layout changes incompatibly

@@ -13,14 +13,14 @@ sys.path.insert(0, str(ROOT))
 @pytest.fixture(scope="session")
 def dt():
     """The real darktable-cli (installed by ``make test``)."""
-    from utils.darktable import Darktable
+    from utils.darktable.runner import Darktable
     return Darktable()
 
 
 @pytest.fixture(scope="session")
 def raw_image():
     """A built-in raw DNG (real photograph, unprocessed)."""
-    from utils.images import builtin_images, list_images
+    from utils.data.images import builtin_images, list_images
     return list_images(builtin_images("train"))[1]
 
 
@@ -38,7 +38,7 @@ def tiff16(tmp_path_factory):
 @pytest.fixture(scope="session")
 def folders(tmp_path_factory):
     """Two built-in training images and one evaluation image, in their own folders."""
-    from utils.images import builtin_images, list_images
+    from utils.data.images import builtin_images, list_images
     base = tmp_path_factory.mktemp("images")
     (base / "train").mkdir()
     (base / "eval").mkdir()

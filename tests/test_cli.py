@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 from tests.conftest import ROOT
-from utils.registry import PROXIES
+from utils.proxies.registry import PROXIES
 
 
 def run(*args, env=None):

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import ROOT
 from models.proxy import load_proxy
+from tests.conftest import ROOT
+from utils.darktable.files import write_tiff
 from utils.errors import UserError
 from utils.journal import Journal, run_lock
-from utils.pfm import write_tiff
-from utils.registry import EXPOSURE
+from utils.proxies.registry import EXPOSURE
 
 NAME = "exposure_exposure_black"
 
@@ -178,7 +178,7 @@ def test_concurrent_training_is_refused(synthetic_root):
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(synthetic_root, monkeypatch):
-    import utils.training as training
+    import utils.proxies.train as training
     calls = {"n": 0}
     real = training.parse_loss("mse")
 
@@ -251,9 +251,9 @@ def test_eval_of_a_never_trained_proxy_is_one_line(tmp_path):
 
 def tiny_proxy():
     """An untrained tiny exposure proxy, the same in every process."""
-    from models.proxies import ModelSpec
+    from models.networks import ModelSpec
     from models.proxy import Proxy
-    from utils.training import _slider_dicts
+    from utils.proxies.train import _slider_dicts
     torch.manual_seed(0)
     return Proxy(ModelSpec("pointwise", "tiny", 3, 3, 2), _slider_dicts(EXPOSURE.sliders), EXPOSURE.value_scale)
 
@@ -263,10 +263,10 @@ import sys
 from pathlib import Path
 import torch
 from tests.test_reliability import tiny_proxy
-from utils.data import TapoutDataset
-from utils.evaluation import slider_regression
+from utils.data.tapouts import TapoutDataset
+from utils.evaluation.regress import slider_regression
 from utils.journal import Journal
-from utils.registry import EXPOSURE
+from utils.proxies.registry import EXPOSURE
 
 folder, journal_path = Path(sys.argv[1]), Path(sys.argv[2])   # argv[0] is '-c'
 proxy = tiny_proxy()
@@ -301,7 +301,7 @@ def test_killed_regression_continues_with_the_remaining_targets(tmp_path):
 
 
 def test_concurrent_evaluation_is_refused(synthetic_root, tmp_path):
-    from utils.evaluation import evaluate
+    from utils.evaluation.evaluate import evaluate
     proxy = tiny_proxy()
     with run_lock(synthetic_root / "eval" / NAME / ".lock", "evaluating"):
         with pytest.raises(UserError, match=f"another run is evaluating {NAME}"):
@@ -313,7 +313,8 @@ def test_concurrent_evaluation_is_refused(synthetic_root, tmp_path):
 
 def test_parallel_darktable_calls_share_no_directory(tmp_path):
     """Each call gets its own config, cache and dump directory, removed afterwards."""
-    from utils.darktable import Darktable, DarktableInstall, Job
+    from utils.darktable.install import DarktableInstall
+    from utils.darktable.runner import Darktable, Job
     seen = tmp_path / "seen"
     seen.mkdir()
     fake = tmp_path / "darktable-cli"
@@ -343,7 +344,7 @@ def test_parallel_darktable_calls_share_no_directory(tmp_path):
 
 
 def test_files_that_are_not_images_are_ignored(tmp_path):
-    from utils.images import list_images
+    from utils.data.images import list_images
     write_tiff(tmp_path / "photo.tif", np.zeros((4, 4, 3), np.float32))
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "photo.tif.xmp").write_text("<x:xmpmeta/>")
@@ -352,7 +353,8 @@ def test_files_that_are_not_images_are_ignored(tmp_path):
 
 def test_concurrent_generation_of_the_same_shard_is_refused(tmp_path):
     import fcntl
-    from utils.dataset import generate
+
+    from utils.data.generate import generate
     folder = tmp_path / "stage_1" / NAME
     (folder / "parts").mkdir(parents=True)
     with open(folder / "parts" / ".1-of-1.lock", "w") as held:
@@ -365,7 +367,8 @@ def test_folders_of_killed_darktable_calls_are_removed(tmp_path, monkeypatch):
     """kill -9 leaves a call's private folder behind; the next run removes it, and only it."""
     import fcntl
     import tempfile
-    from utils.darktable import remove_abandoned_work
+
+    from utils.darktable.runner import remove_abandoned_work
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     folders = {}
     for name in ("killed", "running", "starting", "not-a-call"):

@@ -26,12 +26,13 @@ import torch  # noqa: E402
 import Constants as C  # noqa: E402
 from models.proxy import IncompatibleCheckpoint, read_checkpoint  # noqa: E402
 from utils.cli import proxy_name  # noqa: E402
-from utils.data import to_chw  # noqa: E402
-from utils.dataset import read_manifest  # noqa: E402
-from utils.metrics import psnr  # noqa: E402
-from utils.pfm import read_tiff  # noqa: E402
+from utils.darktable.files import read_tiff  # noqa: E402
+from utils.data.manifest import read_manifest  # noqa: E402
+from utils.data.tapouts import to_chw  # noqa: E402
 from utils.errors import UserError, cli_main  # noqa: E402
-from utils.registry import PROXIES, ProxyType, get_proxy  # noqa: E402
+from utils.evaluation.metrics import psnr  # noqa: E402
+from utils.proxies.registry import PROXIES, get_proxy  # noqa: E402
+from utils.proxies.schema import ProxyType  # noqa: E402
 
 COMMAND = "python Darktable_proxies.py {type} -n 20 --size 128 --max-minutes 2 --no-eval"
 HEADER = ("| type | darktable operation | sliders (range, scale) | model | val_psnr dB best (last), epochs "

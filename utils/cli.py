@@ -8,7 +8,7 @@ from typing import Sequence
 
 import Constants as C
 from utils.errors import UserError
-from utils.registry import Slider
+from utils.proxies.schema import Slider
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +57,7 @@ def disk_usage(folder: Path) -> int:
 
 def input_image(path: Path) -> Path:
     """A user-given image file, checked to exist and to be readable."""
-    from utils.images import check_readable
+    from utils.data.images import check_readable
     if not path.is_file():
         raise UserError(f"image {path} does not exist")
     check_readable(path)

@@ -1,11 +1,16 @@
-"""Viewable PNGs of scene-referred float images: contact sheets with labels."""
+"""Viewable pictures of scene-referred float images: contact sheets with labels, PNGs, and
+videos (regression animations, sweeps)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
+import imageio.v2 as imageio
 import numpy as np
 from PIL import Image, ImageDraw
+
+if TYPE_CHECKING:
+    import torch
 
 
 def to_display(image: np.ndarray, gamma: float = 2.2) -> np.ndarray:
@@ -54,14 +59,33 @@ def save_png(path: str | Path, image: np.ndarray) -> None:
     Image.fromarray(image).save(path)
 
 
-def save_dataset_preview(folder: Path, sliders: Sequence, count: int = 6) -> Path:
-    """``preview.png`` in a dataset folder: input | output of its first ``count`` samples."""
-    from utils.dataset import read_manifest   # dataset imports visual's users, not the reverse
-    from utils.pfm import read_tiff
-    rows, labels = [], []
-    for row in read_manifest(folder)[:count]:
-        rows.append([to_display(read_tiff(row["input"])), to_display(read_tiff(row["output"]))])
-        labels.append([row["sample"], " ".join(f"{s.name}={float(row[s.name]):.3g}" for s in sliders)])
-    path = folder / "preview.png"
-    save_png(path, contact_sheet(rows, labels))
+
+
+def write_animation(folder: Path, stem: str, frames: list, target: torch.Tensor,
+                    caption: Callable[[torch.Tensor], str]) -> Path | None:
+    """PNG frames (output at each iteration, captioned ``caption(u)`` | darktable target) and
+    an mp4 of them."""
+    if not frames:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    goal = to_display(target.permute(1, 2, 0).numpy())
+    images = []
+    for k, (it, u, pred) in enumerate(frames):
+        tile = contact_sheet([[to_display(pred.permute(1, 2, 0).numpy()), goal]],
+                             [[f"iter {it}: {caption(u)}", "darktable target"]])
+        save_png(folder / f"{stem}_{k:04d}.png", tile)
+        images.append(tile)
+    return write_video(folder / f"{stem}.mp4", images, fps=12)
+
+
+def write_video(path: Path, frames: Sequence[np.ndarray], fps: int = 25) -> Path:
+    """An H.264 mp4 through imageio's FFmpeg plugin (no system FFmpeg needed)."""
+    h = max(f.shape[0] for f in frames) + max(f.shape[0] for f in frames) % 2
+    w = max(f.shape[1] for f in frames) + max(f.shape[1] for f in frames) % 2
+    with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=1,
+                            ffmpeg_log_level="error") as writer:
+        for f in frames:
+            canvas = np.zeros((h, w, 3), np.uint8)
+            canvas[:f.shape[0], :f.shape[1]] = f
+            writer.append_data(canvas)
     return path

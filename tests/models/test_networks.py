@@ -1,0 +1,111 @@
+"""Proxy networks, losses and metrics on tiny tensors (fast, no darktable)."""
+import math
+
+import pytest
+import torch
+
+from models.networks import FAMILIES, ModelSpec
+from models.proxy import (
+    IncompatibleCheckpoint,
+    Proxy,
+    load_proxy,
+    read_checkpoint,
+    save_checkpoint,
+)
+from models.transform import from_network, to_network
+from utils.errors import UserError
+from utils.evaluation.metrics import psnr, ssim
+from utils.proxies.losses import gradient_loss, parse_loss
+from utils.proxies.train import cosine_lr
+
+SLIDERS = [{"name": "a", "lo": -3.0, "hi": 4.0, "default": 0.0, "scale": "linear"},
+           {"name": "b", "lo": 0.05, "hi": 0.5, "default": 0.18, "scale": "log"}]
+
+
+def make(family, cin=3, cout=3, dtype=torch.float32):
+    torch.manual_seed(0)
+    return Proxy(ModelSpec(family, "tiny", cin, cout, len(SLIDERS)), SLIDERS, 0.01).to(dtype)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("cin, cout", [(3, 3), (1, 1), (1, 3)])
+def test_shapes_any_size(family, cin, cout):
+    proxy = make(family, cin, cout)
+    x = torch.rand(2, cin, 13, 10) * 5     # odd sizes and values far above 1
+    out = proxy(x, torch.rand(2, 2))
+    assert out.shape == (2, cout, 13, 10) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gradcheck_wrt_sliders(family):
+    proxy = make(family, dtype=torch.float64)
+    x = torch.rand(1, 3, 4, 4, dtype=torch.float64) * 3
+    u = torch.tensor([[0.3, 0.6]], dtype=torch.float64, requires_grad=True)
+    proxy.net.double()
+    assert torch.autograd.gradcheck(lambda v: from_network(proxy.net(to_network(x, 0.01), v), 0.01), (u,))
+
+
+def test_transform_keeps_full_range():
+    x = torch.tensor([-0.3, 0.0, 1e-4, 0.5, 1.0, 16.0, 300.0])
+    back = from_network(to_network(x, 0.01), 0.01)
+    torch.testing.assert_close(back, x, rtol=1e-5, atol=1e-7)
+
+
+def test_slider_units_round_trip():
+    proxy = make("pointwise")
+    values = torch.tensor([[-3.0, 0.05], [4.0, 0.5], [0.5, math.sqrt(0.05 * 0.5)]])
+    u = proxy.to_unit(values)
+    torch.testing.assert_close(u, torch.tensor([[0, 0], [1, 1], [0.5, 0.5]]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(proxy.from_unit(u), values.double(), atol=1e-6, rtol=0)
+
+
+def test_gradient_loss_is_nchw():
+    ramp = torch.arange(5.0).repeat(1, 1, 4, 1)          # (1, 1, 4, 5): changes along W only
+    flat = torch.zeros(1, 1, 4, 5)
+    # d/dW of the ramp is 1 everywhere, d/dH is 0: only the W term contributes
+    assert gradient_loss(ramp, flat).item() == pytest.approx(1.0)
+    assert gradient_loss(ramp.transpose(2, 3), flat.transpose(2, 3)).item() == pytest.approx(1.0)
+    assert gradient_loss(ramp + 7, ramp).item() == 0.0
+
+
+def test_loss_specs():
+    a, b = torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2)
+    assert parse_loss("l1+0.5*mse")(a, b).item() == pytest.approx(1.5)
+    with pytest.raises(UserError):
+        parse_loss("l1+perceptual")
+
+
+def test_psnr_definition():
+    target = torch.tensor([[[[4.0, 0.0], [0.0, 0.0]]]])   # peak 4, not 1
+    pred = target + torch.tensor([[[[0.0, 0.4], [0.0, 0.0]]]])
+    # MSE = 0.16 / 4 = 0.04; PSNR = 10 log10(16 / 0.04) = 26.02 dB
+    assert psnr(pred, target).item() == pytest.approx(10 * math.log10(16 / 0.04))
+    assert psnr(target, target).item() == pytest.approx(120.0)
+    image = torch.rand(1, 3, 12, 12)
+    assert ssim(image, image).item() == pytest.approx(1.0)
+    assert ssim(image + 0.3 * torch.rand(1, 3, 12, 12), image).item() < 0.95
+
+
+def test_cosine_lr():
+    assert cosine_lr(1e-3, 0.0) == pytest.approx(1e-3)
+    assert cosine_lr(1e-3, 1.0) == pytest.approx(1e-5)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    proxy = make("unet")
+    proxy.meta = {"proxy_type": "exposure", "name": "x"}
+    save_checkpoint(tmp_path / "last.pt", proxy, epoch=3, best_psnr=30.0)
+    loaded, payload = load_proxy(tmp_path / "last.pt")
+    x, u = torch.rand(1, 3, 9, 9), torch.rand(1, 2)
+    torch.testing.assert_close(loaded(x, u), proxy.eval()(x, u))
+    assert payload["epoch"] == 3 and loaded.meta["proxy_type"] == "exposure"
+    assert loaded.slider_names == ["a", "b"]
+
+
+def test_incompatible_checkpoints(tmp_path):
+    torch.save({"format": 999}, tmp_path / "future.pt")
+    with pytest.raises(IncompatibleCheckpoint, match="format 999"):
+        read_checkpoint(tmp_path / "future.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(IncompatibleCheckpoint, match="not a readable checkpoint"):
+        read_checkpoint(tmp_path / "junk.pt")

@@ -1,0 +1,88 @@
+"""Training on a tiny real dataset (darktable tap-outs), resuming, torchrun (marked darktable)."""
+import csv
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from models.proxy import load_proxy
+from tests.conftest import ROOT
+from tests.conftest import train_tiny as train
+from utils.data.tapouts import TapoutDataset
+from utils.proxies.registry import EXPOSURE
+
+pytestmark = pytest.mark.darktable
+NAME = "exposure_exposure_black"
+
+
+def history(root):
+    with open(root / f"{NAME}_model_weights" / "log.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def trained(trained_tiny):
+    return trained_tiny
+
+
+def test_training_lowers_the_loss_and_writes_its_files(trained):
+    rows = history(trained)
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 21))
+    loss = [float(r["train_loss"]) for r in rows]
+    assert sum(loss[-3:]) < 0.5 * sum(loss[:3])
+    assert float(rows[-1]["val_psnr"]) > float(rows[0]["val_psnr"]) + 3
+    assert all(float(r["val_psnr"]) > 0 and float(r["seconds"]) > 0 for r in rows)
+    weights = trained / f"{NAME}_model_weights"
+    assert {p.name for p in weights.iterdir()} >= {"last.pt", "best.pt", "log.csv", "log.png"}
+    assert not list(weights.glob("epoch_*.pt"))
+    grids = sorted(p.name for p in (trained / f"{NAME}_predictions").iterdir())
+    assert grids == ["epoch_0010.png", "epoch_0020.png"]
+
+
+def test_checkpoint_alone_reproduces_validation(trained):
+    proxy, payload = load_proxy(trained / f"{NAME}_model_weights" / "last.pt")
+    assert payload["proxy_type"] == "exposure" and payload["darktable_version"]
+    assert payload["module_version"] and payload["settings"]["settings"]["PROXY_MODEL_SIZE"] == "small"
+    assert proxy.slider_names == ["exposure", "black"] and payload["epoch"] == 20
+    val = TapoutDataset(trained / "stage_2" / NAME, EXPOSURE.sliders)
+    from utils.evaluation.metrics import psnr
+    with torch.no_grad():
+        scores = [float(psnr(proxy(x[None], u[None]), y[None])[0]) for x, y, u in val]
+    assert sum(scores) / len(scores) == pytest.approx(payload["val_psnr"], abs=1e-3)
+
+
+def test_rerun_resumes_from_last_checkpoint(trained):
+    proc = train(trained, "--epochs", "22")      # that run completed: nothing to do
+    assert "training of exposure_exposure_black is complete" in proc.stderr
+    assert "2 targets regressed by an earlier run are kept" in proc.stderr   # same weights, same settings
+    assert [int(r["epoch"]) for r in history(trained)] == list(range(1, 21))
+    proc = train(trained, "--epochs", "22", "--resume")
+    assert "resuming" in proc.stderr and "after epoch 20" in proc.stderr
+    assert [int(r["epoch"]) for r in history(trained)] == list(range(1, 23))
+
+
+def test_other_model_into_the_same_weights_is_refused(trained):
+    cmd = [sys.executable, "Darktable_proxies.py", "exposure", "-d", NAME, "--out", str(trained),
+           "--model", "unet", "--epochs", "30", "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "holds a proxy with another model" in proc.stderr
+
+
+def test_torchrun_two_processes_on_cpu(tiny_dataset, tmp_path):
+    shutil.copytree(tiny_dataset / "stage_1", tmp_path / "stage_1")
+    shutil.copytree(tiny_dataset / "stage_2", tmp_path / "stage_2")
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "Darktable_proxies.py", "exposure",
+           "-d", NAME, "--out", str(tmp_path), "--set", "PROXY_MODEL_SIZE=tiny", "--epochs", "2",
+           "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    weights = tmp_path / f"{NAME}_model_weights"
+    assert sorted(p.name for p in weights.glob("*.pt")) == ["best.pt", "last.pt"]
+    assert [int(r["epoch"]) for r in history(tmp_path)] == [1, 2]
+    proxy, payload = load_proxy(weights / "last.pt")
+    assert payload["epoch"] == 2

@@ -1,0 +1,68 @@
+"""``python -m tools.bench`` end to end with tiny settings (figures are not checked: no timed tests)."""
+import json
+
+import pytest
+
+from tools.bench import main, table
+
+TINY = ["--model-size", "tiny", "--image", "32", "--repeats", "1", "--train-steps", "1",
+        "--regression-iterations", "2", "--full-frame-iterations", "1", "--regression-size", "24", "32",
+        "--variants", "fp32,channels_last", "--device", "cpu", "--train-crop", "16"]
+
+
+def test_bench_without_darktable_writes_results_and_table(tmp_path, capsys):
+    out = tmp_path / "results.json"
+    assert main([*TINY, "--skip-darktable", "--darktable-from", str(tmp_path / "none.json"),
+                 "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    cpu = results["devices"]["cpu"]
+    assert results["darktable"] is None
+    assert cpu["machine"]["cores"] and cpu["machine"]["torch"]
+    for family in ("unet", "pointwise", "neighbourhood"):
+        entry = cpu["proxy"]["families"][family]
+        assert entry["best"] in ("fp32", "channels_last") and entry["ms"] > 0
+        assert cpu["training"][family]["samples_per_s"] > 0
+        assert cpu["proxy_speedup_vs_darktable"][family] is None     # no darktable figure
+    assert list(cpu["regression"]) == ["pointwise"]                   # the CPU default
+    assert cpu["regression"]["pointwise"]["seconds_per_target"] > 0 and cpu["peak_rss_mb"] > 0
+    printed = capsys.readouterr().out
+    assert "absent (--skip-darktable" in printed and "proxy ms per image, unet tiny (cpu" in printed
+
+    # a later run without darktable takes the darktable figures of an earlier results file
+    earlier = dict(results, darktable={"render_512": {"ms": 1000.0, "shape": [32, 32, 3], "repeats": 1},
+                                       "datagen": None, "machine": {**cpu["machine"], "darktable": "5.0.1"}})
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
+    assert main([*TINY, "--families", "pointwise", "--skip-darktable",
+                 "--darktable-from", str(tmp_path / "earlier.json"), "--out", str(out)]) == 0
+    again = json.loads(out.read_text())
+    assert again["darktable"]["from_earlier_run"] == str(tmp_path / "earlier.json")
+    ms = again["devices"]["cpu"]["proxy"]["families"]["pointwise"]["ms"]
+    assert again["devices"]["cpu"]["proxy_speedup_vs_darktable"]["pointwise"] == pytest.approx(1000.0 / ms)
+
+
+@pytest.mark.darktable
+def test_bench_with_darktable(tmp_path):
+    out = tmp_path / "results.json"
+    assert main([*TINY, "--families", "pointwise", "--per-image", "2", "--single", "2",
+                 "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    gen = results["darktable"]["datagen"]
+    assert gen["batched_samples"] == 12 and gen["batched_sps"] > 0 and gen["one_call_sps"] > 0
+    assert results["darktable"]["render_512"]["ms"] > 0
+    assert results["devices"]["cpu"]["proxy_speedup_vs_darktable"]["pointwise"] > 0
+    assert "datagen_speedup_vs_one_call_per_sample" in table(results)
+
+
+def test_regression_on_the_whole_image_lowers_the_loss():
+    """``regress(crop=0)`` (the full-frame figure of the bench) fits a non-square image."""
+    import torch
+
+    from tools.bench import make_proxy
+    from utils.evaluation.regress import regress
+    proxy = make_proxy("pointwise", "tiny", torch.device("cpu"))
+    x = torch.rand(1, 3, 12, 20, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        target = proxy(x, torch.tensor([[0.7, 0.2]]))
+    short = regress(proxy, len(proxy.sliders), proxy.scale, x, target, 1, 2, torch.Generator().manual_seed(0), crop=0)
+    long = regress(proxy, len(proxy.sliders), proxy.scale, x, target, 60, 2, torch.Generator().manual_seed(0), crop=0)
+    assert long.loss < short.loss

@@ -1,0 +1,12 @@
+"""``python -m utils.darktable``: print the darktable-cli in use, or why there is none."""
+from utils.darktable.install import find_darktable
+from utils.errors import cli_main
+
+
+def main() -> None:
+    dt = find_darktable()
+    print(f"darktable-cli: {dt.path} (darktable {dt.version_string})")
+
+
+if __name__ == "__main__":
+    cli_main(main)()

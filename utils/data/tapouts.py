@@ -1,0 +1,159 @@
+"""PyTorch datasets over generated tap-out datasets (see utils/data/generate.py for the layout)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+import Constants as C
+from models.mosaic import even_crop, to_rggb
+from utils.darktable.files import read_tiff, tiff_shape
+from utils.data.manifest import read_manifest, read_spec
+from utils.errors import UserError
+from utils.proxies.schema import Slider
+
+log = logging.getLogger(__name__)
+
+
+def to_chw(image: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, C) -> (C, H, W) float32."""
+    image = image[..., None] if image.ndim == 2 else image
+    return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+
+
+def coordinate_planes(height: int, width: int) -> torch.Tensor:
+    """(2, H, W): the x and y of every pixel centre, from -1 to 1 across the whole image.
+
+    Positional proxy types (``ProxyType.positional``: vignette, graduated filter, ...) depend
+    on where a pixel is in the image; their networks get these planes after the image
+    channels, so a random crop still knows where it lies.
+    """
+    ys = (torch.arange(height, dtype=torch.float32) + 0.5) / height * 2 - 1
+    xs = (torch.arange(width, dtype=torch.float32) + 0.5) / width * 2 - 1
+    return torch.stack([xs[None, :].expand(height, width), ys[:, None].expand(height, width)])
+
+
+def with_coordinates(x: torch.Tensor) -> torch.Tensor:
+    """A whole tap-out (C, H, W) -> (C + 2, H, W) with its coordinate planes appended."""
+    return torch.cat([x, coordinate_planes(*x.shape[-2:]).to(x.dtype)], 0)
+
+
+class TapoutDataset(Dataset):
+    """(input, output, normalised sliders) triples of one dataset folder.
+
+    ``crop``: side of a random crop (even offsets, so a mosaic keeps its CFA phase), or None
+    for whole images. Raw mosaics (and demosaic's output) are returned in the RGGB frame of
+    models.mosaic: cropped to even sizes and mirrored by their image's CFA pattern (from
+    dataset.json), so a proxy takes them with its default ``pattern="RGGB"``; metrics do
+    not change under mirroring. Images are loaded once and kept in memory when the dataset is smaller
+    than ``Constants.PRELOAD_MAX_MB``; an input shared by many samples is loaded once.
+    Every image is checked for NaN/Inf when it is first read (at construction when preloaded).
+    ``positional``: inputs get their coordinate planes in the whole image (``with_coordinates``)
+    before cropping.
+    """
+
+    def __init__(self, folder: str | Path, sliders: Sequence[Slider], crop: int | None = None,
+                 positional: bool = False):
+        self.folder = Path(folder)
+        self.extra_channels = 2 if positional else 0
+        self.rows = read_manifest(self.folder)
+        if not self.rows:
+            raise UserError(f"dataset {self.folder} has no samples; generate it first")
+        missing = [s.name for s in sliders if s.name not in self.rows[0]]
+        if missing:
+            raise UserError(f"dataset {self.folder} has no column for slider(s) {', '.join(missing)}; "
+                            "it was generated for other sliders (-p)")
+        self.sliders = list(sliders)
+        spec = read_spec(self.folder)
+        self.layout = spec.get("layout", "rgb")
+        self.patterns: dict[str, str] = spec.get("cfa_patterns", {})
+        if self.layout != "rgb":
+            missing = sorted({r["image"] for r in self.rows} - set(self.patterns))
+            if missing:
+                raise UserError(f"dataset {self.folder} has no CFA pattern for {', '.join(missing[:3])} "
+                                "in dataset.json; generate it again")
+        self.u = torch.tensor([[s.to_unit(float(r[s.name])) for s in self.sliders] for r in self.rows],
+                              dtype=torch.float32).reshape(len(self.rows), len(self.sliders))
+        self.cache: dict[str, torch.Tensor] = {}
+        self.preload = True
+        first = self.rows[0]
+        first_in, first_out = self._load(first["input"], first), self._load(first["output"], first)
+        self.in_channels, self.out_channels = first_in.shape[0], first_out.shape[0]
+        n_inputs = len({r["input"] for r in self.rows})
+        megabytes = (first_in.numel() * n_inputs + first_out.numel() * len(self.rows)) * 4 / 2 ** 20
+        if megabytes > C.PRELOAD_MAX_MB:
+            self.preload = False
+            self.cache.clear()
+            log.info("dataset %s: %.0f MB, read per sample (PRELOAD_MAX_MB=%d)", folder, megabytes,
+                     C.PRELOAD_MAX_MB)
+        else:   # read everything now: a damaged file is named before any training starts
+            for row in self.rows:
+                for column in ("input", "output"):
+                    self._load(row[column], row)
+        sizes = [tiff_shape(r["output"])[:2] for r in self.rows]
+        self.min_side = min(min(s) for s in sizes)
+        self.crop = None if crop is None else max(2, min(crop, self.min_side) // 2 * 2)
+        area = float(np.mean([h * w for h, w in sizes[:50]]))   # an estimate is enough
+        self.crops_per_sample = 1 if self.crop is None else max(1, round(area / self.crop ** 2))
+
+    def canonical(self, image: torch.Tensor, row: dict[str, str]) -> torch.Tensor:
+        """A (C, H, W) tap-out of ``row``'s image as this dataset returns it: unchanged for
+        RGB layouts; for mosaics cropped to even size and mirrored into the RGGB frame."""
+        if self.layout == "rgb":
+            return image
+        return to_rggb(even_crop(image)[None], self.patterns[row["image"]])[0].contiguous()
+
+    def _load(self, path: str, row: dict[str, str]) -> torch.Tensor:
+        if path in self.cache:
+            return self.cache[path]
+        image = torch.from_numpy(to_chw(read_tiff(path)))
+        if not torch.isfinite(image).all():
+            raise UserError(f"{path} holds NaN or Inf values; delete it and its manifest row, "
+                            "or regenerate the dataset")
+        image = self.canonical(image, row)
+        if self.preload:
+            self.cache[path] = image
+        return image
+
+    def load_pair(self, row: dict[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole (input, output) of a manifest row, as __getitem__ returns them uncropped."""
+        return self._load(row["input"], row), self._load(row["output"], row)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        row = self.rows[i]
+        x, y = self.load_pair(row)
+        if x.shape[1:] != y.shape[1:]:
+            raise UserError(f"{row['input']} and {row['output']} differ in size")
+        if self.extra_channels:
+            x = with_coordinates(x)
+        if self.crop is not None:
+            h, w = y.shape[1:]
+            top = 2 * int(torch.randint(0, (h - self.crop) // 2 + 1, ()))
+            left = 2 * int(torch.randint(0, (w - self.crop) // 2 + 1, ()))
+            x = x[:, top:top + self.crop, left:left + self.crop]
+            y = y[:, top:top + self.crop, left:left + self.crop]
+        return x, y, self.u[i]
+
+    def batches(self, batch_size: int, generator: torch.Generator, rank: int = 0,
+                world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """One epoch of shuffled (x, y, u) batches from this process's share of the samples.
+
+        An epoch draws from every sample as many random crops as cover its pixels about once
+        (one crop for whole-image crops, many for the small crops of per-pixel models), so
+        that an epoch means the same amount of data whatever the crop size. Stacking in-memory
+        crops directly is faster than a DataLoader for small crops. The last partial batch is
+        dropped when there is more than one batch.
+        """
+        order = torch.randperm(len(self), generator=generator).repeat(self.crops_per_sample)
+        order = order[torch.randperm(len(order), generator=generator)][rank::world].tolist()
+        n = len(order) // batch_size if len(order) > batch_size else 1
+        for b in range(n):
+            items = [self[i] for i in order[b * batch_size:(b + 1) * batch_size]]
+            yield tuple(torch.stack(t) for t in zip(*items))

@@ -1,0 +1,59 @@
+"""Fidelity of a proxy against darktable: metrics over held-out tap-outs, and running a proxy
+on a darktable render.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from models.proxy import Proxy
+from utils.data.tapouts import TapoutDataset
+from utils.evaluation.metrics import psnr, ssim
+
+
+@torch.no_grad()
+def fidelity(proxy: Proxy, data: TapoutDataset, device: torch.device) -> dict[str, float]:
+    """PSNR (project definition), SSIM and mean absolute error over every sample of ``data``."""
+    proxy.eval()
+    scores = {"psnr": [], "ssim": [], "mae": []}
+    for x, y, u in data:
+        pred = proxy(x[None].to(device), u[None].to(device))
+        y = y[None].to(device)
+        scores["psnr"].append(float(psnr(pred, y)[0]))
+        scores["ssim"].append(float(ssim(pred, y)[0]))
+        scores["mae"].append(float((pred - y).abs().mean()))
+    return {k: float(np.mean(v)) for k, v in scores.items()}
+
+
+@torch.no_grad()
+def proxy_on_render(proxy: Proxy, tap_in: np.ndarray, values: Sequence[float],
+                    device: torch.device, pattern: str = "RGGB") -> torch.Tensor:
+    """Run the proxy on a darktable input tap-out (H, W[, C]) at slider ``values``: (C, H, W).
+
+    A mosaic needs its CFA ``pattern`` (utils.darktable.cfa.image_pattern); it is cropped to even size
+    (compare with ``chw(tap_out, proxy.layout)``). A positional proxy gets its coordinate planes."""
+    from utils.data.tapouts import with_coordinates
+    x = chw(tap_in, proxy.layout)
+    x = (with_coordinates(x) if proxy.spec.extra_channels else x)[None].to(device)
+    u = proxy.to_unit(torch.tensor([list(values)], dtype=torch.float64, device=device))
+    return proxy(x, u, pattern)[0].cpu()
+
+
+def chw(image: np.ndarray, layout: str = "rgb") -> torch.Tensor:
+    """A tap-out (H, W[, C]) as a (C, H, W) tensor; cropped to even size for mosaic layouts."""
+    from models.mosaic import even_crop
+    from utils.data.tapouts import to_chw
+    image = torch.from_numpy(to_chw(image))
+    return image if layout == "rgb" else even_crop(image)
+
+
+def weights_digest(proxy: Proxy) -> str:
+    """A short hash of the proxy's weights: results recorded for other weights are not reused."""
+    digest = hashlib.sha1()
+    for key, tensor in sorted(proxy.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

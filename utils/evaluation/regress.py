@@ -1,0 +1,150 @@
+"""Slider regression: recover sliders by gradient descent through a frozen proxy (or chain).
+
+The sliders are optimised in normalised, bounded form (u = sigmoid(theta) in [0, 1], each
+slider's sampling space) so that the proxy's output matches darktable's target, with Adam
+(second-moment decay 0.9: with the default 0.999 some runs stall) from several random starts
+at once; the start with the lowest loss wins.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+import Constants as C
+from models.proxy import Proxy
+from models.transform import to_network
+from utils.data.tapouts import TapoutDataset
+from utils.evaluation.metrics import psnr
+from utils.journal import Journal
+from utils.proxies.schema import ProxyType
+from utils.visual import write_animation
+
+
+@dataclass
+class Recovery:
+    u: torch.Tensor                 # (S,) recovered normalised sliders
+    loss: float
+    frames: list[tuple[int, torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (iter, u, output)
+    start: torch.Tensor | None = None   # (S,) the winning start
+
+
+def freeze(module: torch.nn.Module) -> None:
+    """Evaluation mode, no gradients for the weights (slider regression moves only sliders)."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    module.eval()
+
+
+def regress(forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], n_sliders: int,
+            scale: float, x: torch.Tensor, target: torch.Tensor, iterations: int, restarts: int,
+            generator: torch.Generator, lr: float = 0.05, frame_every: int = 0,
+            crop: int | None = None) -> Recovery:
+    """Recover the ``n_sliders`` normalised sliders ``u`` that make ``forward(x, u)`` match
+    ``target`` (x and target (1, C, H, W); forward is a proxy, or a chain of proxies).
+
+    The loss is the mean squared error in the network domain asinh(v / ``scale``) (see
+    models.transform). Each iteration fits a random ``crop`` (default
+    Constants.REGRESSION_CROP, even offsets so a mosaic keeps its phase; the sliders are
+    global, so any part of the image constrains them), which makes an iteration several times
+    cheaper (``crop=0``: the whole image); the winning start is chosen on the whole image.
+    """
+    if isinstance(forward, torch.nn.Module):
+        freeze(forward)
+    start = torch.rand(restarts, n_sliders, generator=generator).clamp(0.02, 0.98).to(x.device)
+    theta = torch.logit(start).requires_grad_(True)
+    optimizer = torch.optim.Adam([theta], lr=lr, betas=(0.9, 0.9))
+    xs = x.expand(restarts, *x.shape[1:])
+    goal = to_network(target, scale)
+    h, w = x.shape[-2:]
+    ch, cw = (h, w) if crop == 0 else (min(crop or C.REGRESSION_CROP, h, w) // 2 * 2,) * 2
+    frames = []
+    for it in range(iterations):
+        if frame_every and it % frame_every == 0:
+            with torch.no_grad():
+                frames.append((it, torch.sigmoid(theta).cpu(), forward(xs, torch.sigmoid(theta)).cpu()))
+        top = 2 * int(torch.randint(0, (h - ch) // 2 + 1, (), generator=generator))
+        left = 2 * int(torch.randint(0, (w - cw) // 2 + 1, (), generator=generator))
+        pred = forward(xs[..., top:top + ch, left:left + cw], torch.sigmoid(theta))
+        err = to_network(pred, scale) - goal[..., top:top + ch, left:left + cw]
+        optimizer.zero_grad(set_to_none=True)
+        (err ** 2).mean(dim=(1, 2, 3)).sum().backward()
+        # a start whose output overflowed (a proxy far outside its training data) gets no
+        # NaN step: it stays where it is instead of poisoning its sliders
+        theta.grad = torch.nan_to_num(theta.grad, nan=0.0, posinf=0.0, neginf=0.0)
+        optimizer.step()
+    with torch.no_grad():
+        u = torch.sigmoid(theta)
+        pred = forward(xs, u)
+        losses = ((to_network(pred, scale) - goal) ** 2).mean(dim=(1, 2, 3))   # (restarts,)
+        losses = torch.nan_to_num(losses, nan=math.inf)          # a start that overflowed never wins
+    if frame_every:
+        frames.append((iterations, u.cpu(), pred.cpu()))
+    best = int(torch.argmin(losses))
+    return Recovery(u[best].cpu(), float(losses[best]), [(it, fu[best], fp[best]) for it, fu, fp in frames],
+                    start[best].cpu())
+
+
+def _values(proxy: Proxy, u: torch.Tensor) -> list[float]:
+    return [float(v) for v in proxy.from_unit(u[None])[0]]
+
+
+def pick_targets(count: int, available: int, seed: int) -> list[int]:
+    """``count`` distinct sample indices, reproducible from ``seed``."""
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(available, size=min(count, available), replace=False).tolist())
+
+
+@dataclass
+class RegressionRow:
+    sample: str
+    image: str
+    true: list[float]
+    recovered: list[float]
+    error: list[float]            # |recovered - true| / (hi - lo), per slider
+    proxy_psnr: float
+    darktable_psnr: float = float("nan")
+
+
+def slider_regression(proxy: Proxy, proxy_type: ProxyType, data: TapoutDataset, targets: Sequence[int],
+                      device: torch.device, iterations: int, restarts: int, seed: int,
+                      animation_dir: Path | None = None, journal: Journal | None = None) -> list[RegressionRow]:
+    """Regress the sliders of each target sample (and write its animation when asked).
+
+    Each target has its own random generator, so its result does not depend on the others;
+    with a ``journal``, each finished target is recorded at once and targets already in it
+    are not regressed again (an interrupted evaluation continues where it stopped).
+    """
+    freeze(proxy)
+    rows = []
+    ranges = [s["hi"] - s["lo"] for s in proxy.sliders]
+    frame_every = max(1, iterations // 60) if animation_dir is not None else 0
+    for i in targets:
+        key = data.rows[i]["sample"]
+        if journal is not None and key in journal:
+            rows.append(RegressionRow(**journal[key]))
+            continue
+        x, y, u_true = (t[None].to(device) for t in data[i])
+        generator = torch.Generator().manual_seed(seed * 1000003 + i)
+        rec = regress(proxy, len(proxy.sliders), proxy.scale, x, y, iterations, restarts, generator,
+                      frame_every=frame_every)
+        true = _values(proxy, u_true[0].cpu())
+        found = _values(proxy, rec.u)
+        with torch.no_grad():
+            score = float(psnr(proxy(x, rec.u[None].to(device)), y)[0])
+        rows.append(RegressionRow(key, data.rows[i]["image"], true, found,
+                                  [abs(a - b) / r for a, b, r in zip(found, true, ranges)], score))
+        if animation_dir is not None:
+            write_animation(animation_dir, key, rec.frames, y[0].cpu(), slider_caption(proxy))
+        if journal is not None:
+            journal.record(key, **asdict(rows[-1]))
+    return rows
+
+
+def slider_caption(proxy: Proxy) -> Callable[[torch.Tensor], str]:
+    """``u -> "name=value ..."`` for a proxy's sliders (animation frame captions)."""
+    return lambda u: " ".join(f"{n}={v:.4g}" for n, v in zip(proxy.slider_names, _values(proxy, u)))

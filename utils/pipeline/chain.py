@@ -1,0 +1,175 @@
+"""Chained proxies: a differentiable replica of a stretch of darktable's pipe.
+
+Between two blocks the chain applies exactly the conversion darktable's pipe applies between
+those modules (identity, Lab -> linear Rec.2020 or the reverse; models/colorspace.py): it is
+chosen once per pipeline by matching darktable's own tap-outs (the output of block k,
+converted, must equal the input of block k+1 to within float rounding), so a module that
+darktable runs in between and the config leaves out is found and reported, never learned or
+skipped silently. Gradients flow through every block and every conversion.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from models.colorspace import CONVERSIONS
+from models.proxy import Proxy
+from utils.darktable.runner import Render
+from utils.data.tapouts import to_chw
+from utils.errors import UserError
+from utils.evaluation.metrics import psnr
+from utils.pipeline.config import BlockLine
+from utils.proxies.registry import PROXIES, get_proxy, split_proxy_name
+from utils.proxies.schema import ProxyType
+
+GLUE_MIN_PSNR = 80.0     # dB; a conversion must reproduce darktable's next input this well
+
+
+@dataclass
+class Block:
+    """One trained proxy in the chain, and which of its sliders are recovered."""
+
+    line: BlockLine
+    proxy: Proxy
+    proxy_type: ProxyType
+    recovered: list[str]              # names, in the proxy's slider order
+
+    @property
+    def name(self) -> str:
+        return self.line.name
+
+    @property
+    def operation(self) -> str:
+        return self.proxy_type.operation
+
+    def defaults(self) -> torch.Tensor:
+        """(S,) normalised defaults of all the proxy's sliders."""
+        values = torch.tensor([[s["default"] for s in self.proxy.sliders]], dtype=torch.float64)
+        return self.proxy.to_unit(values.to(self.proxy.lo.device))[0]
+
+
+def build_blocks(lines: Sequence[BlockLine], load: Callable[[str], Proxy]) -> list[Block]:
+    """The chain's blocks: each line's trained proxy (``load(name)``) and its sliders."""
+    blocks = []
+    for line in lines:
+        proxy = load(line.name)
+        type_name = proxy.meta.get("proxy_type", "")
+        proxy_type = get_proxy(type_name) if type_name in PROXIES else split_proxy_name(line.name)[0]
+        names = proxy.slider_names
+        wanted = names if line.sliders is None else list(line.sliders)
+        unknown = [s for s in wanted if s not in names]
+        if unknown:
+            raise UserError(f"line {line.lineno}: proxy {line.name} was trained on sliders "
+                            f"{', '.join(names) or '(none)'}, not {', '.join(unknown)}; use those, "
+                            "'full', or train a proxy with them")
+        blocks.append(Block(line, proxy, proxy_type, [n for n in names if n in wanted]))
+    return blocks
+
+
+class Chain(nn.Module):
+    """Blocks with darktable's conversions between them: ``forward(x, u) -> output`` where u
+    (B, S) holds the recovered sliders of all blocks, normalised, in block order; every other
+    slider stays at its default."""
+
+    def __init__(self, blocks: Sequence[Block], conversions: Sequence[str]):
+        super().__init__()
+        if len(conversions) != len(blocks) - 1:
+            raise ValueError("one conversion between each two blocks")
+        self.blocks = list(blocks)
+        self.conversions = list(conversions)
+        self.proxies = nn.ModuleList(b.proxy for b in blocks)
+        self.slices, start = [], 0
+        for b in blocks:
+            self.slices.append(slice(start, start + len(b.recovered)))
+            start += len(b.recovered)
+        self.n_sliders = start
+        self.pattern = "RGGB"   # CFA pattern of the current image's mosaic (for mosaic blocks)
+
+    @property
+    def mosaic(self) -> bool:
+        """Whether the chain starts on a raw mosaic (before demosaic)."""
+        return self.blocks[0].proxy.layout != "rgb"
+
+    @property
+    def scale(self) -> float:
+        return self.blocks[-1].proxy.scale
+
+    def slider_labels(self) -> list[str]:
+        return [f"{b.name}.{s}" for b in self.blocks for s in b.recovered]
+
+    def block_u(self, k: int, u: torch.Tensor) -> torch.Tensor:
+        """The full normalised slider vector of block k: recovered ones from u, others at default."""
+        block = self.blocks[k]
+        full = block.defaults().to(u.device, u.dtype).expand(u.shape[0], -1)
+        if not block.recovered:
+            return full
+        cols = [u[:, self.slices[k]][:, block.recovered.index(n)] if n in block.recovered else full[:, j]
+                for j, n in enumerate(block.proxy.slider_names)]
+        return torch.stack(cols, dim=1)
+
+    def forward(self, x: torch.Tensor, u: torch.Tensor, keep: bool = False):
+        outputs = []
+        for k, block in enumerate(self.blocks):
+            if k:
+                x = CONVERSIONS[self.conversions[k - 1]](x)
+            if block.proxy.layout == "rgb":
+                x = block.proxy(x, self.block_u(k, u))
+            else:
+                x = block.proxy(x, self.block_u(k, u), self.pattern)
+            outputs.append(x)
+        return (x, outputs) if keep else x
+
+    def values(self, u: torch.Tensor) -> dict[str, dict[str, float]]:
+        """Normalised recovered sliders (S,) -> {block name: {slider: value}} (recovered only)."""
+        out = {}
+        for k, block in enumerate(self.blocks):
+            full = block.proxy.from_unit(self.block_u(k, u[None].to(block.proxy.lo.device)))[0]
+            out[block.name] = {n: float(full[j]) for j, n in enumerate(block.proxy.slider_names)
+                               if n in block.recovered}
+        return out
+
+    def ranges(self) -> list[float]:
+        """Each recovered slider's range (hi - lo), in u order."""
+        return [s["hi"] - s["lo"] for b in self.blocks for s in b.proxy.sliders if s["name"] in b.recovered]
+
+
+def choose_conversions(blocks: Sequence[Block], render: Render) -> list[str]:
+    """For each two consecutive blocks, the conversion that turns block k's output tap-out
+    into block k+1's input tap-out (darktable's own). UserError when none does: darktable runs
+    a module in between that the config does not list."""
+    chosen = []
+    for a, b in zip(blocks, blocks[1:]):
+        out_a = torch.from_numpy(to_chw(render.tapouts[(a.operation, "out")]))[None].double()
+        in_b = torch.from_numpy(to_chw(render.tapouts[(b.operation, "in")]))[None].double()
+        scores = {}
+        if out_a.shape == in_b.shape:
+            for name, fn in CONVERSIONS.items():
+                if name != "identity" and out_a.shape[1] != 3:
+                    continue
+                scores[name] = float(psnr(fn(out_a).float(), in_b.float())[0])
+        best = max(scores, key=scores.get) if scores else None
+        if best is None or scores[best] < GLUE_MIN_PSNR:
+            between = [op for op in render.order
+                       if render.order.index(a.operation) < render.order.index(op) < render.order.index(b.operation)]
+            hint = f" (darktable runs {', '.join(between)} in between)" if between else ""
+            raise UserError(f"line {b.line.lineno}: darktable changes the image between {a.name} "
+                            f"({a.operation}) and {b.name} ({b.operation}) beyond a colour-space "
+                            f"conversion{hint}; add the module(s) in between as blocks")
+        chosen.append(best)
+    return chosen
+
+
+def check_order(blocks: Sequence[Block], render: Render, raw: bool) -> None:
+    """The config's order must be darktable's processing order for this input type."""
+    order = [op for op in render.order if op in {b.operation for b in blocks}]
+    mine = [b.operation for b in blocks]
+    if order != mine:
+        for k, (have, want) in enumerate(zip(mine, order)):
+            if have != want:
+                raise UserError(
+                    f"line {blocks[k].line.lineno}: {blocks[k].name} ({have}) is out of darktable's "
+                    f"order for {'raw' if raw else 'non-raw'} input; darktable runs "
+                    f"{' -> '.join(order)}: reorder the config lines")

@@ -1,0 +1,158 @@
+"""Pipeline data (``ROOT/pipeline/data``): one darktable render per target, with random values
+for every listed slider, dumping every block's input and output; the chain's input is the
+first block's input tap-out, the target the last block's output tap-out.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+import Constants as C
+from models.mosaic import even_crop
+from utils.atomic import write_text_atomic
+from utils.darktable.dumps import is_raw
+from utils.darktable.files import read_tiff, write_tiff_atomic
+from utils.darktable.runner import Darktable, Job
+from utils.darktable.xmp import HistoryItem
+from utils.data.images import cfa_pattern
+from utils.data.manifest import read_rows
+from utils.data.sampling import latin_hypercube
+from utils.data.tapouts import to_chw
+from utils.errors import UserError
+from utils.pipeline.chain import Block, Chain, check_order, choose_conversions
+from utils.proxies.registry import PROXIES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineSpec:
+    """What a pipeline dataset is; a rerun into the same folder must ask for the same."""
+
+    blocks: list[str]
+    sliders: list[str]               # "<block>.<slider>" in u order
+    targets: int
+    seed: int
+    darktable_version: str
+    images: list[str]
+    conversions: list[str] = field(default_factory=list)
+
+
+def disabled_modules(dt: Darktable, blocks: Sequence[Block], image: Path) -> list[HistoryItem]:
+    """Modules turned off in pipeline renders unless they are blocks: highlight reconstruction
+    (raw only) would otherwise change pixels between temperature and demosaic, and made
+    renders depend on the other images of a darktable process."""
+    ops = {b.operation for b in blocks}
+    items = []
+    for name in C.PIPELINE_DISABLED_MODULES:
+        proxy_type = PROXIES.get(name)
+        if proxy_type is None or proxy_type.operation in ops or not is_raw(image):
+            continue
+        items.append(proxy_type.history_item(dt, {}, enabled=False))
+    return items
+
+
+def history(dt: Darktable, chain: Chain, values: dict[str, dict[str, float]], image: Path) -> tuple[HistoryItem, ...]:
+    items = [b.proxy_type.history_item(dt, {**{s["name"]: s["default"] for s in b.proxy.sliders},
+                                            **values.get(b.name, {})}) for b in chain.blocks]
+    return tuple(items + disabled_modules(dt, chain.blocks, image))
+
+
+def draw_targets(chain: Chain, images: Sequence[Path], count: int, seed: int) -> list[tuple[str, Path, torch.Tensor]]:
+    """(key, image, u) for ``count`` targets: images in turn, sliders by Latin hypercube,
+    rounded to the float32 values darktable will see."""
+    rng = np.random.default_rng([seed, 3, zlib.crc32(b"pipeline")])
+    points = torch.from_numpy(latin_hypercube(count, chain.n_sliders, rng)).float()
+    return [(f"{images[k % len(images)].stem}_{k:04d}", images[k % len(images)],
+             as_darktable_sees(chain, points[k])) for k in range(count)]
+
+
+def as_darktable_sees(chain: Chain, u: torch.Tensor) -> torch.Tensor:
+    """Normalised sliders (S,) moved to the nearest float32 slider values."""
+    parts = []
+    for k, b in enumerate(chain.blocks):
+        values = b.proxy.from_unit(chain.block_u(k, u[None].to(b.proxy.lo.device))).float().double()
+        full = b.proxy.to_unit(values)[0]
+        parts += [full[b.proxy.slider_names.index(n)] for n in b.recovered]
+    return torch.stack(parts).cpu().float() if parts else torch.zeros(0)
+
+
+@dataclass
+class Target:
+    key: str
+    image: str
+    u: torch.Tensor                          # true normalised sliders
+    taps: dict[tuple[str, str], Path]        # (operation, in|out) -> TIFF
+    pattern: str = ""                        # CFA pattern at the mosaic tap-outs (raw input)
+
+    def load(self, operation: str, kind: str) -> torch.Tensor:
+        """A tap-out as (1, C, H, W), cropped to even sides from the top-left corner (which
+        keeps a mosaic's CFA phase; mosaic proxies work on 2x2 tiles)."""
+        return even_crop(torch.from_numpy(to_chw(read_tiff(self.taps[(operation, kind)])))[None])
+
+
+def generate_targets(dt: Darktable, chain: Chain, images: Sequence[Path], folder: Path, count: int,
+                     seed: int, render: bool = True) -> tuple[list[Target], list[str]]:
+    """Render (or reuse) ``count`` targets; the targets and the conversions. Each config and
+    setting gets its own subfolder of ``folder`` (named by a digest of what the data is), so
+    changing the config never mixes or destroys renders. With ``render`` off only the targets
+    already there are used."""
+    spec = PipelineSpec([b.name for b in chain.blocks], chain.slider_labels(), count, seed,
+                        dt.install.version_string, [f"{p.name}:{p.stat().st_size}" for p in images])
+    digest = hashlib.sha1(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:12]
+    folder = folder / digest
+    folder.mkdir(parents=True, exist_ok=True)
+    spec_path = folder / "pipeline.json"
+    if spec_path.exists():
+        spec.conversions = json.loads(spec_path.read_text()).get("conversions", [])
+    else:
+        write_text_atomic(spec_path, json.dumps(asdict(spec), indent=1) + "\n")
+    planned = draw_targets(chain, images, count, seed)
+    manifest = folder / "manifest.csv"
+    done = {r["target"] for r in read_rows(manifest)}
+    todo = [t for t in planned if t[0] not in done] if render else []
+    ops = [b.operation for b in chain.blocks]
+    if todo:
+        log.info("rendering %d pipeline targets with darktable", len(todo))
+        jobs = [Job(image, history(dt, chain, chain.values(u), image)) for _, image, u in todo]
+        results = []
+        for i in range(0, len(jobs), max(1, C.DARKTABLE_BATCH_SIZE)):
+            results += dt.render_batch(jobs[i:i + C.DARKTABLE_BATCH_SIZE], dump=ops, size=0, hq=True)
+        new = not manifest.exists()
+        with open(manifest, "a") as f:
+            if new:
+                f.write("target,image,pattern\n")
+            for (key, image, u), result in zip(todo, results):
+                if isinstance(result, Exception):
+                    log.warning("pipeline target %s failed: %s", key, result)
+                    continue
+                check_order(chain.blocks, result, is_raw(image))
+                if not spec.conversions:
+                    spec.conversions = choose_conversions(chain.blocks, result)
+                for (op, kind), array in result.tapouts.items():
+                    if not np.isfinite(array).all():
+                        raise UserError(f"darktable's {op} {kind} tap-out of target {key} holds NaN or Inf")
+                    write_tiff_atomic(folder / f"{key}_{op}_{kind}.tif", array)
+                pattern = cfa_pattern(image, dt) if is_raw(image) else ""
+                f.write(f"{key},{image.name},{pattern}\n")
+                f.flush()
+                os.fsync(f.fileno())
+    write_text_atomic(spec_path, json.dumps(asdict(spec), indent=1) + "\n")
+    done = {r["target"]: r for r in read_rows(manifest)}
+    targets = [Target(key, done[key]["image"], u,
+                      {(op, kind): folder / f"{key}_{op}_{kind}.tif" for op in ops for kind in ("in", "out")},
+                      done[key]["pattern"])
+               for key, _, u in planned if key in done]
+    if not targets:
+        raise UserError(f"no pipeline targets in {folder}; run without -s to render them" if not render
+                        else "no pipeline target could be rendered; see the warnings above")
+    return targets, spec.conversions
