@@ -22,27 +22,29 @@ import logging
 import os
 from pathlib import Path
 
-import Constants as C
 from models.networks import FAMILIES
 from utils.cli import (
     add_common_args,
+    add_proxy_args,
     ask,
-    disk_usage,
-    proxy_name,
-    root_dir,
-    slider_names,
+    named_proxy,
+    run_paths,
+    start,
 )
 from utils.darktable.runner import Darktable
-from utils.data.generate import Shard, generate
+from utils.data.generate import Shard
 from utils.data.images import builtin_images, list_images
-from utils.data.manifest import read_manifest, read_spec, save_dataset_preview
+from utils.data.manifest import read_manifest, read_spec
+from utils.devices import resolve_device
 from utils.errors import UserError, cli_main
 from utils.evaluation.evaluate import evaluate
-from utils.evaluation.report import report_table
-from utils.proxies.registry import PROXIES, describe, get_proxy
-from utils.proxies.train import default_config, resolve_device, train
+from utils.evaluation.report import proxy_report
+from utils.proxies.make import DataRequest, generate_data, train_proxy
+from utils.proxies.registry import PROXIES, describe, proxy_name
+from utils.proxies.train import default_config
 from utils.proxies.trained import load_trained
-from utils.settings import configure
+from utils.runs import RunPaths
+from utils.settings import DEFAULTS, Settings
 
 log = logging.getLogger("darktable_proxies")
 PARTIAL = 3   # exit status when samples failed (user errors exit with 2)
@@ -53,26 +55,24 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"proxy types and their sliders (range sampled and learned):\n{proxies}")
-    parser.add_argument("proxy", nargs="?", metavar="PROXY", help="proxy type (see below)")
+    add_proxy_args(parser, "proxy type (see below)", required=False)
     parser.add_argument("--list-proxies", action="store_true", help="print every proxy type and exit")
     parser.add_argument("-n", type=int, metavar="N", help="slider settings per stage-1 image")
-    parser.add_argument("-p", "--params", metavar="SLIDERS", help="comma-separated sliders to learn (default: all)")
-    parser.add_argument("-c", "--name", metavar="NAME", help="proxy name (default: <proxy>_<sliders...>)")
     parser.add_argument("-d", "--dataset", metavar="DATASET",
                         help="use an existing stage-1 dataset (a name under ROOT/stage_1 or a path); no generation")
     parser.add_argument("--images", type=Path, metavar="DIR", help="stage-1 images (default: built-in training set)")
     parser.add_argument("--eval-images", type=Path, metavar="DIR", help="stage-2 images (default: built-in evaluation set)")
-    parser.add_argument("--size", type=int, metavar="PX", help=f"long side of stored tap-outs, 0 = full (default {C.TAPOUT_SIZE})")
+    parser.add_argument("--size", type=int, metavar="PX", help=f"long side of stored tap-outs, 0 = full (default {DEFAULTS.TAPOUT_SIZE})")
     parser.add_argument("--workers", type=int, metavar="K", help="darktable processes in parallel (default: cores)")
-    parser.add_argument("--seed", type=int, metavar="S", help=f"seed of slider sampling (default {C.SEED})")
+    parser.add_argument("--seed", type=int, metavar="S", help=f"seed of slider sampling and training (default {DEFAULTS.SEED})")
     parser.add_argument("--shard", metavar="I/N", help="generate only the I-th of N equal shares of the samples")
     parser.add_argument("--generate-only", action="store_true", help="stop after data generation")
     train = parser.add_argument_group("training")
-    train.add_argument("--epochs", type=int, help=f"epochs (default PROXY_MODEL_NUM_EPOCH = {C.PROXY_MODEL_NUM_EPOCH})")
-    train.add_argument("--batch-size", type=int, help=f"samples per step (default {C.PROXY_MODEL_BATCH_SIZE})")
-    train.add_argument("--lr", type=float, help=f"Adam learning rate (default {C.PROXY_MODEL_LR:g})")
+    train.add_argument("--epochs", type=int, help=f"epochs (default PROXY_MODEL_NUM_EPOCH = {DEFAULTS.PROXY_MODEL_NUM_EPOCH})")
+    train.add_argument("--batch-size", type=int, help=f"samples per step (default {DEFAULTS.PROXY_MODEL_BATCH_SIZE})")
+    train.add_argument("--lr", type=float, help=f"Adam learning rate (default {DEFAULTS.PROXY_MODEL_LR:g})")
     train.add_argument("--model", choices=FAMILIES, dest="family",
-                       help="network family (default: the proxy type's, see README)")
+                       help="network family (default: the proxy type's, see docs/proxies.md)")
     train.add_argument("--max-minutes", type=float, metavar="M", help="stop training after M minutes")
     train.add_argument("--resume", action="store_true",
                        help="continue training from last.pt, even when that run completed "
@@ -80,42 +80,52 @@ def parse_args() -> argparse.Namespace:
     train.add_argument("--save-every", type=int, metavar="K", help="also keep every K-th epoch's checkpoint")
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("-r", "--regression-targets", type=int, metavar="R",
-                            help=f"stage-2 targets for slider regression (default {C.REGRESSION_TARGETS})")
+                            help=f"stage-2 targets for slider regression (default {DEFAULTS.REGRESSION_TARGETS})")
     evaluation.add_argument("--no-eval", action="store_true", help="stop after training")
     add_common_args(parser)
     return parser.parse_args()
 
 
-def existing_dataset(root: Path, dataset: str) -> Path:
-    for folder in (root / "stage_1" / dataset, Path(dataset)):
+def existing_dataset(paths: RunPaths, dataset: str) -> Path:
+    for folder in (paths.stage(1, dataset), Path(dataset)):
         if (folder / "manifest.csv").exists():
             return folder
-    raise UserError(f"no dataset {dataset!r}: neither {root / 'stage_1' / dataset} nor {dataset} "
+    raise UserError(f"no dataset {dataset!r}: neither {paths.stage(1, dataset)} nor {dataset} "
                     "holds a manifest.csv")
 
 
-def generate_stage(dt, proxy, sliders, images, folder, per_image, stage, args) -> int:
-    """Generate (or complete) one stage; the number of samples that failed."""
-    if not ask(f"generate stage {stage}: {per_image} settings x {len(images)} images into {folder}?"):
-        return 0
-    report = generate(dt, proxy, sliders, images, folder, per_image,
-                      seed=C.SEED if args.seed is None else args.seed, stage=stage,
-                      size=C.TAPOUT_SIZE if args.size is None else args.size,
-                      workers=args.workers or os.cpu_count() or 1, shard=Shard.parse(args.shard))
-    used = disk_usage(folder)
-    log.info("stage %d: %d rows in %s (%d new, %.2f samples/s, %.0f kB per sample)", stage,
-             report.rows, folder / "manifest.csv", report.generated, report.samples_per_second,
-             used / max(report.rows, 1) / 1024)
-    if report.failed:
-        log.warning("stage %d: %d samples failed (listed with darktable's message in %s; first: %s); "
-                    "rerun the same command to retry them", stage, len(report.failed), report.failures,
-                    next(iter(report.failed.values())))
-        if not report.rows:
-            raise UserError(f"stage {stage}: no sample could be generated ({len(report.failed)} failed, "
-                            f"listed in {report.failures}); darktable said: {next(iter(report.failed.values()))}")
-    if report.rows:
-        save_dataset_preview(folder, sliders)
-    return len(report.failed)
+def check_numbers(args: argparse.Namespace) -> None:
+    """Refuse numbers out of their domain before any work."""
+    if args.size is not None and args.size < 0:
+        raise UserError(f"--size {args.size}: use a positive long side in pixels, or 0 for full size")
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers {args.workers}: use 1 or more")
+    if args.regression_targets is not None and args.regression_targets < 0:
+        raise UserError(f"-r {args.regression_targets}: use 0 or more regression targets")
+
+
+def data_request(args: argparse.Namespace, settings: Settings) -> DataRequest:
+    """What to generate, with every image checked."""
+    if args.n is None or args.n < 1:
+        raise UserError("-n N: give the number of slider settings per image (1 or more)")
+    proxy, sliders, name = named_proxy(args)
+    return DataRequest(proxy, sliders, name,
+                       list_images(args.images or builtin_images("train", settings)),
+                       list_images(args.eval_images or builtin_images("eval", settings)),
+                       args.n, settings.TAPOUT_SIZE if args.size is None else args.size,
+                       args.workers or os.cpu_count() or 1,
+                       settings.SEED if args.seed is None else args.seed, Shard.parse(args.shard))
+
+
+def from_dataset(args: argparse.Namespace, paths: RunPaths) -> tuple[DataRequest, Path]:
+    """The request an existing dataset (-d) answers, and its folder; its sliders unless -p."""
+    stage1 = existing_dataset(paths, args.dataset)
+    proxy, sliders, name = named_proxy(args)
+    if not args.params:
+        sliders = proxy.select(read_spec(stage1).get("sliders", []))
+        name = proxy_name(proxy.name, sliders, args.name)
+    log.info("using dataset %s (%d samples)", stage1, len(read_manifest(stage1)))
+    return DataRequest(proxy, sliders, name, (), (), 0, 0, 1, 0), stage1
 
 
 def exit_status(failed: int) -> int:
@@ -129,7 +139,7 @@ def exit_status(failed: int) -> int:
 
 def main() -> int:
     args = parse_args()
-    configure(args.set)
+    settings = start(args)
     if args.list_proxies:
         for proxy in PROXIES.values():
             print(describe(proxy))
@@ -137,68 +147,50 @@ def main() -> int:
     if not args.proxy:
         raise UserError("name a proxy type (see --list-proxies), e.g. "
                         "'python Darktable_proxies.py exposure -n 50'")
-    proxy = get_proxy(args.proxy)
-    sliders = proxy.select(slider_names(args.params))
-    name = proxy_name(proxy.name, sliders, args.name)
-    root = root_dir(args)
-    if args.size is not None and args.size < 0:
-        raise UserError(f"--size {args.size}: use a positive long side in pixels, or 0 for full size")
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers {args.workers}: use 1 or more")
-    targets = C.REGRESSION_TARGETS if args.regression_targets is None else args.regression_targets
-    if targets < 0:
-        raise UserError(f"-r {targets}: use 0 or more regression targets")
-
-    cfg = default_config(proxy, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    proxy, _, _ = named_proxy(args)
+    paths = run_paths(args, settings)
+    check_numbers(args)
+    cfg = default_config(proxy, settings, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          family=args.family, device=args.device, max_minutes=args.max_minutes,
                          resume=args.resume or None, seed=args.seed, save_every=args.save_every)
-    torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    device = resolve_device(args.device)   # a missing device is refused before any work
     failed = 0   # samples darktable could not render, even after retries
     if args.dataset:
-        stage1 = existing_dataset(root, args.dataset)
-        spec = read_spec(stage1)
-        if not args.params:
-            sliders = proxy.select(spec.get("sliders", []))
-            name = proxy_name(proxy.name, sliders, args.name)
-        log.info("using dataset %s (%d samples)", stage1, len(read_manifest(stage1)))
-    elif torchrun:
+        request, stage1 = from_dataset(args, paths)
+    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("under torchrun, generate the data first (--generate-only, one process) "
                         "and train with -d DATASET")
     else:
-        if args.n is None or args.n < 1:
-            raise UserError("-n N: give the number of slider settings per image (1 or more)")
-        images = list_images(args.images or builtin_images("train"))
-        eval_images = list_images(args.eval_images or builtin_images("eval"))
-        dt = Darktable()
-        stage1 = root / "stage_1" / name
-        if C.GENERATE_STAGE_1:
-            failed += generate_stage(dt, proxy, sliders, images, stage1, args.n, 1, args)
-        if C.GENERATE_STAGE_2:
-            failed += generate_stage(dt, proxy, sliders, eval_images, root / "stage_2" / name,
-                                     C.STAGE_2_SAMPLES_PER_IMAGE, 2, args)
-    if args.generate_only or not C.TRAIN_PROXY or not ask(f"train the {name} proxy?"):
+        request = data_request(args, settings)
+        stage1 = paths.stage(1, request.name)
+        failed = generate_data(Darktable(settings), request, paths, settings,
+                               lambda question: ask(question, settings.INTERACTIVE))
+    if args.generate_only or not settings.TRAIN_PROXY or not ask(f"train the {request.name} proxy?",
+                                                                 settings.INTERACTIVE):
         return exit_status(failed)
+    train_proxy(request, stage1, paths, cfg)
+    if int(os.environ.get("RANK", "0")) != 0 or args.no_eval:
+        return exit_status(failed)
+    evaluate_proxy(args, request, stage1, paths, settings, device)
+    return exit_status(failed)
+
+
+def evaluate_proxy(args: argparse.Namespace, request: DataRequest, stage1: Path, paths: RunPaths,
+                   settings: Settings, device) -> None:
+    """Evaluate the trained proxy on its stage-2 data and print the report."""
     stage2 = stage1.parent.parent / "stage_2" / stage1.name
-    result = train(proxy, sliders, name, stage1, stage2, root, cfg)
-    if int(os.environ.get("RANK", "0")) != 0:
-        return 0
-    log.info("trained %s: %d epochs, %.1f s/epoch, validation PSNR %.2f dB (best %.2f dB); weights in %s",
-             name, result.epochs_done, result.seconds_per_epoch, result.last_psnr, result.best_psnr,
-             result.weights)
-    if args.no_eval:
-        return exit_status(failed)
     if not (stage2 / "manifest.csv").exists():
         raise UserError(f"no stage-2 data at {stage2} to evaluate on; generate it "
                         "(--set GENERATE_STAGE_2=true) or pass --no-eval")
-    device = resolve_device(args.device)
-    proxy_model, _ = load_trained(root, name, device)
-    metrics = evaluate(Darktable(), proxy_model, proxy, name, root, stage2, device, targets,
-                       C.SEED if args.seed is None else args.seed)
-    print(report_table(metrics))
-    log.info("metrics: %s; recovered sliders: %s; predictions: %s%s", root / "eval" / name / "metrics.json",
-             root / "params" / f"{name}.csv", root / f"{name}_predictions",
-             f"; animations: {root / f'{name}_animations'}" if C.CREATE_ANIMATION else "")
-    return exit_status(failed)
+    name = request.name
+    targets = settings.REGRESSION_TARGETS if args.regression_targets is None else args.regression_targets
+    proxy_model, _ = load_trained(paths, name, device)
+    metrics = evaluate(Darktable(settings), proxy_model, request.proxy, name, paths, stage2, device, targets,
+                       settings.SEED if args.seed is None else args.seed, settings)
+    print(proxy_report(metrics))
+    log.info("metrics: %s; recovered sliders: %s; predictions: %s%s", paths.evaluation(name) / "metrics.json",
+             paths.params_csv(name), paths.predictions(name),
+             f"; animations: {paths.animations(name)}" if settings.CREATE_ANIMATION else "")
 
 
 if __name__ == "__main__":

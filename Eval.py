@@ -16,18 +16,23 @@ from pathlib import Path
 
 import torch
 
-from utils.cli import add_common_args, input_image, proxy_name, root_dir, slider_names
+from utils.cli import (
+    add_common_args,
+    add_proxy_args,
+    input_image,
+    named_proxy,
+    run_paths,
+    start,
+)
 from utils.darktable.files import write_tiff
 from utils.darktable.runner import Darktable
 from utils.data.images import cfa_pattern
+from utils.devices import resolve_device
 from utils.errors import UserError, cli_main
 from utils.evaluation.fidelity import chw, proxy_on_render
 from utils.evaluation.metrics import psnr
-from utils.proxies.registry import get_proxy
 from utils.proxies.schema import render_size
-from utils.proxies.train import resolve_device
 from utils.proxies.trained import load_trained
-from utils.settings import configure
 from utils.visual import save_png, to_display
 
 log = logging.getLogger("eval")
@@ -35,9 +40,7 @@ log = logging.getLogger("eval")
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("proxy", metavar="PROXY", help="proxy type (see Darktable_proxies.py --list-proxies)")
-    parser.add_argument("-p", "--params", metavar="SLIDERS", help="the proxy's sliders, as when it was trained")
-    parser.add_argument("-c", "--name", metavar="NAME", help="the proxy's name, as when it was trained")
+    add_proxy_args(parser, "proxy type (see Darktable_proxies.py --list-proxies)")
     parser.add_argument("--image", type=Path, required=True, help="a raw or TIFF/PNG/JPEG file")
     parser.add_argument("-v", "--values", required=True, metavar="V1,V2,...",
                         help="one value per slider of the proxy, in its order")
@@ -47,12 +50,11 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    configure(args.set)
-    proxy_type = get_proxy(args.proxy)
-    name = proxy_name(proxy_type.name, proxy_type.select(slider_names(args.params)), args.name)
-    root = root_dir(args)
+    settings = start(args)
+    proxy_type, _, name = named_proxy(args)
+    paths = run_paths(args, settings)
     device = resolve_device(args.device)
-    proxy, payload = load_trained(root, name, device)
+    proxy, payload = load_trained(paths, name, device)
     try:
         values = [float(v) for v in args.values.split(",")]
     except ValueError:
@@ -64,7 +66,7 @@ def main() -> int:
     proxy_type.check_values(settings)
     input_image(args.image)
 
-    dt = Darktable()
+    dt = Darktable(settings)
     size, hq = render_size(proxy_type, int(payload.get("tapout_size") or 0))
     render = dt.render(args.image, [proxy_type.history_item(dt, settings)], dump=[proxy_type.operation],
                        size=size, hq=hq)
@@ -74,7 +76,7 @@ def main() -> int:
     target = chw(tap_out, proxy.layout)
     score = float(psnr(pred[None], target[None])[0])
 
-    folder = root / "eval" / name / f"{args.image.stem}_{'_'.join(f'{v:g}' for v in values)}"
+    folder = paths.evaluation(name) / f"{args.image.stem}_{'_'.join(f'{v:g}' for v in values)}"
     folder.mkdir(parents=True, exist_ok=True)
     images = {"input": chw(tap_in, proxy.layout), "darktable": target, "proxy": pred, "error": (pred - target).abs()}
     for key, image in images.items():

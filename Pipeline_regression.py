@@ -23,19 +23,18 @@ import argparse
 import logging
 from pathlib import Path
 
-import Constants as C
-from utils.cli import add_common_args, root_dir
+from utils.cli import add_common_args, run_paths, start
 from utils.darktable.runner import Darktable
 from utils.data.images import builtin_images, list_images
+from utils.devices import resolve_device
 from utils.errors import UserError, cli_main
 from utils.journal import run_lock
 from utils.pipeline.chain import Chain, build_blocks
 from utils.pipeline.config import parse_config
-from utils.pipeline.regress import report_table, run_regression
+from utils.pipeline.regress import pipeline_report, run_regression
 from utils.pipeline.targets import generate_targets
-from utils.proxies.train import resolve_device
 from utils.proxies.trained import load_trained, train_missing
-from utils.settings import configure
+from utils.settings import DEFAULTS
 
 log = logging.getLogger("pipeline_regression")
 
@@ -43,14 +42,14 @@ log = logging.getLogger("pipeline_regression")
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, metavar="FILE",
-                        help=f"blocks of the chain (default Constants.PIPELINE_CONFIG = {C.PIPELINE_CONFIG})")
-    parser.add_argument("-n", type=int, metavar="TARGETS", help=f"targets (default {C.PIPELINE_TARGETS})")
+                        help=f"blocks of the chain (default Constants.PIPELINE_CONFIG = {DEFAULTS.PIPELINE_CONFIG})")
+    parser.add_argument("-n", type=int, metavar="TARGETS", help=f"targets (default {DEFAULTS.PIPELINE_TARGETS})")
     parser.add_argument("--images", type=Path, metavar="DIR",
                         help="training images for --train-missing (default: built-in training set)")
     parser.add_argument("--eval-images", type=Path, metavar="DIR",
                         help="images rendered as targets (default: built-in evaluation set)")
     parser.add_argument("--iters", type=int, metavar="N",
-                        help=f"regression iterations (default {C.PIPELINE_REGRESSION_NUM_ITERS})")
+                        help=f"regression iterations (default {DEFAULTS.PIPELINE_REGRESSION_NUM_ITERS})")
     parser.add_argument("--train-missing", action="store_true",
                         help="train every block whose proxy is not trained yet (else that is an error)")
     parser.add_argument("--max-minutes", type=float, metavar="M", default=0,
@@ -63,45 +62,42 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    configure(args.set)
-    root = root_dir(args)
-    lines = parse_config(args.config or Path(C.PIPELINE_CONFIG))
-    targets = C.PIPELINE_TARGETS if args.n is None else args.n
-    iterations = C.PIPELINE_REGRESSION_NUM_ITERS if args.iters is None else args.iters
+    settings = start(args)
+    paths = run_paths(args, settings)
+    lines = parse_config(args.config or Path(settings.PIPELINE_CONFIG))
+    targets = settings.PIPELINE_TARGETS if args.n is None else args.n
+    iterations = settings.PIPELINE_REGRESSION_NUM_ITERS if args.iters is None else args.iters
     if targets < 1:
         raise UserError(f"-n {targets}: use 1 or more targets")
     if iterations < 1:
         raise UserError(f"--iters {iterations}: use 1 or more iterations")
     if args.max_minutes < 0:
         raise UserError(f"--max-minutes {args.max_minutes:g}: use 0 (no limit) or more")
-    eval_dir = args.eval_images or builtin_images("eval")
-    images = list_images(eval_dir)
-    extra = [a for s in args.set for a in ("--set", s)] + ["--device", args.device]
-    if args.images:
-        extra += ["--images", str(args.images)]
-    if args.eval_images:
-        extra += ["--eval-images", str(args.eval_images)]
-    train_missing(lines, root, args.max_minutes if args.train_missing else None, extra)
-
     device = resolve_device(args.device)
-    blocks = build_blocks(lines, lambda name: load_trained(root, name, device)[0])
+    eval_dir = args.eval_images or builtin_images("eval", settings)
+    images = list_images(eval_dir)
+    train_images = list_images(args.images or builtin_images("train", settings)) if args.train_missing else []
+    train_missing(lines, paths, settings, train_images, images,
+                  args.max_minutes if args.train_missing else None, args.device)
+
+    blocks = build_blocks(lines, lambda name: load_trained(paths, name, device)[0])
     chain = Chain(blocks, ["identity"] * (len(blocks) - 1))
     if not chain.n_sliders:
         raise UserError("the config recovers no slider: give at least one block with sliders")
-    dt = Darktable()
-    (root / "pipeline").mkdir(parents=True, exist_ok=True)
-    with run_lock(root / "pipeline" / ".lock", "regressing the pipeline"):
-        data, conversions = generate_targets(dt, chain, images, root / "pipeline" / "data", targets, C.SEED,
+    dt = Darktable(settings)
+    paths.pipeline.mkdir(parents=True, exist_ok=True)
+    with run_lock(paths.pipeline / ".lock", "regressing the pipeline"):
+        data, conversions = generate_targets(dt, chain, images, paths.pipeline_data, targets, settings,
                                              render=not args.skip)
         chain = Chain(blocks, conversions)
         log.info("chain: %s", " -> ".join(f"{b.name}" + (f" [{c}]" if c != "identity" else "")
                                            for b, c in zip(blocks, ["identity", *conversions])))
-        metrics = run_regression(dt, chain, data, conversions, root, Path(eval_dir), device, iterations,
-                                 C.PARAM_TUNING_RESTARTS, C.SEED)
-    print(report_table(metrics))
-    log.info("metrics: %s; recovered sliders: %s; block outputs: %s%s", root / "pipeline" / "metrics.json",
-             root / "params" / "pipeline.csv", root / "pipeline" / "outputs",
-             f"; animations: {root / 'pipeline_animations'}" if C.PIPELINE_CREATE_ANIMATION else "")
+        metrics = run_regression(dt, chain, data, conversions, paths, Path(eval_dir), device, iterations,
+                                 settings)
+    print(pipeline_report(metrics))
+    log.info("metrics: %s; recovered sliders: %s; block outputs: %s%s", paths.pipeline / "metrics.json",
+             paths.pipeline_csv, paths.pipeline_outputs,
+             f"; animations: {paths.pipeline_animations}" if settings.PIPELINE_CREATE_ANIMATION else "")
     return 0
 
 

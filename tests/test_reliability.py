@@ -22,6 +22,7 @@ from utils.darktable.files import write_tiff
 from utils.errors import UserError
 from utils.journal import Journal, run_lock
 from utils.proxies.registry import EXPOSURE
+from utils.runs import RunPaths
 
 NAME = "exposure_exposure_black"
 
@@ -195,7 +196,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(synthetic_ro
     with pytest.raises(UserError, match=r"the training loss became nan at epoch (\d+); nothing of this "
                                         r"epoch is saved .*last.pt keeps epoch"):
         training.train(EXPOSURE, EXPOSURE.sliders, NAME, synthetic_root / "stage_1" / NAME,
-                       synthetic_root / "stage_2" / NAME, synthetic_root, cfg)
+                       synthetic_root / "stage_2" / NAME, RunPaths(synthetic_root), cfg)
     weights = synthetic_root / f"{NAME}_model_weights"
     for name in ("last.pt", "best.pt"):
         proxy, payload = load_proxy(weights / name)
@@ -305,7 +306,7 @@ def test_concurrent_evaluation_is_refused(synthetic_root, tmp_path):
     proxy = tiny_proxy()
     with run_lock(synthetic_root / "eval" / NAME / ".lock", "evaluating"):
         with pytest.raises(UserError, match=f"another run is evaluating {NAME}"):
-            evaluate(None, proxy, EXPOSURE, NAME, synthetic_root, synthetic_root / "stage_2" / NAME,
+            evaluate(None, proxy, EXPOSURE, NAME, RunPaths(synthetic_root), synthetic_root / "stage_2" / NAME,
                      torch.device("cpu"), 1, 0)
 
 
@@ -326,7 +327,7 @@ def test_parallel_darktable_calls_share_no_directory(tmp_path):
                     f"open(os.path.join({str(seen)!r}, str(os.getpid())), 'w').write(json.dumps(dirs))\n"
                     "time.sleep(0.5)\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    dt = Darktable(DarktableInstall(str(fake), (5, 0, 1)))
+    dt = Darktable(install=DarktableInstall(str(fake), (5, 0, 1)))
     image = tmp_path / "image.tif"
     write_tiff(image, np.zeros((4, 4, 3), np.float32))
     threads = [threading.Thread(target=dt.render_batch, args=([Job(image)],)) for _ in range(4)]

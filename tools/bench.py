@@ -41,13 +41,22 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 import Constants as C
 from models.networks import FAMILIES, ModelSpec
 from models.proxy import Proxy
+from models.transform import to_network
 from utils.atomic import write_text_atomic
-from utils.errors import UserError
+from utils.darktable.runner import Darktable
+from utils.data.generate import generate
+from utils.data.images import builtin_images, list_images
+from utils.data.tapouts import to_chw
+from utils.errors import UserError, cli_main
+from utils.evaluation.metrics import psnr
+from utils.evaluation.regress import regress
+from utils.proxies.losses import parse_loss
 from utils.proxies.registry import EXPOSURE
 
 log = logging.getLogger(__name__)
@@ -104,7 +113,6 @@ def peak_rss_mb() -> float:
 def bench_datagen(dt, images: list[Path], per_image: int, single: int, workers: int,
                   size: int = 256) -> dict[str, Any]:
     """samples/s of dataset generation: batched vs one darktable call per sample."""
-    from utils.data.generate import generate
     work = Path(tempfile.mkdtemp(prefix="dtp-bench-"))
     try:
         def run(name: str, imgs: list[Path], n: int, batch: int, k: int) -> float:
@@ -185,8 +193,6 @@ def inference_runner(proxy: Proxy, x: torch.Tensor, u: torch.Tensor, variant: di
 def bench_proxies(families: list[str], size: str, x_hwc, device: torch.device,
                   repeats: int, only: str = "") -> dict[str, Any]:
     """ms per forward pass of every family in every variant; the fastest faithful variant."""
-    from utils.data.tapouts import to_chw
-    from utils.evaluation.metrics import psnr
     x = torch.from_numpy(to_chw(x_hwc))[None].to(device)               # (1, 3, H, W)
     u = torch.tensor([[0.7, 0.4]], device=device)
     result = {"shape": list(x.shape), "model_size": size, "families": {}}
@@ -223,8 +229,6 @@ def bench_proxies(families: list[str], size: str, x_hwc, device: torch.device,
 def bench_training(families: list[str], size: str, device: torch.device, steps: int,
                    crop: int = 0) -> dict[str, Any]:
     """Training samples (crops) per second of every family, as utils.proxies.train runs a step."""
-    from models.transform import to_network
-    from utils.proxies.losses import parse_loss
     loss_fn = parse_loss(C.PROXY_LOSS.get(EXPOSURE.name, C.PROXY_LOSS.get("default", "l1")))
     amp = device.type == "cuda"
     out = {}
@@ -256,7 +260,6 @@ def bench_regression(family: str, size: str, device: torch.device, iterations: i
     """Seconds of slider regression per target at ``hw`` (H, W) in each variant of ``tried``
     (compile excluded: crops and the whole image have other shapes): project settings
     (random crops, several starts) and full frame (one start)."""
-    from utils.evaluation.regress import regress
     g = torch.Generator(device="cpu").manual_seed(0)
     h, w = hw
     ramp = torch.linspace(0.01, 1.0, w)[None, None, None, :] * torch.linspace(0.2, 1.0, h)[None, None, :, None]
@@ -273,7 +276,7 @@ def bench_regression(family: str, size: str, device: torch.device, iterations: i
             target = proxy(x, torch.tensor([[0.6, 0.3]], device=device))
         dtype = variant.get("dtype")
 
-        def timed(n: int, restarts: int, crop: int | None) -> float:
+        def timed(n: int, restarts: int, crop: int) -> float:
             with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                 t0 = time.perf_counter()
                 regress(proxy, len(proxy.sliders), proxy.scale, x, target, n, restarts, g, crop=crop)
@@ -282,7 +285,7 @@ def bench_regression(family: str, size: str, device: torch.device, iterations: i
 
         try:
             timed(2, 1, None)   # warm-up (allocator, kernels)
-            project = timed(iterations, C.PARAM_TUNING_RESTARTS, None)
+            project = timed(iterations, C.PARAM_TUNING_RESTARTS, C.REGRESSION_CROP)
             full = timed(full_iterations, 1, 0) * 200 / full_iterations
         except Exception as e:   # e.g. out of memory at full frame: the other variants still count
             log.info("regression %s %s: failed (%s)", family, variant["name"], e)
@@ -308,7 +311,6 @@ def paying_variants(device: torch.device, timings: dict[str, Any]) -> list[dict[
 
 def synthetic_image(h: int, w: int):
     """A smooth (H, W, 3) float32 scene stand-in for timing without darktable."""
-    import numpy as np
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     return np.stack([xx / w, yy / h, (xx + yy) / (h + w)], -1).astype(np.float32) * 0.8 + 0.01
 
@@ -327,8 +329,6 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     dt_version = None
     tap_in = None
     if not args.skip_darktable:
-        from utils.darktable.runner import Darktable
-        from utils.data.images import builtin_images, list_images
         dt = Darktable()
         dt_version = dt.install.version_string
         images = list_images(builtin_images("train"))
@@ -502,5 +502,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from utils.errors import cli_main
     cli_main(main)()

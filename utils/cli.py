@@ -1,47 +1,70 @@
-"""Pieces every user-facing script shares: common flags, naming, questions, disk usage."""
+"""Pieces every user-facing script shares: flags that mean the same everywhere, start-up,
+questions, and checks of what a user names (a proxy and its sliders, an image)."""
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
-from typing import Sequence
 
-import Constants as C
+from utils.data.images import check_readable
+from utils.devices import DEVICES
 from utils.errors import UserError
-from utils.proxies.schema import Slider
+from utils.proxies.registry import get_proxy, proxy_name
+from utils.proxies.schema import ProxyType, Slider
+from utils.runs import RunPaths
+from utils.settings import DEFAULTS, Settings, configure
+
+
+def add_proxy_args(parser: argparse.ArgumentParser, proxy_help: str = "proxy type (see --list-proxies)",
+                   required: bool = True) -> None:
+    """PROXY, -p/--params and -c/--name: which proxy a script works on, named as when it was
+    trained (``Darktable_proxies.py PROXY -p SLIDERS -c NAME``)."""
+    parser.add_argument("proxy", nargs=None if required else "?", metavar="PROXY", help=proxy_help)
+    parser.add_argument("-p", "--params", metavar="SLIDERS",
+                        help="comma-separated sliders of the proxy (default: all the type's sliders)")
+    parser.add_argument("-c", "--name", metavar="NAME", help="proxy name (default: <proxy>_<sliders...>)")
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    """--device, --out and --set, which every script takes."""
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where networks run (default: CUDA when present)")
+    """--device, --out, --set and --quiet, which every script takes."""
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="where networks run (default: CUDA, else Apple MPS, else the CPU)")
     parser.add_argument("--out", type=Path, metavar="ROOT",
-                        help=f"where everything goes (default: Constants.IMAGE_ROOT_DIR = {C.IMAGE_ROOT_DIR})")
+                        help=f"where everything goes (default: the IMAGE_ROOT_DIR setting, {DEFAULTS.IMAGE_ROOT_DIR})")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override a setting of Constants.py for this run (repeatable); "
                              "environment variables DTP_<NAME> do the same")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="print only warnings, errors and results (no progress bars)")
 
 
-def root_dir(args: argparse.Namespace) -> Path:
-    return Path(args.out or C.IMAGE_ROOT_DIR)
+def start(args: argparse.Namespace) -> Settings:
+    """The settings of this run, and messages as --quiet says."""
+    if args.quiet:
+        logging.getLogger().setLevel(logging.WARNING)
+    return configure(args.set)
+
+
+def run_paths(args: argparse.Namespace, settings: Settings) -> RunPaths:
+    return RunPaths(args.out or Path(settings.IMAGE_ROOT_DIR))
 
 
 def slider_names(text: str | None) -> list[str]:
     return [s.strip() for s in (text or "").split(",") if s.strip()]
 
 
-def proxy_name(proxy: str, sliders: Sequence[Slider], custom: str | None) -> str:
-    """The proxy's NAME: ``-c`` if given, else ``<proxy>_<slider1>_<slider2>...``."""
-    if custom:
-        if "/" in custom or custom.startswith("."):
-            raise UserError(f"-c {custom!r}: a proxy name must not contain '/' or start with '.'")
-        return custom
-    return "_".join([proxy, *(s.name for s in sliders)])
+def named_proxy(args: argparse.Namespace) -> tuple[ProxyType, tuple[Slider, ...], str]:
+    """The proxy type, sliders and NAME that PROXY, -p and -c name (checked)."""
+    proxy = get_proxy(args.proxy)
+    sliders = proxy.select(slider_names(args.params))
+    return proxy, sliders, proxy_name(proxy.name, sliders, args.name)
 
 
-def ask(question: str) -> bool:
-    """With INTERACTIVE on, ask a yes/no question (default yes); otherwise say yes."""
-    if not C.INTERACTIVE:
+def ask(question: str, interactive: bool) -> bool:
+    """With ``interactive`` (the INTERACTIVE setting), ask a yes/no question (default yes);
+    otherwise say yes."""
+    if not interactive:
         return True
     if not sys.stdin.isatty():
         raise UserError("INTERACTIVE is on but there is no terminal to ask; "
@@ -50,14 +73,10 @@ def ask(question: str) -> bool:
     return answer in ("", "y", "yes")
 
 
-def disk_usage(folder: Path) -> int:
-    """Bytes used by the files under ``folder``."""
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
 def input_image(path: Path) -> Path:
     """A user-given image file, checked to exist and to be readable."""
-    from utils.data.images import check_readable
+    if path.is_dir():
+        raise UserError(f"image {path} is a folder; give one raw or TIFF/PNG/JPEG file")
     if not path.is_file():
         raise UserError(f"image {path} does not exist")
     check_readable(path)

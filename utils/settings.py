@@ -1,7 +1,8 @@
-"""Per-run overrides of ``Constants``: environment ``DTP_<NAME>`` and ``--set NAME=value``.
+"""The settings of one run: ``Constants`` overridden by ``DTP_<NAME>`` and ``--set NAME=value``.
 
-Scripts call :func:`configure` once at start-up, before any library code runs; library code
-only reads ``Constants``. A value is parsed with the type of the setting's default (bool,
+Scripts call :func:`configure` once at start-up and hand the resulting :class:`Settings` (or
+the values it holds) to library code as arguments; nothing changes ``Constants`` and library
+code never reads it. A value is parsed with the type of the setting's default (bool,
 int, float, str, a tuple of ints such as ``4,4``, or a mapping ``key=value,key=value``
 that is merged over the default); unknown names and ill-typed values are
 refused with a one-line error.
@@ -12,7 +13,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import Constants
 from utils.atomic import write_text_atomic
@@ -58,7 +59,48 @@ def parse_value(name: str, text: str, default: Any) -> Any:
                         f"(default {default!r})") from None
 
 
-def resolve(overrides: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+class Settings(Mapping[str, Any]):
+    """Read-only settings of one run: ``settings.SEED`` or ``settings["SEED"]``."""
+
+    def __init__(self, values: Mapping[str, Any]):
+        object.__setattr__(self, "_values", dict(values))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"no setting {name!r}; see Constants.py") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("settings are read-only; override them with --set NAME=value")
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def replace(self, **changes: Any) -> "Settings":
+        """A copy with ``changes`` (names must exist)."""
+        unknown = set(changes) - set(self._values)
+        if unknown:
+            raise KeyError(f"no setting {sorted(unknown)}")
+        return Settings({**self._values, **changes})
+
+    def snapshot(self) -> dict[str, Any]:
+        """These settings and the command line, for ``settings.json`` files and checkpoints."""
+        return {"command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+                "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in self._values.items()}}
+
+    def write_snapshot(self, folder: Path, name: str = "settings.json") -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(folder / name, json.dumps(self.snapshot(), indent=1) + "\n")
+
+
+def resolve(overrides: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> Settings:
     """Defaults, then ``DTP_<NAME>`` environment variables, then ``NAME=value`` overrides."""
     environ = os.environ if environ is None else environ
     settings = defaults()
@@ -77,23 +119,13 @@ def resolve(overrides: Sequence[str] = (), environ: Mapping[str, str] | None = N
         if name not in settings:
             raise UserError(f"unknown setting {name!r} in --set; see Constants.py for the names")
         settings[name] = parse_value(name, text, settings[name])
-    return settings
+    return Settings(settings)
 
 
-def configure(overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Resolve the settings and make them the values of ``Constants`` for this process."""
-    settings = resolve(overrides)
-    for name, value in settings.items():
-        setattr(Constants, name, value)
-    return settings
+def configure(overrides: Sequence[str] = ()) -> Settings:
+    """The settings of this run (defaults, environment, ``overrides``); a UserError names a
+    bad override."""
+    return resolve(overrides)
 
 
-def snapshot() -> dict[str, Any]:
-    """The settings in force and the command line, for ``settings.json`` files."""
-    return {"command": [Path(sys.argv[0]).name, *sys.argv[1:]],
-            "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in defaults().items()}}
-
-
-def write_snapshot(folder: Path, name: str = "settings.json") -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(folder / name, json.dumps(snapshot(), indent=1) + "\n")
+DEFAULTS = Settings(defaults())   # Constants as written, for tests and tools without overrides

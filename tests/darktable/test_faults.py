@@ -19,6 +19,7 @@ from tests.conftest import ROOT
 from utils.darktable.install import own_install_path
 from utils.data.images import list_images
 from utils.data.manifest import read_manifest
+from utils.settings import DEFAULTS
 
 pytestmark = pytest.mark.darktable
 NAME = "exposure_exposure_black"
@@ -179,7 +180,7 @@ def processes_naming(text):
 
 @pytest.mark.parametrize("target", ["wrapper", "group"])
 def test_killed_chroot_wrapper_leaves_no_mount_and_no_process(dt, raw_image, tmp_path, target):
-    if dt.install.path != str(own_install_path()):
+    if dt.install.path != str(own_install_path(DEFAULTS.CACHE_DIR)):
         pytest.skip("darktable is a native install here, not the chroot wrapper")
     for sub in ("out", "config", "cache", "dump"):
         (tmp_path / sub).mkdir()
@@ -200,4 +201,4 @@ def test_killed_chroot_wrapper_leaves_no_mount_and_no_process(dt, raw_image, tmp
         time.sleep(0.05)
     assert processes_naming(str(tmp_path)) == []
     assert open("/proc/self/mountinfo").read() == mounts_before
-    assert not os.listdir(own_install_path().parent.parent / "mnt")
+    assert not os.listdir(own_install_path(DEFAULTS.CACHE_DIR).parent.parent / "mnt")

@@ -17,6 +17,7 @@ from utils.darktable.xmp import HistoryItem
 from utils.data.images import Camera, write_dng
 from utils.errors import DarktableError
 from utils.proxies.registry import COLORBALANCERGB, EXPOSURE
+from utils.settings import DEFAULTS
 
 pytestmark = pytest.mark.darktable
 
@@ -140,7 +141,7 @@ def test_unusable_darktable_is_one_line(tmp_path, body, message):
 
 def test_failing_darktable_is_named(tmp_path, tiff16):
     cli = fake_cli(tmp_path, 'echo "something broke"; echo "segfault at 0x0" >&2; exit 3')
-    dt = Darktable(DarktableInstall(cli, (5, 0, 1)))
+    dt = Darktable(install=DarktableInstall(cli, (5, 0, 1)))
     with pytest.raises(DarktableError, match=r"coffee16.tif: darktable-cli exited with status 3 running '.*darktable-cli .*segfault at 0x0"):
         dt.render(tiff16, [], dump=["exposure"])
 
@@ -148,7 +149,7 @@ def test_failing_darktable_is_named(tmp_path, tiff16):
 def test_hanging_darktable_is_killed(tmp_path, tiff16):
     marker = tmp_path / "child.pid"
     cli = fake_cli(tmp_path, f"sleep 60 & echo $! > {marker}; wait")
-    dt = Darktable(DarktableInstall(cli, (5, 0, 1)), timeout=1)
+    dt = Darktable(DEFAULTS.replace(DARKTABLE_TIMEOUT_S=1), install=DarktableInstall(cli, (5, 0, 1)))
     start = time.monotonic()
     with pytest.raises(DarktableError, match="timed out after 1 s"):
         dt.render(tiff16, [], dump=["exposure"])
@@ -161,6 +162,6 @@ def test_hanging_darktable_is_killed(tmp_path, tiff16):
 def test_chroot_wrapper_is_in_use_or_native(dt):
     """Either a native darktable >= 4.4, or our wrapper around the private Debian root."""
     assert dt.version[:2] >= (4, 4)
-    if dt.install.path == str(own_install_path()):
+    if dt.install.path == str(own_install_path(DEFAULTS.CACHE_DIR)):
         out = subprocess.run([dt.install.path, "--version"], capture_output=True, text=True, check=True)
         assert "darktable" in out.stdout

@@ -18,6 +18,8 @@ from utils.evaluation.regress import freeze, regress
 from utils.pipeline.chain import Block, Chain
 from utils.pipeline.config import BlockLine, parse_config
 from utils.proxies.registry import COLORBALANCERGB, EXPOSURE, split_proxy_name
+from utils.proxies.trained import missing_proxies
+from utils.runs import RunPaths
 
 SLIDERS_EXP = [{"name": "exposure", "lo": -3.0, "hi": 4.0, "default": 0.0, "scale": "linear"},
                {"name": "black", "lo": -0.02, "hi": 0.02, "default": 0.0, "scale": "linear"}]
@@ -216,11 +218,10 @@ def test_pipeline_order_is_checked_against_darktable(pipeline_root, tmp_path):
 
 
 def test_unknown_or_untrained_proxy_names_its_line(tmp_path):
-    from utils.proxies.trained import train_missing
     with pytest.raises(UserError, match="line 3: proxy nosuch is not trained, and cannot tell"):
-        train_missing([BlockLine(3, "nosuch", None, True)], tmp_path, 1.0, [])
+        missing_proxies([BlockLine(3, "nosuch", None, True)], RunPaths(tmp_path), True)
     with pytest.raises(UserError, match="line 4: proxy exposure is not trained.*--train-missing"):
-        train_missing([BlockLine(4, "exposure", None, True)], tmp_path, None, [])
+        missing_proxies([BlockLine(4, "exposure", None, True)], RunPaths(tmp_path), False)
 
 
 @pytest.mark.parametrize("pattern", ["RGGB", "GBRG"])

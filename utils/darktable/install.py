@@ -10,7 +10,6 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import Constants as C
 from utils.darktable.dumps import _tail, parse_version
 from utils.errors import UserError
 
@@ -28,9 +27,9 @@ class DarktableInstall:
         return ".".join(map(str, self.version))
 
 
-def own_install_path() -> Path:
+def own_install_path(cache_dir: str | Path) -> Path:
     """Where ``make`` puts the project's own darktable (Debian 12: a chroot wrapper)."""
-    return Path(C.CACHE_DIR) / "bin" / "darktable-cli"
+    return Path(cache_dir) / "bin" / "darktable-cli"
 
 
 def probe_version(path: str) -> tuple[int, ...]:
@@ -47,41 +46,42 @@ def probe_version(path: str) -> tuple[int, ...]:
                         f"{_tail(proc.stdout + proc.stderr, 2)}); {FIX_HINT}") from None
 
 
-def _check(path: str, source: str) -> DarktableInstall:
+def _check(path: str, source: str, min_version: tuple[int, ...]) -> DarktableInstall:
     exe = shutil.which(path) if os.sep not in path else path
     if not exe or not os.access(exe, os.X_OK):
         raise UserError(f"darktable-cli {path!r} (from {source}) does not exist or is not "
                         f"executable; {FIX_HINT}")
     version = probe_version(exe)
-    if version[:2] < C.DARKTABLE_MIN_VERSION:
-        need = ".".join(map(str, C.DARKTABLE_MIN_VERSION))
+    if version[:2] < tuple(min_version):
+        need = ".".join(map(str, min_version))
         raise UserError(f"darktable {'.'.join(map(str, version))} at {exe} (from {source}) is too "
                         f"old: --dump-pipe needs darktable >= {need}; {FIX_HINT}")
     return DarktableInstall(exe, version)
 
 
 @functools.lru_cache(maxsize=None)
-def find_darktable(setting: str | None = None) -> DarktableInstall:
-    """Resolve darktable-cli: $DARKTABLE_CLI, Constants.DARKTABLE_PATH, PATH, our own install.
+def find_darktable(setting: str, cache_dir: str, min_version: tuple[int, ...]) -> DarktableInstall:
+    """Resolve darktable-cli: $DARKTABLE_CLI, the DARKTABLE_PATH ``setting``, PATH, our own
+    install under ``cache_dir``; refuse one older than ``min_version``.
 
     An explicitly configured path (environment or setting) must work; a darktable-cli on PATH
     that is too old (Debian 12 ships 4.2) falls through to the project's own install.
     """
-    setting = C.DARKTABLE_PATH if setting is None else setting
+    min_version = tuple(min_version)
     if os.environ.get("DARKTABLE_CLI"):
-        return _check(os.environ["DARKTABLE_CLI"], "the DARKTABLE_CLI environment variable")
+        return _check(os.environ["DARKTABLE_CLI"], "the DARKTABLE_CLI environment variable", min_version)
     if setting:
-        return _check(setting, "Constants.DARKTABLE_PATH")
+        return _check(setting, "the DARKTABLE_PATH setting", min_version)
     on_path = shutil.which("darktable-cli")
     too_old = None
     if on_path:
         try:
-            return _check(on_path, "PATH")
+            return _check(on_path, "PATH", min_version)
         except UserError as e:
             too_old = e
-    own = own_install_path()
+    own = own_install_path(cache_dir)
     if own.exists():
-        return _check(str(own), "the project's own install")
+        return _check(str(own), "the project's own install", min_version)
     if too_old:
         raise too_old
     raise UserError(f"darktable-cli not found (DARKTABLE_CLI unset, none on PATH, no install in "

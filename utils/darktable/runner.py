@@ -27,7 +27,6 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-import Constants as C
 from utils.darktable.dumps import (
     _DUMPED_RE,
     _tail,
@@ -41,6 +40,8 @@ from utils.darktable.install import FIX_HINT, DarktableInstall, find_darktable
 from utils.darktable.versions import ModuleVersions
 from utils.darktable.xmp import HistoryItem, build_xmp
 from utils.errors import DarktableError, UserError
+from utils.progress import progress
+from utils.settings import DEFAULTS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +71,13 @@ class Job:
 class Darktable:
     """A resolved, version-checked darktable-cli and the way we call it."""
 
-    def __init__(self, install: DarktableInstall | None = None, timeout: float | None = None):
-        self.install = install or find_darktable()
-        self.timeout = C.DARKTABLE_TIMEOUT_S if timeout is None else timeout
-        self.versions = ModuleVersions(self, Path(C.CACHE_DIR) / "module_versions.json")
+    def __init__(self, settings: Settings = DEFAULTS, install: DarktableInstall | None = None):
+        """``settings``: DARKTABLE_PATH, DARKTABLE_MIN_VERSION, DARKTABLE_TIMEOUT_S, CACHE_DIR;
+        ``install`` skips the search (a darktable-cli already found)."""
+        self.install = install or find_darktable(settings.DARKTABLE_PATH, settings.CACHE_DIR,
+                                                 tuple(settings.DARKTABLE_MIN_VERSION))
+        self.timeout = float(settings.DARKTABLE_TIMEOUT_S)
+        self.versions = ModuleVersions(self, Path(settings.CACHE_DIR) / "module_versions.json")
         self._running: set[subprocess.Popen] = set()   # calls in flight, from any thread
         self._guard = threading.Lock()
         self._stopped = False
@@ -204,6 +208,18 @@ class Darktable:
         finally:
             shutil.rmtree(work, ignore_errors=True)
             held.close()
+
+    def render_many(self, jobs: Sequence[Job], dump: Sequence[str] = (), size: int = 0,
+                    hq: bool = True, batch_size: int = 32,
+                    desc: str | None = None) -> Iterator[Render | DarktableError]:
+        """:meth:`render_batch` over ``jobs`` in chunks of ``batch_size`` (one darktable process
+        each), yielding each job's result in order as its chunk finishes; with ``desc``, a
+        progress bar."""
+        with progress(len(jobs), desc or "", "render", enabled=desc is not None) as bar:
+            for start in range(0, len(jobs), max(1, batch_size)):
+                for result in self.render_batch(jobs[start:start + max(1, batch_size)], dump, size, hq):
+                    bar.update(1)
+                    yield result
 
     @staticmethod
     def _collect(dump_dir: Path, wanted: Sequence[str], part: str) -> Render:

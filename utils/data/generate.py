@@ -46,7 +46,6 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-import Constants as C
 from utils.atomic import write_text_atomic
 from utils.darktable.files import write_tiff_atomic
 from utils.darktable.runner import Darktable, Job, Render
@@ -64,7 +63,7 @@ from utils.data.sampling import draw_settings
 from utils.errors import DarktableError, UserError
 from utils.proxies.registry import sampler_of
 from utils.proxies.schema import ProxyType, Slider, render_size
-from utils.settings import write_snapshot
+from utils.settings import DEFAULTS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -237,9 +236,11 @@ class GenerationReport:
 
 def generate(dt: Darktable, proxy: ProxyType, sliders: Sequence[Slider], images: Sequence[Path],
              folder: Path, per_image: int, seed: int, stage: int, size: int, workers: int,
-             shard: Shard = Shard(1, 1), batch_size: int | None = None) -> GenerationReport:
+             shard: Shard = Shard(1, 1), batch_size: int | None = None,
+             settings: Settings = DEFAULTS) -> GenerationReport:
     """Generate (or complete) one dataset of ``proxy`` tap-outs in ``folder``; ``batch_size``:
-    samples per darktable process (default Constants.DARKTABLE_BATCH_SIZE)."""
+    samples per darktable process (default: the DARKTABLE_BATCH_SIZE setting); a sample is
+    retried DARKTABLE_RETRIES times; ``settings`` are recorded in the folder."""
     start = time.monotonic()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "parts").mkdir(exist_ok=True)
@@ -260,7 +261,7 @@ def generate(dt: Darktable, proxy: ProxyType, sliders: Sequence[Slider], images:
         if proxy.mosaic_input:
             spec.cfa_patterns = {p.name: cfa_pattern(p, dt) for p in images}
         write_text_atomic(folder / "dataset.json", json.dumps(asdict(spec), indent=1) + "\n")
-        write_snapshot(folder)
+        settings.write_snapshot(folder)
 
         samples = plan_samples(drawn, images, per_image, seed, stage)
         done = {row["sample"] for part in (folder / "parts").glob("*.csv") for row in read_rows(part)}
@@ -269,7 +270,7 @@ def generate(dt: Darktable, proxy: ProxyType, sliders: Sequence[Slider], images:
         writer = _Writer(folder, drawn, folder / "parts" / f"{shard.name}.csv")
         try:
             failed = _run_jobs(dt, proxy, todo, writer, size, workers,
-                               batch_size or C.DARKTABLE_BATCH_SIZE)
+                               batch_size or settings.DARKTABLE_BATCH_SIZE, settings.DARKTABLE_RETRIES)
         finally:
             writer.close()
         record_failures(failures_path(folder, shard), failed)
@@ -297,7 +298,7 @@ def _batches(samples: Sequence[Sample], size: int, workers: int) -> list[list[Sa
 
 
 def _run_jobs(dt: Darktable, proxy: ProxyType, todo: Sequence[Sample], writer: _Writer,
-              size: int, workers: int, batch_size: int) -> dict[str, str]:
+              size: int, workers: int, batch_size: int, retries: int) -> dict[str, str]:
     """Render ``todo`` in parallel batches, retrying failures; the samples that still failed."""
     size, hq = render_size(proxy, size)
     failed: dict[str, str] = {}
@@ -335,7 +336,7 @@ def _run_jobs(dt: Darktable, proxy: ProxyType, todo: Sequence[Sample], writer: _
                     except DarktableError as e:
                         attempts[sample.key] += 1
                         failed[sample.key] = str(e)
-                        if attempts[sample.key] <= C.DARKTABLE_RETRIES:
+                        if attempts[sample.key] <= retries:
                             retry.append(sample)
                         else:
                             log.warning("sample %s failed: %s", sample.key, e)

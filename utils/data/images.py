@@ -27,11 +27,11 @@ from typing import Sequence
 import numpy as np
 import tifffile
 
-import Constants as C
 from utils.darktable.cfa import PROBE_GAINS, image_pattern
 from utils.darktable.runner import Darktable
-from utils.errors import UserError
+from utils.errors import UserError, cli_main
 from utils.proxies.registry import TEMPERATURE
+from utils.settings import DEFAULTS, Settings, configure
 
 # XYZ(D65) -> camera matrices of real cameras (Adobe DNG converter values, x 1e-4).
 CAMERA_MATRICES = {
@@ -186,15 +186,18 @@ def build_split(split: str, out_dir: Path, long_side: int) -> list[Path]:
     return paths
 
 
-def builtin_dir() -> Path:
-    return Path(C.CACHE_DIR) / f"builtin-images-v{C.BUILTIN_IMAGES_VERSION}-{C.BUILTIN_IMAGE_LONG_SIDE}px"
+def builtin_dir(settings: Settings = DEFAULTS) -> Path:
+    """Where the built-in images of these settings (CACHE_DIR, BUILTIN_IMAGES_VERSION,
+    BUILTIN_IMAGE_LONG_SIDE) are."""
+    return (Path(settings.CACHE_DIR) /
+            f"builtin-images-v{settings.BUILTIN_IMAGES_VERSION}-{settings.BUILTIN_IMAGE_LONG_SIDE}px")
 
 
-def builtin_images(split: str) -> Path:
+def builtin_images(split: str, settings: Settings = DEFAULTS) -> Path:
     """The folder of the built-in ``train`` or ``eval`` images, built on first use."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}")
-    root = builtin_dir()
+    root = builtin_dir(settings)
     if not (root / "complete").exists():
         root.parent.mkdir(parents=True, exist_ok=True)
         with open(root.parent / ".builtin-images.lock", "w") as lock:
@@ -204,7 +207,7 @@ def builtin_images(split: str) -> Path:
                 shutil.rmtree(tmp, ignore_errors=True)
                 for name in SPLITS:
                     (tmp / name).mkdir(parents=True)
-                    build_split(name, tmp / name, C.BUILTIN_IMAGE_LONG_SIDE)
+                    build_split(name, tmp / name, settings.BUILTIN_IMAGE_LONG_SIDE)
                 (tmp / "complete").touch()
                 shutil.rmtree(root, ignore_errors=True)
                 os.replace(tmp, root)
@@ -266,11 +269,11 @@ def cfa_pattern(path: str | Path, dt: Darktable) -> str:
 
 def main() -> None:
     """``python -m utils.data.images``: build the built-in images and print where they are."""
+    settings = configure()
     for split in SPLITS:
-        folder = builtin_images(split)
+        folder = builtin_images(split, settings)
         print(f"{split}: {folder} ({len(list_images(folder))} images)")
 
 
 if __name__ == "__main__":
-    from utils.errors import cli_main
     cli_main(main)()

@@ -9,12 +9,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-import Constants as C
 from models.mosaic import even_crop, to_rggb
 from utils.darktable.files import read_tiff, tiff_shape
 from utils.data.manifest import read_manifest, read_spec
 from utils.errors import UserError
 from utils.proxies.schema import Slider
+from utils.settings import DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class TapoutDataset(Dataset):
     """
 
     def __init__(self, folder: str | Path, sliders: Sequence[Slider], crop: int | None = None,
-                 positional: bool = False):
+                 positional: bool = False, preload_mb: float = DEFAULTS.PRELOAD_MAX_MB):
         self.folder = Path(folder)
         self.extra_channels = 2 if positional else 0
         self.rows = read_manifest(self.folder)
@@ -85,11 +85,11 @@ class TapoutDataset(Dataset):
         self.in_channels, self.out_channels = first_in.shape[0], first_out.shape[0]
         n_inputs = len({r["input"] for r in self.rows})
         megabytes = (first_in.numel() * n_inputs + first_out.numel() * len(self.rows)) * 4 / 2 ** 20
-        if megabytes > C.PRELOAD_MAX_MB:
+        if megabytes > preload_mb:
             self.preload = False
             self.cache.clear()
             log.info("dataset %s: %.0f MB, read per sample (PRELOAD_MAX_MB=%d)", folder, megabytes,
-                     C.PRELOAD_MAX_MB)
+                     preload_mb)
         else:   # read everything now: a damaged file is named before any training starts
             for row in self.rows:
                 for column in ("input", "output"):

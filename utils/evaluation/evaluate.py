@@ -1,55 +1,96 @@
-"""Evaluation of one trained proxy: fidelity, slider regression and closed loop, written to
-``ROOT/eval/NAME`` and ``ROOT/params/NAME.csv``.
+"""Evaluation of one trained proxy: fidelity on the held-out stage-2 data, slider regression
+through the proxy, and the closed loop through darktable, written to ``ROOT/eval/NAME``
+(metrics.json, report.md) and ``ROOT/params/NAME.csv``.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
-import Constants as C
 from models.proxy import Proxy
-from utils.darktable.runner import Darktable
+from utils.darktable.runner import Darktable, Job
+from utils.data.manifest import read_spec
 from utils.data.tapouts import TapoutDataset
+from utils.errors import UserError
 from utils.evaluation.closed_loop import closed_loop
-from utils.evaluation.fidelity import fidelity, weights_digest
+from utils.evaluation.fidelity import chw, fidelity, weights_digest
+from utils.evaluation.metrics import psnr
 from utils.evaluation.regress import pick_targets, slider_regression
-from utils.evaluation.report import summarise, write_results
+from utils.evaluation.report import (
+    RESULT_FORMAT,
+    TargetResult,
+    proxy_metrics,
+    proxy_report,
+    write_metrics,
+    write_params_csv,
+)
 from utils.journal import Journal, run_lock
-from utils.proxies.schema import ProxyType
+from utils.proxies.schema import ProxyType, render_size
+from utils.runs import RunPaths
+from utils.settings import DEFAULTS, Settings
 
 log = logging.getLogger(__name__)
 
 
-def evaluate(dt: Darktable, proxy: Proxy, proxy_type: ProxyType, name: str, root: Path, stage2: Path,
-             device: torch.device, n_targets: int, seed: int,
+def evaluate(dt: Darktable, proxy: Proxy, proxy_type: ProxyType, name: str, paths: RunPaths, stage2: Path,
+             device: torch.device, n_targets: int, seed: int, settings: Settings = DEFAULTS,
              progress: Callable[[str], None] = log.info) -> dict:
-    """Everything above for one trained proxy; returns metrics.json's content."""
+    """Everything above for one trained proxy; returns metrics.json's content. ``settings``:
+    PARAM_TUNING_NUM_ITER, PARAM_TUNING_RESTARTS, REGRESSION_CROP, CREATE_ANIMATION,
+    DARKTABLE_BATCH_SIZE, PRELOAD_MAX_MB."""
+    s = settings
     slider_names = proxy.slider_names
     sliders = [proxy_type.slider(n) for n in slider_names]
-    data = TapoutDataset(stage2, sliders, positional=proxy.spec.extra_channels > 0)
+    data = TapoutDataset(stage2, sliders, positional=proxy.spec.extra_channels > 0, preload_mb=s.PRELOAD_MAX_MB)
     progress(f"fidelity on {len(data)} held-out samples")
     fid = fidelity(proxy, data, device)
     targets = pick_targets(n_targets, len(data), seed) if sliders else []
-    animations = root / f"{name}_animations" if C.CREATE_ANIMATION else None
-    folder = root / "eval" / name
+    animations = paths.animations(name) if s.CREATE_ANIMATION else None
+    folder = paths.evaluation(name)
     with run_lock(folder / ".lock", f"evaluating {name}"):
-        progress(f"slider regression on {len(targets)} targets, {C.PARAM_TUNING_NUM_ITER} iterations")
+        progress(f"slider regression on {len(targets)} targets, {s.PARAM_TUNING_NUM_ITER} iterations")
         meta = {"weights": weights_digest(proxy), "dataset": str(stage2),
                 "manifest": hashlib.sha1((stage2 / "manifest.csv").read_bytes()).hexdigest()[:16], "seed": seed,
-                "iterations": C.PARAM_TUNING_NUM_ITER, "restarts": C.PARAM_TUNING_RESTARTS,
-                "crop": C.REGRESSION_CROP, "animations": animations is not None}
+                "iterations": s.PARAM_TUNING_NUM_ITER, "restarts": s.PARAM_TUNING_RESTARTS,
+                "crop": s.REGRESSION_CROP, "animations": animations is not None, "format": RESULT_FORMAT}
         with Journal(folder / "regression.jsonl", meta) as journal:
             if len(journal):
                 progress(f"{len(journal)} targets regressed by an earlier run are kept")
-            rows = slider_regression(proxy, proxy_type, data, targets, device, C.PARAM_TUNING_NUM_ITER,
-                                     C.PARAM_TUNING_RESTARTS, seed, animations, journal)
+            rows = slider_regression(proxy, proxy_type, data, targets, device, s.PARAM_TUNING_NUM_ITER,
+                                     s.PARAM_TUNING_RESTARTS, seed, animations, journal, s.REGRESSION_CROP)
         if rows:
-            progress("closed loop: rendering the recovered sliders with darktable")
-            closed_loop(dt, proxy_type, rows, data, targets, slider_names)
-        metrics = summarise(name, slider_names, fid, len(data), dt.install.version_string, rows)
-        write_results(root, name, metrics, rows, slider_names)
+            proxy_closed_loop(dt, proxy_type, rows, data, targets, slider_names, s.DARKTABLE_BATCH_SIZE)
+        metrics = proxy_metrics(name, slider_names, fid, len(data), dt.install.version_string, rows)
+        write_metrics(folder, metrics, proxy_report(metrics))
+        write_params_csv(paths.params_csv(name), "sample", slider_names, rows)
     return metrics
+
+
+def proxy_closed_loop(dt: Darktable, proxy_type: ProxyType, rows: Sequence[TargetResult], data: TapoutDataset,
+                      targets: Sequence[int], slider_names: Sequence[str], batch_size: int) -> None:
+    """Render every target's recovered sliders with darktable, as its stage-2 sample was
+    rendered, and score the module's output against the sample's."""
+    spec = read_spec(data.folder)
+    source = Path(spec.get("source_dir", ""))
+    jobs = []
+    for row in rows:
+        image = source / row.image
+        if not image.is_file():
+            raise UserError(f"closed loop: source image {image} of {data.folder} is gone; "
+                            "put it back or regenerate the stage-2 data")
+        # sigmoid keeps u inside (0, 1); clamping only absorbs float rounding at the ends
+        values = {k: min(max(v, proxy_type.slider(k).lo), proxy_type.slider(k).hi)
+                  for k, v in zip(slider_names, row.recovered)}
+        jobs.append(Job(image, (proxy_type.history_item(dt, values),)))
+
+    def score(k: int, tap_out) -> float:
+        i = targets[k]
+        rendered = data.canonical(chw(tap_out), data.rows[i])
+        return float(psnr(rendered[None], data[i][1][None])[0])
+
+    size, hq = render_size(proxy_type, int(spec.get("size", 0)))
+    closed_loop(dt, rows, jobs, proxy_type.operation, score, size, hq, batch_size)

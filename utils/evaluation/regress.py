@@ -8,20 +8,22 @@ at once; the start with the lowest loss wins.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-import Constants as C
 from models.proxy import Proxy
 from models.transform import to_network
 from utils.data.tapouts import TapoutDataset
 from utils.evaluation.metrics import psnr
+from utils.evaluation.report import TargetResult
 from utils.journal import Journal
+from utils.progress import progress_over
 from utils.proxies.schema import ProxyType
+from utils.settings import DEFAULTS
 from utils.visual import write_animation
 
 
@@ -43,13 +45,13 @@ def freeze(module: torch.nn.Module) -> None:
 def regress(forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], n_sliders: int,
             scale: float, x: torch.Tensor, target: torch.Tensor, iterations: int, restarts: int,
             generator: torch.Generator, lr: float = 0.05, frame_every: int = 0,
-            crop: int | None = None) -> Recovery:
+            crop: int = DEFAULTS.REGRESSION_CROP) -> Recovery:
     """Recover the ``n_sliders`` normalised sliders ``u`` that make ``forward(x, u)`` match
     ``target`` (x and target (1, C, H, W); forward is a proxy, or a chain of proxies).
 
     The loss is the mean squared error in the network domain asinh(v / ``scale``) (see
     models.transform). Each iteration fits a random ``crop`` (default
-    Constants.REGRESSION_CROP, even offsets so a mosaic keeps its phase; the sliders are
+    REGRESSION_CROP setting, even offsets so a mosaic keeps its phase; the sliders are
     global, so any part of the image constrains them), which makes an iteration several times
     cheaper (``crop=0``: the whole image); the winning start is chosen on the whole image.
     """
@@ -61,7 +63,7 @@ def regress(forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], n_sli
     xs = x.expand(restarts, *x.shape[1:])
     goal = to_network(target, scale)
     h, w = x.shape[-2:]
-    ch, cw = (h, w) if crop == 0 else (min(crop or C.REGRESSION_CROP, h, w) // 2 * 2,) * 2
+    ch, cw = (h, w) if crop == 0 else (min(crop, h, w) // 2 * 2,) * 2
     frames = []
     for it in range(iterations):
         if frame_every and it % frame_every == 0:
@@ -99,20 +101,10 @@ def pick_targets(count: int, available: int, seed: int) -> list[int]:
     return sorted(rng.choice(available, size=min(count, available), replace=False).tolist())
 
 
-@dataclass
-class RegressionRow:
-    sample: str
-    image: str
-    true: list[float]
-    recovered: list[float]
-    error: list[float]            # |recovered - true| / (hi - lo), per slider
-    proxy_psnr: float
-    darktable_psnr: float = float("nan")
-
-
 def slider_regression(proxy: Proxy, proxy_type: ProxyType, data: TapoutDataset, targets: Sequence[int],
                       device: torch.device, iterations: int, restarts: int, seed: int,
-                      animation_dir: Path | None = None, journal: Journal | None = None) -> list[RegressionRow]:
+                      animation_dir: Path | None = None, journal: Journal | None = None,
+                      crop: int = DEFAULTS.REGRESSION_CROP) -> list[TargetResult]:
     """Regress the sliders of each target sample (and write its animation when asked).
 
     Each target has its own random generator, so its result does not depend on the others;
@@ -123,25 +115,25 @@ def slider_regression(proxy: Proxy, proxy_type: ProxyType, data: TapoutDataset, 
     rows = []
     ranges = [s["hi"] - s["lo"] for s in proxy.sliders]
     frame_every = max(1, iterations // 60) if animation_dir is not None else 0
-    for i in targets:
+    for i in progress_over(targets, "slider regression", "target"):
         key = data.rows[i]["sample"]
         if journal is not None and key in journal:
-            rows.append(RegressionRow(**journal[key]))
+            rows.append(TargetResult.from_journal(key, journal[key]))
             continue
         x, y, u_true = (t[None].to(device) for t in data[i])
         generator = torch.Generator().manual_seed(seed * 1000003 + i)
         rec = regress(proxy, len(proxy.sliders), proxy.scale, x, y, iterations, restarts, generator,
-                      frame_every=frame_every)
+                      frame_every=frame_every, crop=crop)
         true = _values(proxy, u_true[0].cpu())
         found = _values(proxy, rec.u)
         with torch.no_grad():
             score = float(psnr(proxy(x, rec.u[None].to(device)), y)[0])
-        rows.append(RegressionRow(key, data.rows[i]["image"], true, found,
+        rows.append(TargetResult(key, data.rows[i]["image"], true, found,
                                   [abs(a - b) / r for a, b, r in zip(found, true, ranges)], score))
         if animation_dir is not None:
             write_animation(animation_dir, key, rec.frames, y[0].cpu(), slider_caption(proxy))
         if journal is not None:
-            journal.record(key, **asdict(rows[-1]))
+            journal.record(key, **rows[-1].journal_entry())
     return rows
 
 

@@ -1,5 +1,6 @@
-"""Result files of an evaluation: metrics.json, report.md, the recovered sliders' CSV, and
-regression animations.
+"""Result files of slider regression, for one proxy and for pipelines alike: the result of
+each target, the summary in metrics.json, report.md, and the recovered sliders' CSV
+(``ROOT/params/<NAME or pipeline>.csv``).
 """
 from __future__ import annotations
 
@@ -7,20 +8,92 @@ import csv
 import io
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from utils.atomic import write_text_atomic
-from utils.evaluation.regress import RegressionRow
+
+RESULT_FORMAT = 2   # of the rows in regression journals: bump when TargetResult changes
 
 
-def summarise(name: str, slider_names: Sequence[str], fid: dict, n_val: int, darktable_version: str,
-              rows: Sequence[RegressionRow]) -> dict:
-    """The metrics.json contract (more keys may follow the required ones)."""
-    dt_scores = [r.darktable_psnr for r in rows if not math.isnan(r.darktable_psnr)]
-    per_slider = {n: float(np.mean([r.error[k] for r in rows])) for k, n in enumerate(slider_names)}
+@dataclass
+class TargetResult:
+    """One regression target: its sliders, true and recovered, and how close the outputs are."""
+
+    key: str                          # the stage-2 sample or pipeline target
+    image: str                        # its image file name
+    true: list[float]                 # recovered sliders' true values, in slider order
+    recovered: list[float]
+    error: list[float]                # |recovered - true| / (hi - lo), per slider
+    proxy_psnr: float                 # proxy (or chain) at the recovered sliders vs darktable's target
+    darktable_psnr: float = float("nan")   # closed loop: darktable at the recovered sliders
+    moved: list[float] = field(default_factory=list)       # chains: |u_final - u_start| per slider
+    chain_psnr: list[float] = field(default_factory=list)  # chains: per block, at the TRUE sliders
+
+    def journal_entry(self) -> dict[str, Any]:
+        """What a regression journal records for this target (its key is the journal's)."""
+        return {k: v for k, v in vars(self).items() if k != "key"}
+
+    @classmethod
+    def from_journal(cls, key: str, entry: dict[str, Any]) -> "TargetResult":
+        return cls(key=key, **{k: v for k, v in entry.items() if k in cls.__dataclass_fields__})
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
+def regression_summary(rows: Sequence[TargetResult]) -> dict[str, Any]:
+    """The regression and closed-loop figures over all targets (metrics.json keys)."""
+    closed = [r.darktable_psnr for r in rows if not math.isnan(r.darktable_psnr)]
+    return {
+        "param_mae": _mean([e for r in rows for e in r.error]),
+        "proxy_psnr": _mean([r.proxy_psnr for r in rows]),
+        "darktable_psnr": _mean(closed),
+        "darktable_psnr_min": float(np.min(closed)) if closed else float("nan"),
+        "targets": len(rows),
+        "closed_loop_failures": len(rows) - len(closed),
+    }
+
+
+def regression_lines(summary: dict[str, Any], what: str = "proxy") -> list[str]:
+    """Markdown table rows of :func:`regression_summary`."""
+    return [f"| regression: slider error (fraction of range), {summary['targets']} targets | {summary['param_mae']:.5f} |",
+            f"| regression: {what} PSNR at recovered sliders | {summary['proxy_psnr']:.2f} dB |",
+            f"| closed loop: darktable PSNR at recovered sliders (mean) | {summary['darktable_psnr']:.2f} dB |",
+            f"| closed loop: darktable PSNR (worst target) | {summary['darktable_psnr_min']:.2f} dB |"]
+
+
+def write_params_csv(path: Path, key_column: str, labels: Sequence[str], rows: Sequence[TargetResult]) -> None:
+    """One line per target: its true, recovered and error value of every slider (``labels``)."""
+    text = io.StringIO()
+    w = csv.writer(text, lineterminator="\n")
+    w.writerow([key_column, "image", *(f"{n}_true" for n in labels), *(f"{n}_recovered" for n in labels),
+                *(f"{n}_error" for n in labels), "proxy_psnr", "darktable_psnr"])
+    for r in rows:
+        w.writerow([r.key, r.image, *(f"{v:.9g}" for v in r.true), *(f"{v:.9g}" for v in r.recovered),
+                    *(f"{v:.6g}" for v in r.error), f"{r.proxy_psnr:.3f}", f"{r.darktable_psnr:.3f}"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, text.getvalue())
+
+
+def write_metrics(folder: Path, metrics: dict[str, Any], report: str) -> Path:
+    """``folder/metrics.json`` and ``folder/report.md``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    write_text_atomic(folder / "report.md", report)
+    return folder
+
+
+# ---------------------------------------------------------------- one proxy
+
+def proxy_metrics(name: str, slider_names: Sequence[str], fid: dict, n_val: int, darktable_version: str,
+                  rows: Sequence[TargetResult]) -> dict[str, Any]:
+    """The metrics.json contract of one proxy (more keys may follow the required ones)."""
+    per_slider = {n: _mean([r.error[k] for r in rows]) for k, n in enumerate(slider_names)}
     skipped = {} if slider_names else {"skipped": "the module has no sliders: nothing to regress"}
     return {
         "proxy": name,
@@ -29,22 +102,13 @@ def summarise(name: str, slider_names: Sequence[str], fid: dict, n_val: int, dar
         "val_ssim": fid["ssim"],
         "val_samples": n_val,
         "darktable_version": darktable_version,
-        "regression": {
-            "param_mae": float(np.mean([e for r in rows for e in r.error])) if rows else float("nan"),
-            "proxy_psnr": float(np.mean([r.proxy_psnr for r in rows])) if rows else float("nan"),
-            "darktable_psnr": float(np.mean(dt_scores)) if dt_scores else float("nan"),
-            "darktable_psnr_min": float(np.min(dt_scores)) if dt_scores else float("nan"),
-            "targets": len(rows),
-            "param_mae_per_slider": per_slider,
-            "closed_loop_failures": len(rows) - len(dt_scores),
-            **skipped,
-        },
+        "regression": {**regression_summary(rows), "param_mae_per_slider": per_slider, **skipped},
         "val_mae": fid["mae"],
     }
 
 
-def report_table(metrics: dict) -> str:
-    """The numbers of metrics.json as a Markdown table."""
+def proxy_report(metrics: dict[str, Any]) -> str:
+    """The numbers of one proxy's metrics.json as a Markdown table."""
     reg = metrics["regression"]
     lines = [f"# {metrics['proxy']} (darktable {metrics['darktable_version']})", "",
              "| metric | value |", "|---|---|",
@@ -53,35 +117,7 @@ def report_table(metrics: dict) -> str:
              f"| fidelity: mean absolute error | {metrics['val_mae']:.3g} |"]
     if "skipped" in reg:
         return "\n".join(lines + [f"| regression | skipped: {reg['skipped']} |"]) + "\n"
-    lines.append(f"| regression: slider error (fraction of range), {reg['targets']} targets | {reg['param_mae']:.5f} |")
-    for n, v in reg["param_mae_per_slider"].items():
-        lines.append(f"| regression: {n} error (fraction of range) | {v:.5f} |")
-    lines += [f"| regression: proxy PSNR at recovered sliders | {reg['proxy_psnr']:.2f} dB |",
-              f"| closed loop: darktable PSNR at recovered sliders (mean) | {reg['darktable_psnr']:.2f} dB |",
-              f"| closed loop: darktable PSNR (worst target) | {reg['darktable_psnr_min']:.2f} dB |"]
+    lines += regression_lines(reg)[:1]
+    lines += [f"| regression: {n} error (fraction of range) | {v:.5f} |" for n, v in reg["param_mae_per_slider"].items()]
+    lines += regression_lines(reg)[1:]
     return "\n".join(lines) + "\n"
-
-
-def write_results(root: Path, name: str, metrics: dict, rows: Sequence[RegressionRow],
-                  slider_names: Sequence[str]) -> Path:
-    """ROOT/eval/NAME/metrics.json + report.md, and the recovered values in ROOT/params/."""
-    folder = root / "eval" / name
-    folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(folder / "metrics.json", json.dumps(metrics, indent=1) + "\n")
-    write_text_atomic(folder / "report.md", report_table(metrics))
-    params = root / "params"
-    params.mkdir(parents=True, exist_ok=True)
-    text = io.StringIO()
-    w = csv.writer(text, lineterminator="\n")
-    w.writerow(["sample", "image", *(f"{n}_true" for n in slider_names),
-                *(f"{n}_recovered" for n in slider_names), *(f"{n}_error" for n in slider_names),
-                "proxy_psnr", "darktable_psnr"])
-    for r in rows:
-        w.writerow([r.sample, r.image, *(f"{v:.9g}" for v in r.true), *(f"{v:.9g}" for v in r.recovered),
-                    *(f"{v:.6g}" for v in r.error), f"{r.proxy_psnr:.3f}", f"{r.darktable_psnr:.3f}"])
-    write_text_atomic(params / f"{name}.csv", text.getvalue())
-    return folder
-
-
-
-

@@ -131,6 +131,15 @@ class Chain(nn.Module):
                                if n in block.recovered}
         return out
 
+    def clamped_values(self, recovered: Sequence[float]) -> dict[str, dict[str, float]]:
+        """Recovered slider values (in u order) -> {block name: {slider: value}}, each within its
+        range (regression keeps them inside; clamping absorbs float rounding at the ends)."""
+        values, it = {}, iter(recovered)
+        for b in self.blocks:
+            ranges = {s["name"]: (s["lo"], s["hi"]) for s in b.proxy.sliders}
+            values[b.name] = {n: min(max(next(it), ranges[n][0]), ranges[n][1]) for n in b.recovered}
+        return values
+
     def ranges(self) -> list[float]:
         """Each recovered slider's range (hi - lo), in u order."""
         return [s["hi"] - s["lo"] for b in self.blocks for s in b.proxy.sliders if s["name"] in b.recovered]

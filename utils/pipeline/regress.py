@@ -1,5 +1,5 @@
-"""Joint slider regression through a chain of proxies, its closed loop through darktable,
-and the pipeline's result files (``ROOT/pipeline/metrics.json``, ``report.md``,
+"""Joint slider regression through a chain of proxies, its closed loop through darktable
+(utils/evaluation/closed_loop.py), and the pipeline's result files (``ROOT/pipeline/metrics.json``, ``report.md``,
 ``ROOT/params/pipeline.csv``, block outputs and animations).
 
 Each target's result is recorded in a journal (utils/journal.py) as soon as it is known, so an
@@ -8,45 +8,40 @@ command runs again.
 """
 from __future__ import annotations
 
-import csv
-import json
 import logging
-import math
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-import Constants as C
 from models.mosaic import even_crop
-from utils.atomic import write_text_atomic
 from utils.darktable.files import write_tiff
 from utils.darktable.runner import Darktable, Job
 from utils.data.tapouts import to_chw
+from utils.evaluation.closed_loop import closed_loop
 from utils.evaluation.fidelity import weights_digest
 from utils.evaluation.metrics import psnr
-from utils.evaluation.regress import freeze, regress
+from utils.evaluation.regress import Recovery, freeze, regress
+from utils.evaluation.report import (
+    RESULT_FORMAT,
+    TargetResult,
+    regression_lines,
+    regression_summary,
+    write_metrics,
+    write_params_csv,
+)
 from utils.journal import Journal
 from utils.pipeline.chain import Chain
 from utils.pipeline.targets import Target, history
+from utils.progress import progress_over
+from utils.runs import RunPaths
+from utils.settings import DEFAULTS, Settings
 from utils.visual import contact_sheet, save_png, to_display, write_animation
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class PipelineRow:
-    target: str
-    image: str
-    true: list[float]                 # recovered sliders' true values, in chain order
-    recovered: list[float]
-    error: list[float]                # |recovered - true| / (hi - lo)
-    moved: list[float]                # |u_final - u_start| per slider (the gradient reached it)
-    proxy_psnr: float                 # chain output at the recovered sliders vs darktable's target
-    chain_psnr: list[float]           # per block: chain at the TRUE sliders vs darktable's tap-out
-    darktable_psnr: float = float("nan")
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -64,51 +59,26 @@ def chain_fidelity(chain: Chain, target: Target, device: torch.device) -> list[f
 
 
 def regress_target(chain: Chain, target: Target, device: torch.device, iterations: int, restarts: int,
-                   seed: int, frame_every: int = 0):
+                   seed: int, frame_every: int = 0, crop: int = DEFAULTS.REGRESSION_CROP) -> tuple[TargetResult, Recovery]:
+    """Recover all of ``target``'s sliders jointly through the chain."""
     x = target.load(chain.blocks[0].operation, "in").to(device)
     y = target.load(chain.blocks[-1].operation, "out").to(device)
     generator = torch.Generator().manual_seed(seed)
     chain.pattern = target.pattern
     rec = regress(chain, chain.n_sliders, chain.scale, x, y, iterations, restarts, generator,
-                  frame_every=frame_every)
+                  frame_every=frame_every, crop=crop)
     with torch.no_grad():
         score = _psnr(chain(x, rec.u[None].to(device)).cpu(), y.cpu())
     ranges = chain.ranges()
     true = [v for b in chain.blocks for v in chain.values(target.u)[b.name].values()]
     found = [v for b in chain.blocks for v in chain.values(rec.u)[b.name].values()]
-    row = PipelineRow(target.key, target.image, true, found,
-                      [abs(a - b) / r for a, b, r in zip(found, true, ranges)],
-                      [abs(float(a) - float(b)) for a, b in zip(rec.u, rec.start)], score,
-                      chain_fidelity(chain, target, device))
+    row = TargetResult(target.key, target.image, true, found,
+                       [abs(a - b) / r for a, b, r in zip(found, true, ranges)], score,
+                       moved=[abs(float(a) - float(b)) for a, b in zip(rec.u, rec.start)],
+                       chain_psnr=chain_fidelity(chain, target, device))
     return row, rec
 
 
-def closed_loop(dt: Darktable, chain: Chain, rows: Sequence[PipelineRow], targets: Sequence[Target],
-                image_dir: Path) -> None:
-    """Render every target's recovered sliders with darktable; score the last block's output."""
-    last = chain.blocks[-1].operation
-    jobs = []
-    for row in rows:
-        image = image_dir / row.image
-        values = {}
-        i = 0
-        for b in chain.blocks:
-            values[b.name] = {}
-            for s in b.recovered:
-                sl = next(d for d in b.proxy.sliders if d["name"] == s)
-                values[b.name][s] = min(max(row.recovered[i], sl["lo"]), sl["hi"])
-                i += 1
-        jobs.append(Job(image, history(dt, chain, values, image)))
-    results = []
-    for i in range(0, len(jobs), max(1, C.DARKTABLE_BATCH_SIZE)):
-        results += dt.render_batch(jobs[i:i + C.DARKTABLE_BATCH_SIZE], dump=[last], size=0, hq=True)
-    by_key = {t.key: t for t in targets}
-    for row, result in zip(rows, results):
-        if isinstance(result, Exception):
-            log.warning("closed loop for %s failed: %s", row.target, result)
-            continue
-        rendered = even_crop(torch.from_numpy(to_chw(result.tapouts[(last, "out")]))[None])
-        row.darktable_psnr = _psnr(rendered, by_key[row.target].load(last, "out"))
 
 
 def save_outputs(chain: Chain, target: Target, u: torch.Tensor, folder: Path, device: torch.device) -> None:
@@ -138,10 +108,26 @@ def _viewable(image: np.ndarray, block) -> np.ndarray:
     return to_display(image)
 
 
-def summarise(chain: Chain, rows: Sequence[PipelineRow], darktable_version: str,
-              conversions: Sequence[str]) -> dict:
+def pipeline_closed_loop(dt: Darktable, chain: Chain, rows: Sequence[TargetResult], targets: Sequence[Target],
+                         image_dir: Path, settings: Settings) -> None:
+    """Render every target's recovered sliders with darktable; score the last block's output."""
+    last = chain.blocks[-1].operation
+    by_key = {t.key: t for t in targets}
+    jobs = []
+    for row in rows:
+        image = image_dir / row.image
+        jobs.append(Job(image, history(dt, chain, chain.clamped_values(row.recovered), image, settings)))
+
+    def score(k: int, tap_out: np.ndarray) -> float:
+        rendered = even_crop(torch.from_numpy(to_chw(tap_out))[None])
+        return _psnr(rendered, by_key[rows[k].key].load(last, "out"))
+
+    closed_loop(dt, rows, jobs, last, score, 0, True, settings.DARKTABLE_BATCH_SIZE)
+
+
+def pipeline_metrics(chain: Chain, rows: Sequence[TargetResult], darktable_version: str,
+                     conversions: Sequence[str]) -> dict:
     """The pipeline metrics.json contract (more keys may follow the required ones)."""
-    dt_scores = [r.darktable_psnr for r in rows if not math.isnan(r.darktable_psnr)]
     per_block = {}
     for k, b in enumerate(chain.blocks):
         sl = chain.slices[k]
@@ -154,23 +140,24 @@ def summarise(chain: Chain, rows: Sequence[PipelineRow], darktable_version: str,
             "chain_psnr": float(np.mean([r.chain_psnr[k] for r in rows])),
             "operation": b.operation,
         }
-    mean = lambda v: float(np.mean(v)) if v else float("nan")
+    summary = regression_summary(rows)
     return {
         "blocks": [b.name for b in chain.blocks],
-        "targets": len(rows),
-        "param_mae": mean([e for r in rows for e in r.error]),
-        "proxy_psnr": mean([r.proxy_psnr for r in rows]),
-        "darktable_psnr": mean(dt_scores),
+        "targets": summary["targets"],
+        "param_mae": summary["param_mae"],
+        "proxy_psnr": summary["proxy_psnr"],
+        "darktable_psnr": summary["darktable_psnr"],
         "per_block": per_block,
-        "darktable_psnr_min": float(np.min(dt_scores)) if dt_scores else float("nan"),
-        "closed_loop_failures": len(rows) - len(dt_scores),
+        "darktable_psnr_min": summary["darktable_psnr_min"],
+        "closed_loop_failures": summary["closed_loop_failures"],
         "sliders": chain.slider_labels(),
         "conversions": list(conversions),
         "darktable_version": darktable_version,
     }
 
 
-def report_table(metrics: dict) -> str:
+def pipeline_report(metrics: dict) -> str:
+    """The numbers of the pipeline's metrics.json as Markdown tables."""
     lines = [f"# pipeline: {' -> '.join(metrics['blocks'])} (darktable {metrics['darktable_version']})", "",
              f"Conversions between blocks: {', '.join(metrics['conversions']) or 'none'}.", "",
              "| block | sliders | slider error (fraction of range) | moved | chain PSNR at true sliders |",
@@ -179,68 +166,49 @@ def report_table(metrics: dict) -> str:
         err = "-" if b["param_mae"] is None else f"{b['param_mae']:.4f}"
         moved = "-" if b["moved"] is None else f"{b['moved']:.3f}"
         lines.append(f"| {name} | {', '.join(b['sliders']) or '-'} | {err} | {moved} | {b['chain_psnr']:.2f} dB |")
-    lines += ["", "| metric | value |", "|---|---|",
-              f"| targets | {metrics['targets']} |",
-              f"| slider error, all blocks (param_mae) | {metrics['param_mae']:.4f} |",
-              f"| chain PSNR at recovered sliders (proxy_psnr) | {metrics['proxy_psnr']:.2f} dB |",
-              f"| closed loop: darktable PSNR at recovered sliders, mean | {metrics['darktable_psnr']:.2f} dB |",
-              f"| closed loop: darktable PSNR, worst target | {metrics['darktable_psnr_min']:.2f} dB |"]
+    lines += ["", "| metric | value |", "|---|---|", *regression_lines(metrics, "chain")]
     return "\n".join(lines) + "\n"
 
 
-def write_results(root: Path, chain: Chain, metrics: dict, rows: Sequence[PipelineRow]) -> Path:
-    folder = root / "pipeline"
-    write_text_atomic(folder / "metrics.json", json.dumps(metrics, indent=1) + "\n")
-    write_text_atomic(folder / "report.md", report_table(metrics))
-    labels = chain.slider_labels()
-    (root / "params").mkdir(parents=True, exist_ok=True)
-    with open(root / "params" / "pipeline.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["target", "image", *(f"{n}_true" for n in labels), *(f"{n}_recovered" for n in labels),
-                    *(f"{n}_error" for n in labels), "proxy_psnr", "darktable_psnr"])
-        for r in rows:
-            w.writerow([r.target, r.image, *(f"{v:.9g}" for v in r.true), *(f"{v:.9g}" for v in r.recovered),
-                        *(f"{v:.6g}" for v in r.error), f"{r.proxy_psnr:.3f}", f"{r.darktable_psnr:.3f}"])
-    return folder
-
-
 def run_regression(dt: Darktable, chain: Chain, targets: Sequence[Target], conversions: Sequence[str],
-                   root: Path, image_dir: Path, device: torch.device, iterations: int, restarts: int,
-                   seed: int) -> dict:
-    """Regress every target (resuming from the journal), close the loop, write the results."""
+                   paths: RunPaths, image_dir: Path, device: torch.device, iterations: int,
+                   settings: Settings) -> dict:
+    """Regress every target (resuming from the journal), close the loop, write the results.
+    ``settings``: PARAM_TUNING_RESTARTS, REGRESSION_CROP, SEED, SAVE_ALL_OUTPUTS,
+    PIPELINE_CREATE_ANIMATION, PIPELINE_ANIMATION_TARGETS, DARKTABLE_BATCH_SIZE."""
     freeze(chain)
-    folder = root / "pipeline"
+    s = settings
     meta = {"blocks": [b.name for b in chain.blocks], "sliders": chain.slider_labels(),
             "weights": [weights_digest(b.proxy) for b in chain.blocks], "targets": [t.key for t in targets],
-            "iterations": iterations, "restarts": restarts, "seed": seed, "crop": C.REGRESSION_CROP}
-    with Journal(folder / "regression.jsonl", meta) as journal:
-        rows = _regress_all(chain, targets, journal, folder, root, device, iterations, restarts, seed)
-    log.info("closed loop: rendering the recovered sliders of %d targets with darktable", len(rows))
-    closed_loop(dt, chain, rows, targets, image_dir)
-    metrics = summarise(chain, rows, dt.install.version_string, conversions)
-    write_results(root, chain, metrics, rows)
+            "iterations": iterations, "restarts": s.PARAM_TUNING_RESTARTS, "seed": s.SEED,
+            "crop": s.REGRESSION_CROP, "format": RESULT_FORMAT}
+    with Journal(paths.pipeline / "regression.jsonl", meta) as journal:
+        rows = [_regress_one(chain, target, i, journal, paths, device, iterations, s)
+                for i, target in enumerate(progress_over(targets, "pipeline regression", "target"))]
+    pipeline_closed_loop(dt, chain, rows, targets, image_dir, s)
+    metrics = pipeline_metrics(chain, rows, dt.install.version_string, conversions)
+    write_metrics(paths.pipeline, metrics, pipeline_report(metrics))
+    write_params_csv(paths.pipeline_csv, "target", chain.slider_labels(), rows)
     return metrics
 
 
-def _regress_all(chain: Chain, targets: Sequence[Target], journal: Journal, folder: Path, root: Path,
-                 device: torch.device, iterations: int, restarts: int, seed: int) -> list[PipelineRow]:
-    animations = root / "pipeline_animations" if C.PIPELINE_CREATE_ANIMATION else None
-    rows = []
-    for i, target in enumerate(targets):
-        if target.key in journal:
-            rows.append(PipelineRow(target=target.key, **{k: v for k, v in journal[target.key].items() if k != "u"}))
-            continue
-        animate = animations is not None and i < C.PIPELINE_ANIMATION_TARGETS
-        row, rec = regress_target(chain, target, device, iterations, restarts, seed * 1000003 + i,
-                                  frame_every=max(1, iterations // 40) if animate else 0)
-        log.info("target %s: chain %.2f dB at recovered sliders, slider error %.4f", target.key,
-                 row.proxy_psnr, float(np.mean(row.error)))
-        if C.SAVE_ALL_OUTPUTS:
-            save_outputs(chain, target, rec.u, folder / "outputs" / target.key, device)
-        if animate:
-            caption = lambda u: " ".join(f"{n}={v:.3g}" for b in chain.values(u).values() for n, v in b.items())
-            write_animation(animations, target.key, rec.frames,
-                            target.load(chain.blocks[-1].operation, "out")[0], caption)
-        journal.record(target.key, **{k: v for k, v in asdict(row).items() if k != "target"}, u=rec.u.tolist())
-        rows.append(row)
-    return rows
+def _regress_one(chain: Chain, target: Target, i: int, journal: Journal, paths: RunPaths,
+                 device: torch.device, iterations: int, s: Settings) -> TargetResult:
+    """Target ``i``'s result: from the journal, or regressed now (with its block outputs and
+    animation when the settings ask for them) and recorded."""
+    if target.key in journal:
+        return TargetResult.from_journal(target.key, journal[target.key])
+    animate = s.PIPELINE_CREATE_ANIMATION and i < s.PIPELINE_ANIMATION_TARGETS
+    row, rec = regress_target(chain, target, device, iterations, s.PARAM_TUNING_RESTARTS,
+                              s.SEED * 1000003 + i, max(1, iterations // 40) if animate else 0,
+                              s.REGRESSION_CROP)
+    log.info("target %s: chain %.2f dB at recovered sliders, slider error %.4f", target.key,
+             row.proxy_psnr, float(np.mean(row.error)))
+    if s.SAVE_ALL_OUTPUTS:
+        save_outputs(chain, target, rec.u, paths.pipeline_outputs / target.key, device)
+    if animate:
+        caption = lambda u: " ".join(f"{n}={v:.3g}" for b in chain.values(u).values() for n, v in b.items())
+        write_animation(paths.pipeline_animations, target.key, rec.frames,
+                        target.load(chain.blocks[-1].operation, "out")[0], caption)
+    journal.record(target.key, **row.journal_entry(), u=rec.u.tolist())
+    return row

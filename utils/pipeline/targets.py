@@ -16,7 +16,6 @@ from typing import Sequence
 import numpy as np
 import torch
 
-import Constants as C
 from models.mosaic import even_crop
 from utils.atomic import write_text_atomic
 from utils.darktable.dumps import is_raw
@@ -30,6 +29,7 @@ from utils.data.tapouts import to_chw
 from utils.errors import UserError
 from utils.pipeline.chain import Block, Chain, check_order, choose_conversions
 from utils.proxies.registry import PROXIES
+from utils.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,14 @@ class PipelineSpec:
     conversions: list[str] = field(default_factory=list)
 
 
-def disabled_modules(dt: Darktable, blocks: Sequence[Block], image: Path) -> list[HistoryItem]:
+def disabled_modules(dt: Darktable, blocks: Sequence[Block], image: Path,
+                     names: Sequence[str]) -> list[HistoryItem]:
     """Modules turned off in pipeline renders unless they are blocks: highlight reconstruction
     (raw only) would otherwise change pixels between temperature and demosaic, and made
     renders depend on the other images of a darktable process."""
     ops = {b.operation for b in blocks}
     items = []
-    for name in C.PIPELINE_DISABLED_MODULES:
+    for name in names:
         proxy_type = PROXIES.get(name)
         if proxy_type is None or proxy_type.operation in ops or not is_raw(image):
             continue
@@ -61,10 +62,13 @@ def disabled_modules(dt: Darktable, blocks: Sequence[Block], image: Path) -> lis
     return items
 
 
-def history(dt: Darktable, chain: Chain, values: dict[str, dict[str, float]], image: Path) -> tuple[HistoryItem, ...]:
+def history(dt: Darktable, chain: Chain, values: dict[str, dict[str, float]], image: Path,
+            settings: Settings) -> tuple[HistoryItem, ...]:
+    """The history of one render: every block at ``values`` (others at defaults), and the
+    PIPELINE_DISABLED_MODULES that are not blocks turned off."""
     items = [b.proxy_type.history_item(dt, {**{s["name"]: s["default"] for s in b.proxy.sliders},
                                             **values.get(b.name, {})}) for b in chain.blocks]
-    return tuple(items + disabled_modules(dt, chain.blocks, image))
+    return tuple(items + disabled_modules(dt, chain.blocks, image, settings.PIPELINE_DISABLED_MODULES))
 
 
 def draw_targets(chain: Chain, images: Sequence[Path], count: int, seed: int) -> list[tuple[str, Path, torch.Tensor]]:
@@ -101,58 +105,72 @@ class Target:
 
 
 def generate_targets(dt: Darktable, chain: Chain, images: Sequence[Path], folder: Path, count: int,
-                     seed: int, render: bool = True) -> tuple[list[Target], list[str]]:
+                     settings: Settings, render: bool = True) -> tuple[list[Target], list[str]]:
     """Render (or reuse) ``count`` targets; the targets and the conversions. Each config and
     setting gets its own subfolder of ``folder`` (named by a digest of what the data is), so
     changing the config never mixes or destroys renders. With ``render`` off only the targets
-    already there are used."""
-    spec = PipelineSpec([b.name for b in chain.blocks], chain.slider_labels(), count, seed,
+    already there are used. ``settings``: SEED, DARKTABLE_BATCH_SIZE, PIPELINE_DISABLED_MODULES."""
+    spec = PipelineSpec([b.name for b in chain.blocks], chain.slider_labels(), count, settings.SEED,
                         dt.install.version_string, [f"{p.name}:{p.stat().st_size}" for p in images])
+    folder = _data_folder(folder, spec)
+    planned = draw_targets(chain, images, count, settings.SEED)
+    manifest = folder / "manifest.csv"
+    done = {r["target"] for r in read_rows(manifest)}
+    todo = [t for t in planned if t[0] not in done] if render else []
+    if todo:
+        _render_targets(dt, chain, todo, folder, spec, settings)
+    write_text_atomic(folder / "pipeline.json", json.dumps(asdict(spec), indent=1) + "\n")
+    ops = [b.operation for b in chain.blocks]
+    done_rows = {r["target"]: r for r in read_rows(manifest)}
+    targets = [Target(key, done_rows[key]["image"], u,
+                      {(op, kind): folder / f"{key}_{op}_{kind}.tif" for op in ops for kind in ("in", "out")},
+                      done_rows[key]["pattern"])
+               for key, _, u in planned if key in done_rows]
+    if not targets:
+        raise UserError(f"no pipeline targets in {folder}; run without -s to render them" if not render
+                        else "no pipeline target could be rendered; see the warnings above")
+    return targets, spec.conversions
+
+
+def _data_folder(parent: Path, spec: PipelineSpec) -> Path:
+    """The folder of the pipeline data that ``spec`` describes; the conversions found by an
+    earlier run go into ``spec``."""
     digest = hashlib.sha1(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:12]
-    folder = folder / digest
+    folder = parent / digest
     folder.mkdir(parents=True, exist_ok=True)
     spec_path = folder / "pipeline.json"
     if spec_path.exists():
         spec.conversions = json.loads(spec_path.read_text()).get("conversions", [])
     else:
         write_text_atomic(spec_path, json.dumps(asdict(spec), indent=1) + "\n")
-    planned = draw_targets(chain, images, count, seed)
+    return folder
+
+
+def _render_targets(dt: Darktable, chain: Chain, todo: Sequence[tuple[str, Path, torch.Tensor]],
+                    folder: Path, spec: PipelineSpec, settings: Settings) -> None:
+    """Render ``todo`` (key, image, u) with darktable: every block's tap-outs become TIFFs and
+    the target a manifest line (fsynced, so a killed run keeps what it finished). The first
+    render checks the config's order and finds the conversions between blocks."""
     manifest = folder / "manifest.csv"
-    done = {r["target"] for r in read_rows(manifest)}
-    todo = [t for t in planned if t[0] not in done] if render else []
-    ops = [b.operation for b in chain.blocks]
-    if todo:
-        log.info("rendering %d pipeline targets with darktable", len(todo))
-        jobs = [Job(image, history(dt, chain, chain.values(u), image)) for _, image, u in todo]
-        results = []
-        for i in range(0, len(jobs), max(1, C.DARKTABLE_BATCH_SIZE)):
-            results += dt.render_batch(jobs[i:i + C.DARKTABLE_BATCH_SIZE], dump=ops, size=0, hq=True)
-        new = not manifest.exists()
-        with open(manifest, "a") as f:
-            if new:
-                f.write("target,image,pattern\n")
-            for (key, image, u), result in zip(todo, results):
-                if isinstance(result, Exception):
-                    log.warning("pipeline target %s failed: %s", key, result)
-                    continue
-                check_order(chain.blocks, result, is_raw(image))
-                if not spec.conversions:
-                    spec.conversions = choose_conversions(chain.blocks, result)
-                for (op, kind), array in result.tapouts.items():
-                    if not np.isfinite(array).all():
-                        raise UserError(f"darktable's {op} {kind} tap-out of target {key} holds NaN or Inf")
-                    write_tiff_atomic(folder / f"{key}_{op}_{kind}.tif", array)
-                pattern = cfa_pattern(image, dt) if is_raw(image) else ""
-                f.write(f"{key},{image.name},{pattern}\n")
-                f.flush()
-                os.fsync(f.fileno())
-    write_text_atomic(spec_path, json.dumps(asdict(spec), indent=1) + "\n")
-    done = {r["target"]: r for r in read_rows(manifest)}
-    targets = [Target(key, done[key]["image"], u,
-                      {(op, kind): folder / f"{key}_{op}_{kind}.tif" for op in ops for kind in ("in", "out")},
-                      done[key]["pattern"])
-               for key, _, u in planned if key in done]
-    if not targets:
-        raise UserError(f"no pipeline targets in {folder}; run without -s to render them" if not render
-                        else "no pipeline target could be rendered; see the warnings above")
-    return targets, spec.conversions
+    jobs = [Job(image, history(dt, chain, chain.values(u), image, settings)) for _, image, u in todo]
+    results = dt.render_many(jobs, [b.operation for b in chain.blocks], 0, True,
+                             settings.DARKTABLE_BATCH_SIZE, desc="pipeline targets")
+    new = not manifest.exists()
+    with open(manifest, "a") as f:
+        if new:
+            f.write("target,image,pattern\n")
+        for (key, image, u), result in zip(todo, results):
+            if isinstance(result, Exception):
+                log.warning("pipeline target %s failed: %s", key, result)
+                continue
+            check_order(chain.blocks, result, is_raw(image))
+            if not spec.conversions:
+                spec.conversions = choose_conversions(chain.blocks, result)
+            for (op, kind), array in result.tapouts.items():
+                if not np.isfinite(array).all():
+                    raise UserError(f"darktable's {op} {kind} tap-out of target {key} holds NaN or Inf")
+                write_tiff_atomic(folder / f"{key}_{op}_{kind}.tif", array)
+            pattern = cfa_pattern(image, dt) if is_raw(image) else ""
+            f.write(f"{key},{image.name},{pattern}\n")
+            f.flush()
+            os.fsync(f.fileno())

@@ -6,6 +6,8 @@ notation).
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 from utils.darktable.params import Struct, fields
 from utils.errors import UserError
 from utils.proxies.schema import ProxyType, Slider
@@ -520,6 +522,15 @@ def describe(proxy: ProxyType) -> str:
         upstream, s = sampler
         sliders = f"sampler:{upstream.name}.{s.name}={s.lo:g}..{s.hi:g}"   # no sliders of its own
     return f"{proxy.name:<16} {sliders}".rstrip()
+
+
+def proxy_name(proxy: str, sliders: Sequence[Slider], custom: str | None = None) -> str:
+    """A proxy's NAME: ``custom`` (``-c``) if given, else ``<proxy>_<slider1>_<slider2>...``."""
+    if custom:
+        if "/" in custom or custom.startswith("."):
+            raise UserError(f"-c {custom!r}: a proxy name must not contain '/' or start with '.'")
+        return custom
+    return "_".join([proxy, *(s.name for s in sliders)])
 
 
 def split_proxy_name(name: str) -> tuple[ProxyType, list[str]]:

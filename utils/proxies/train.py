@@ -15,7 +15,7 @@ import math
 import os
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Sequence
@@ -26,7 +26,6 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-import Constants as C
 from models.mosaic import network_channels
 from models.networks import FAMILIES, UNET_SIZES, ModelSpec
 from models.proxy import IncompatibleCheckpoint, Proxy, read_checkpoint, save_checkpoint
@@ -34,12 +33,14 @@ from models.transform import to_network
 from utils.atomic import write_text_atomic
 from utils.data.manifest import read_spec
 from utils.data.tapouts import TapoutDataset
+from utils.devices import resolve_device
 from utils.errors import UserError
 from utils.evaluation.metrics import psnr
 from utils.journal import run_lock
 from utils.proxies.losses import parse_loss
 from utils.proxies.schema import ProxyType, Slider
-from utils.settings import snapshot
+from utils.runs import RunPaths
+from utils.settings import DEFAULTS, Settings
 from utils.visual import contact_sheet, save_png, to_display
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,10 @@ class TrainConfig:
     crop: int            # 0 = the family's default (Constants.PROXY_MODEL_CROP)
     save_every: int
     loss: str
+    grid_every: int = 10        # epochs between prediction grids (SAVE_OUTPUT_FREQ)
+    grid_samples: int = 4       # validation samples in a grid (PREDICTION_SAMPLES)
+    preload_mb: float = 4000    # datasets up to this size are held in memory (PRELOAD_MAX_MB)
+    settings: dict = field(default_factory=dict)   # the run's settings and command line (snapshot)
 
 
 @dataclass
@@ -71,33 +76,24 @@ class TrainResult:
     stopped_by_budget: bool
 
 
-def resolve_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available; use --device cpu or auto")
-    if choice not in ("auto", "cpu", "cuda"):
-        raise UserError(f"--device {choice!r}: use auto, cpu or cuda")
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return torch.device(choice)
-
-
-def default_config(proxy: ProxyType, **flags) -> TrainConfig:
-    """Settings from Constants, overridden by the flags that were given (not None)."""
-    losses = C.PROXY_LOSS
-    cfg = TrainConfig(epochs=C.PROXY_MODEL_NUM_EPOCH, batch_size=C.PROXY_MODEL_BATCH_SIZE,
-                      lr=C.PROXY_MODEL_LR, family=proxy.model, size=C.PROXY_MODEL_SIZE, device="auto",
-                      max_minutes=0.0, resume=False, seed=C.SEED, crop=0,
-                      save_every=C.SAVE_CHECKPOINT_FREQ,
-                      loss=losses.get(proxy.name, losses.get("default", "l1")))
+def default_config(proxy: ProxyType, settings: Settings = DEFAULTS, **flags) -> TrainConfig:
+    """The training of ``proxy`` as ``settings`` say, overridden by the flags that were given
+    (not None); refuses bad values before any work."""
+    s, losses = settings, settings.PROXY_LOSS
+    cfg = TrainConfig(epochs=s.PROXY_MODEL_NUM_EPOCH, batch_size=s.PROXY_MODEL_BATCH_SIZE,
+                      lr=s.PROXY_MODEL_LR, family=proxy.model, size=s.PROXY_MODEL_SIZE, device="auto",
+                      max_minutes=0.0, resume=False, seed=s.SEED, crop=0,
+                      save_every=s.SAVE_CHECKPOINT_FREQ,
+                      loss=losses.get(proxy.name, losses.get("default", "l1")),
+                      grid_every=s.SAVE_OUTPUT_FREQ, grid_samples=s.PREDICTION_SAMPLES,
+                      preload_mb=s.PRELOAD_MAX_MB, settings=s.snapshot())
     for key, value in flags.items():
         if value is not None:
             setattr(cfg, key, value)
     if cfg.family not in FAMILIES:
         raise UserError(f"--model {cfg.family!r}: choose one of {', '.join(FAMILIES)}")
     if not cfg.crop:
-        cfg.crop = C.PROXY_MODEL_CROP.get(cfg.family, 64)
+        cfg.crop = s.PROXY_MODEL_CROP.get(cfg.family, 64)
     if cfg.size not in UNET_SIZES:
         raise UserError(f"PROXY_MODEL_SIZE {cfg.size!r}: choose one of {', '.join(UNET_SIZES)}")
     for name in ("epochs", "batch_size"):
@@ -147,7 +143,7 @@ def _slider_dicts(sliders: Sequence[Slider]) -> list[dict]:
 
 
 def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: Path,
-          stage2: Path | None, root: Path, cfg: TrainConfig) -> TrainResult:
+          stage2: Path | None, paths: RunPaths, cfg: TrainConfig) -> TrainResult:
     """Train (or resume, or, when a previous run of it completed, skip) the proxy ``name``."""
     device = resolve_device(cfg.device)
     world = _Dist(device)
@@ -155,8 +151,8 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
     np.random.seed(cfg.seed + world.rank)
 
     positional = proxy_type.positional
-    train_set = TapoutDataset(stage1, sliders, crop=cfg.crop, positional=positional)
-    val_set = (TapoutDataset(stage2, sliders, positional=positional)
+    train_set = TapoutDataset(stage1, sliders, crop=cfg.crop, positional=positional, preload_mb=cfg.preload_mb)
+    val_set = (TapoutDataset(stage2, sliders, positional=positional, preload_mb=cfg.preload_mb)
                if stage2 is not None and (stage2 / "manifest.csv").exists() else None)
     if val_set is None:
         log.warning("no stage-2 dataset at %s: no validation PSNR; 'best' is the last epoch", stage2)
@@ -175,7 +171,7 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
     # beta2 0.99 rather than 0.999: slider-conditioned targets change scale from batch to batch
     optimizer = torch.optim.Adam(proxy.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
 
-    weights = root / f"{name}_model_weights"
+    weights = paths.weights(name)
     # one writer per weights folder (rank 0 under torchrun); held until the process ends
     lock = ExitStack()
     if world.main:
@@ -184,7 +180,7 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
             stale.unlink()
     with lock:
         return _train(proxy_type, name, stage1, stage2, cfg, device, world, train_set, val_set,
-                      proxy, optimizer, weights, root / f"{name}_predictions")
+                      proxy, optimizer, weights, paths.predictions(name))
 
 
 def _train(proxy_type: ProxyType, name: str, stage1: Path, stage2: Path | None, cfg: TrainConfig,
@@ -255,7 +251,7 @@ def _train(proxy_type: ProxyType, name: str, stage1: Path, stage2: Path | None, 
             state = {"epoch": epoch, "best_psnr": best, "val_psnr": last_psnr, "history": history,
                      "completed": epoch == cfg.epochs or stopped,
                      "optimizer": optimizer.state_dict(),
-                     "train_config": vars(cfg), "settings": snapshot(), "train_dataset": str(stage1),
+                     "train_config": {k: v for k, v in vars(cfg).items() if k != "settings"}, "settings": cfg.settings, "train_dataset": str(stage1),
                      "val_dataset": str(stage2) if val_set is not None else ""}
             save_checkpoint(weights / "last.pt", proxy, **state)
             if improved:
@@ -266,8 +262,8 @@ def _train(proxy_type: ProxyType, name: str, stage1: Path, stage2: Path | None, 
             if writer is not None:
                 writer.add_scalar("train_loss", train_loss, epoch)
                 writer.add_scalar("val_psnr", last_psnr, epoch)
-            if val_set is not None and (epoch % max(C.SAVE_OUTPUT_FREQ, 1) == 0 or epoch == cfg.epochs or stopped):
-                _prediction_grid(proxy, val_set, device, predictions / f"epoch_{epoch:04d}.png")
+            if val_set is not None and (epoch % max(cfg.grid_every, 1) == 0 or epoch == cfg.epochs or stopped):
+                _prediction_grid(proxy, val_set, device, predictions / f"epoch_{epoch:04d}.png", cfg.grid_samples)
             log.info("epoch %d/%d  loss %.5f  val PSNR %.2f dB  %.1f s", epoch, cfg.epochs,
                      train_loss, last_psnr, seconds[-1])
         if stopped:
@@ -356,11 +352,12 @@ def _validate(proxy: Proxy, val_set: TapoutDataset, device: torch.device, world:
 
 
 @torch.no_grad()
-def _prediction_grid(proxy: Proxy, val_set: TapoutDataset, device: torch.device, path: Path) -> None:
+def _prediction_grid(proxy: Proxy, val_set: TapoutDataset, device: torch.device, path: Path,
+                     count: int) -> None:
     """input | darktable | proxy | error (x10) for the first validation samples."""
     proxy.eval()
     rows, labels = [], []
-    for i in range(min(C.PREDICTION_SAMPLES, len(val_set))):
+    for i in range(min(count, len(val_set))):
         x, y, u = (t[None].to(device) for t in val_set[i])
         pred = proxy(x, u).float()
         score = float(psnr(pred, y)[0])
