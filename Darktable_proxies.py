@@ -23,14 +23,7 @@ import os
 from pathlib import Path
 
 from models.networks import FAMILIES
-from utils.cli import (
-    add_common_args,
-    add_proxy_args,
-    ask,
-    named_proxy,
-    run_paths,
-    start,
-)
+from utils.cli import add_proxy_args, ask, named_proxy, parse, script_parser
 from utils.darktable.runner import Darktable
 from utils.data.generate import Shard
 from utils.data.images import builtin_images, list_images
@@ -50,11 +43,9 @@ log = logging.getLogger("darktable_proxies")
 PARTIAL = 3   # exit status when samples failed (user errors exit with 2)
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args() -> tuple[argparse.Namespace, Settings, RunPaths]:
     proxies = "\n".join(f"  {describe(p)}" for p in PROXIES.values())
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"proxy types and their sliders (range sampled and learned):\n{proxies}")
+    parser = script_parser(__doc__, epilog=f"proxy types and their sliders (range sampled and learned):\n{proxies}")
     add_proxy_args(parser, "proxy type (see below)", required=False)
     parser.add_argument("--list-proxies", action="store_true", help="print every proxy type and exit")
     parser.add_argument("-n", type=int, metavar="N", help="slider settings per stage-1 image")
@@ -82,8 +73,7 @@ def parse_args() -> argparse.Namespace:
     evaluation.add_argument("-r", "--regression-targets", type=int, metavar="R",
                             help=f"stage-2 targets for slider regression (default {DEFAULTS.REGRESSION_TARGETS})")
     evaluation.add_argument("--no-eval", action="store_true", help="stop after training")
-    add_common_args(parser)
-    return parser.parse_args()
+    return parse(parser)
 
 
 def existing_dataset(paths: RunPaths, dataset: str) -> Path:
@@ -138,8 +128,7 @@ def exit_status(failed: int) -> int:
 
 
 def main() -> int:
-    args = parse_args()
-    settings = start(args)
+    args, settings, paths = parse_args()
     if args.list_proxies:
         for proxy in PROXIES.values():
             print(describe(proxy))
@@ -148,7 +137,6 @@ def main() -> int:
         raise UserError("name a proxy type (see --list-proxies), e.g. "
                         "'python Darktable_proxies.py exposure -n 50'")
     proxy, _, _ = named_proxy(args)
-    paths = run_paths(args, settings)
     check_numbers(args)
     cfg = default_config(proxy, settings, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          family=args.family, device=args.device, max_minutes=args.max_minutes,

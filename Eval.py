@@ -16,14 +16,7 @@ from pathlib import Path
 
 import torch
 
-from utils.cli import (
-    add_common_args,
-    add_proxy_args,
-    input_image,
-    named_proxy,
-    run_paths,
-    start,
-)
+from utils.cli import add_proxy_args, input_image, named_proxy, parse, script_parser
 from utils.darktable.files import write_tiff
 from utils.darktable.runner import Darktable
 from utils.data.images import cfa_pattern
@@ -33,26 +26,25 @@ from utils.evaluation.fidelity import chw, proxy_on_render
 from utils.evaluation.metrics import psnr
 from utils.proxies.schema import render_size
 from utils.proxies.trained import load_trained
+from utils.runs import RunPaths
+from utils.settings import Settings
 from utils.visual import save_png, to_display
 
 log = logging.getLogger("eval")
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args() -> tuple[argparse.Namespace, Settings, RunPaths]:
+    parser = script_parser(__doc__)
     add_proxy_args(parser, "proxy type (see Darktable_proxies.py --list-proxies)")
     parser.add_argument("--image", type=Path, required=True, help="a raw or TIFF/PNG/JPEG file")
     parser.add_argument("-v", "--values", required=True, metavar="V1,V2,...",
                         help="one value per slider of the proxy, in its order")
-    add_common_args(parser)
-    return parser.parse_args()
+    return parse(parser)
 
 
 def main() -> int:
-    args = parse_args()
-    settings = start(args)
+    args, settings, paths = parse_args()
     proxy_type, _, name = named_proxy(args)
-    paths = run_paths(args, settings)
     device = resolve_device(args.device)
     proxy, payload = load_trained(paths, name, device)
     try:

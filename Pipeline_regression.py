@@ -23,7 +23,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from utils.cli import add_common_args, run_paths, start
+from utils.cli import parse, script_parser
 from utils.darktable.runner import Darktable
 from utils.data.images import builtin_images, list_images
 from utils.devices import resolve_device
@@ -34,13 +34,14 @@ from utils.pipeline.config import parse_config
 from utils.pipeline.regress import pipeline_report, run_regression
 from utils.pipeline.targets import generate_targets
 from utils.proxies.trained import load_trained, train_missing
-from utils.settings import DEFAULTS
+from utils.runs import RunPaths
+from utils.settings import DEFAULTS, Settings
 
 log = logging.getLogger("pipeline_regression")
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args() -> tuple[argparse.Namespace, Settings, RunPaths]:
+    parser = script_parser(__doc__)
     parser.add_argument("--config", type=Path, metavar="FILE",
                         help=f"blocks of the chain (default Constants.PIPELINE_CONFIG = {DEFAULTS.PIPELINE_CONFIG})")
     parser.add_argument("-n", type=int, metavar="TARGETS", help=f"targets (default {DEFAULTS.PIPELINE_TARGETS})")
@@ -56,14 +57,11 @@ def parse_args() -> argparse.Namespace:
                         help="training minutes per missing proxy (with --train-missing; 0 = no limit)")
     parser.add_argument("-s", "--skip", action="store_true",
                         help="skip data generation: reuse the pipeline data already in ROOT/pipeline/data")
-    add_common_args(parser)
-    return parser.parse_args()
+    return parse(parser)
 
 
 def main() -> int:
-    args = parse_args()
-    settings = start(args)
-    paths = run_paths(args, settings)
+    args, settings, paths = parse_args()
     lines = parse_config(args.config or Path(settings.PIPELINE_CONFIG))
     targets = settings.PIPELINE_TARGETS if args.n is None else args.n
     iterations = settings.PIPELINE_REGRESSION_NUM_ITERS if args.iters is None else args.iters
@@ -85,9 +83,9 @@ def main() -> int:
     if not chain.n_sliders:
         raise UserError("the config recovers no slider: give at least one block with sliders")
     dt = Darktable(settings)
-    paths.pipeline.mkdir(parents=True, exist_ok=True)
-    with run_lock(paths.pipeline / ".lock", "regressing the pipeline"):
-        data, conversions = generate_targets(dt, chain, images, paths.pipeline_data, targets, settings,
+    paths.pipeline().mkdir(parents=True, exist_ok=True)
+    with run_lock(paths.pipeline() / ".lock", "regressing the pipeline"):
+        data, conversions = generate_targets(dt, chain, images, paths.pipeline("data"), targets, settings,
                                              render=not args.skip)
         chain = Chain(blocks, conversions)
         log.info("chain: %s", " -> ".join(f"{b.name}" + (f" [{c}]" if c != "identity" else "")
@@ -95,8 +93,8 @@ def main() -> int:
         metrics = run_regression(dt, chain, data, conversions, paths, Path(eval_dir), device, iterations,
                                  settings)
     print(pipeline_report(metrics))
-    log.info("metrics: %s; recovered sliders: %s; block outputs: %s%s", paths.pipeline / "metrics.json",
-             paths.pipeline_csv, paths.pipeline_outputs,
+    log.info("metrics: %s; recovered sliders: %s; block outputs: %s%s", paths.pipeline() / "metrics.json",
+             paths.pipeline_csv, paths.pipeline("outputs"),
              f"; animations: {paths.pipeline_animations}" if settings.PIPELINE_CREATE_ANIMATION else "")
     return 0
 

@@ -19,14 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.cli import (
-    add_common_args,
-    add_proxy_args,
-    input_image,
-    named_proxy,
-    run_paths,
-    start,
-)
+from utils.cli import add_proxy_args, input_image, named_proxy, parse, script_parser
 from utils.darktable.runner import Darktable, Job
 from utils.data.images import cfa_pattern
 from utils.devices import resolve_device
@@ -37,20 +30,19 @@ from utils.proxies.registry import proxy_name
 from utils.proxies.schema import ProxyType, Slider, render_size
 from utils.proxies.trained import load_trained
 from utils.runs import RunPaths
-from utils.settings import DEFAULTS
+from utils.settings import DEFAULTS, Settings
 from utils.visual import contact_sheet, save_png, to_display, write_video
 
 log = logging.getLogger("sweep")
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args() -> tuple[argparse.Namespace, Settings, RunPaths]:
+    parser = script_parser(__doc__)
     add_proxy_args(parser, "proxy type (see Darktable_proxies.py --list-proxies)")
     parser.add_argument("--param", required=True, metavar="SLIDER", help="the slider to sweep")
     parser.add_argument("--image", type=Path, required=True, help="a raw or TIFF/PNG/JPEG file")
     parser.add_argument("-n", "--frames", type=int, metavar="N", help=f"frames (default SWEEP_FRAMES = {DEFAULTS.SWEEP_FRAMES})")
-    add_common_args(parser)
-    return parser.parse_args()
+    return parse(parser)
 
 
 def sweep_proxy_name(args: argparse.Namespace, paths: RunPaths) -> tuple[ProxyType, Slider, str]:
@@ -78,9 +70,7 @@ def sweep_values(proxy_type: ProxyType, slider_names: list[str], swept: Slider, 
 
 
 def main() -> int:
-    args = parse_args()
-    settings = start(args)
-    paths = run_paths(args, settings)
+    args, settings, paths = parse_args()
     proxy_type, swept, name = sweep_proxy_name(args, paths)
     frames = settings.SWEEP_FRAMES if args.frames is None else args.frames
     if frames < 2:

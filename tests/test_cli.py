@@ -1,4 +1,4 @@
-"""The command line of Darktable_proxies.py."""
+"""The command line: Darktable_proxies.py, and the flags every script shares."""
 import re
 import subprocess
 import sys
@@ -53,3 +53,40 @@ def test_empty_and_unreadable_image_folders(tmp_path):
     proc = run("exposure", "-n", "1", "--images", str(bad))
     assert proc.returncode == 2 and "photo.dng is unreadable" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_every_script_takes_the_common_flags():
+    for script in ("Darktable_proxies.py", "Eval.py", "Sweep.py", "Pipeline_regression.py"):
+        proc = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, script
+        for flag in ("--device", "--out", "--set", "--quiet"):
+            assert flag in proc.stdout, (script, flag)
+        if script != "Pipeline_regression.py":
+            for flag in ("-p SLIDERS, --params SLIDERS", "-c NAME, --name NAME"):
+                assert flag in proc.stdout, (script, flag)
+
+
+def test_a_missing_device_is_refused_before_any_work(tmp_path):
+    import torch
+    if torch.backends.mps.is_available():
+        return
+    proc = run("exposure", "-n", "1", "--device", "mps", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "no Apple MPS device" in proc.stderr
+    assert not any(tmp_path.iterdir())       # nothing generated
+
+
+def test_quiet_silences_messages_and_bars():
+    import logging
+
+    from utils.progress import progress
+    root = logging.getLogger()
+    level = root.level
+    try:
+        root.setLevel(logging.WARNING)
+        assert progress(3, "x", "item").disable
+        root.setLevel(logging.INFO)
+        assert not progress(3, "x", "item").disable
+        assert progress(3, "x", "item", enabled=False).disable
+    finally:
+        root.setLevel(level)

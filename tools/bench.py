@@ -7,7 +7,7 @@ figures come from an earlier results file (``--darktable-from``, marked so) or a
 
 How each figure is made:
 
-- darktable, one call per sample: ``utils.dataset.generate`` with one sample per darktable
+- darktable, one call per sample: ``utils.data.generate.generate`` with one sample per darktable
   process, one worker (the baseline of the issue) and ``workers`` workers; batched: the
   default batch size and ``workers`` workers. Same images (the built-in training set), same
   tap-out size (256 px), everything a generation run does (TIFFs, manifest, fsync) included.

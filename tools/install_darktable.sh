@@ -17,8 +17,8 @@ suite=trixie
 die() { echo "install_darktable: $*" >&2; exit 1; }
 log() { echo "install_darktable: $*" >&2; }
 
-[ "$(id -u)" = 0 ] || die "installing darktable needs root; install darktable >= 4.4 yourself (see README) and set DARKTABLE_CLI to its darktable-cli"
-command -v apt-get >/dev/null || die "no apt-get on this system; install darktable >= 4.4 yourself (see README) and set DARKTABLE_CLI to its darktable-cli"
+[ "$(id -u)" = 0 ] || die "installing darktable needs root; install darktable >= 4.4 yourself (see docs/darktable.md) and set DARKTABLE_CLI to its darktable-cli"
+command -v apt-get >/dev/null || die "no apt-get on this system; install darktable >= 4.4 yourself (see docs/darktable.md) and set DARKTABLE_CLI to its darktable-cli"
 
 mkdir -p "$cache"
 exec 9>"$cache/.install.lock"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The README's "Proxy types" table: one markdown row per proxy type.
+"""The proxy types table of docs/proxies.md: one markdown row per proxy type.
 
     python tools/proxy_table.py TYPE [TYPE ...] [--run] [--out ROOT]
 

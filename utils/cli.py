@@ -39,15 +39,20 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help="print only warnings, errors and results (no progress bars)")
 
 
-def start(args: argparse.Namespace) -> Settings:
-    """The settings of this run, and messages as --quiet says."""
+def script_parser(doc: str, **kwargs) -> argparse.ArgumentParser:
+    """A script's argument parser, its docstring as the help text."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+
+def parse(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, Settings, RunPaths]:
+    """Add the common flags, parse the command line, and start the run: its arguments, its
+    settings (Constants, DTP_<NAME>, --set) and its paths under ROOT; messages as --quiet says."""
+    add_common_args(parser)
+    args = parser.parse_args()
     if args.quiet:
         logging.getLogger().setLevel(logging.WARNING)
-    return configure(args.set)
-
-
-def run_paths(args: argparse.Namespace, settings: Settings) -> RunPaths:
-    return RunPaths(args.out or Path(settings.IMAGE_ROOT_DIR))
+    settings = configure(args.set)
+    return args, settings, RunPaths(args.out or Path(settings.IMAGE_ROOT_DIR))
 
 
 def slider_names(text: str | None) -> list[str]:

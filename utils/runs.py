@@ -55,17 +55,10 @@ class RunPaths:
         return (folder / "best.pt").exists() or (folder / "last.pt").exists()
 
     # ---------------------------------------------------------------- pipelines
-    @property
-    def pipeline(self) -> Path:
-        return self.root / "pipeline"
-
-    @property
-    def pipeline_data(self) -> Path:
-        return self.pipeline / "data"
-
-    @property
-    def pipeline_outputs(self) -> Path:
-        return self.pipeline / "outputs"
+    def pipeline(self, *parts: str) -> Path:
+        """ROOT/pipeline (metrics.json, report.md, the journal), or a folder in it: ``"data"``
+        (the targets darktable rendered), ``"outputs"`` (each block's output per target)."""
+        return self.root.joinpath("pipeline", *parts)
 
     @property
     def pipeline_animations(self) -> Path:

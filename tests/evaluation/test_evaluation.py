@@ -85,3 +85,21 @@ def test_sweep_script(trained_tiny):
     assert (folder / f"{image.stem}_exposure_exposure_sweep.mp4").stat().st_size > 0
     proc = run("Sweep.py", "exposure", "--param", "gain", "--image", str(image), "--out", str(trained_tiny))
     assert proc.returncode == 2 and "no slider 'gain'" in proc.stderr
+    # -p names the proxy as Darktable_proxies.py -p does; none was trained on exposure alone
+    proc = run("Sweep.py", "exposure", "--param", "exposure", "-p", "exposure", "--image", str(image),
+               "--out", str(trained_tiny))
+    assert proc.returncode == 2 and "no trained proxy 'exposure_exposure'" in proc.stderr
+
+
+def test_sweep_prefers_the_proxy_trained_on_the_swept_slider_alone(trained_tiny, tmp_path):
+    import shutil
+    root = tmp_path / "root"
+    shutil.copytree(trained_tiny / f"{NAME}_model_weights", root / "exposure_black_only_model_weights")
+    shutil.copytree(trained_tiny / f"{NAME}_model_weights", root / "exposure_black_model_weights")
+    image = list_images(builtin_images("eval"))[0]
+    proc = run("Sweep.py", "exposure", "--param", "black", "--image", str(image), "-n", "2", "--out", str(root))
+    assert proc.returncode == 0, proc.stderr
+    assert "proxy exposure_black:" in proc.stdout and (root / "sweep" / "exposure_black").is_dir()
+    proc = run("Sweep.py", "exposure", "--param", "black", "-c", "exposure_black_only", "--image", str(image),
+               "-n", "2", "--out", str(root))
+    assert proc.returncode == 0 and (root / "sweep" / "exposure_black_only").is_dir()

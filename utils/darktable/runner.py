@@ -27,14 +27,8 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from utils.darktable.dumps import (
-    _DUMPED_RE,
-    _tail,
-    check_params_accepted,
-    is_raw,
-    parse_dump_name,
-    split_batch_log,
-)
+from utils.darktable.dumps import (_DUMPED_RE, _tail, check_params_accepted, is_raw, parse_dump_name,
+                                   split_batch_log)
 from utils.darktable.files import TapoutFormatError, read_tapout
 from utils.darktable.install import FIX_HINT, DarktableInstall, find_darktable
 from utils.darktable.versions import ModuleVersions

@@ -51,14 +51,7 @@ from utils.darktable.files import write_tiff_atomic
 from utils.darktable.runner import Darktable, Job, Render
 from utils.darktable.xmp import HistoryItem
 from utils.data.images import cfa_pattern
-from utils.data.manifest import (
-    MANIFEST,
-    DatasetSpec,
-    _csv_line,
-    _fmt,
-    columns,
-    read_rows,
-)
+from utils.data.manifest import MANIFEST, DatasetSpec, _csv_line, _fmt, columns, read_rows
 from utils.data.sampling import draw_settings
 from utils.errors import DarktableError, UserError
 from utils.proxies.registry import sampler_of

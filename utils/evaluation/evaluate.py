@@ -20,14 +20,8 @@ from utils.evaluation.closed_loop import closed_loop
 from utils.evaluation.fidelity import chw, fidelity, weights_digest
 from utils.evaluation.metrics import psnr
 from utils.evaluation.regress import pick_targets, slider_regression
-from utils.evaluation.report import (
-    RESULT_FORMAT,
-    TargetResult,
-    proxy_metrics,
-    proxy_report,
-    write_metrics,
-    write_params_csv,
-)
+from utils.evaluation.report import (RESULT_FORMAT, TargetResult, proxy_metrics, proxy_report, write_metrics,
+                                     write_params_csv)
 from utils.journal import Journal, run_lock
 from utils.proxies.schema import ProxyType, render_size
 from utils.runs import RunPaths

@@ -23,14 +23,8 @@ from utils.evaluation.closed_loop import closed_loop
 from utils.evaluation.fidelity import weights_digest
 from utils.evaluation.metrics import psnr
 from utils.evaluation.regress import Recovery, freeze, regress
-from utils.evaluation.report import (
-    RESULT_FORMAT,
-    TargetResult,
-    regression_lines,
-    regression_summary,
-    write_metrics,
-    write_params_csv,
-)
+from utils.evaluation.report import (RESULT_FORMAT, TargetResult, regression_lines, regression_summary,
+                                     write_metrics, write_params_csv)
 from utils.journal import Journal
 from utils.pipeline.chain import Chain
 from utils.pipeline.targets import Target, history
@@ -182,12 +176,12 @@ def run_regression(dt: Darktable, chain: Chain, targets: Sequence[Target], conve
             "weights": [weights_digest(b.proxy) for b in chain.blocks], "targets": [t.key for t in targets],
             "iterations": iterations, "restarts": s.PARAM_TUNING_RESTARTS, "seed": s.SEED,
             "crop": s.REGRESSION_CROP, "format": RESULT_FORMAT}
-    with Journal(paths.pipeline / "regression.jsonl", meta) as journal:
+    with Journal(paths.pipeline() / "regression.jsonl", meta) as journal:
         rows = [_regress_one(chain, target, i, journal, paths, device, iterations, s)
                 for i, target in enumerate(progress_over(targets, "pipeline regression", "target"))]
     pipeline_closed_loop(dt, chain, rows, targets, image_dir, s)
     metrics = pipeline_metrics(chain, rows, dt.install.version_string, conversions)
-    write_metrics(paths.pipeline, metrics, pipeline_report(metrics))
+    write_metrics(paths.pipeline(), metrics, pipeline_report(metrics))
     write_params_csv(paths.pipeline_csv, "target", chain.slider_labels(), rows)
     return metrics
 
@@ -205,7 +199,7 @@ def _regress_one(chain: Chain, target: Target, i: int, journal: Journal, paths: 
     log.info("target %s: chain %.2f dB at recovered sliders, slider error %.4f", target.key,
              row.proxy_psnr, float(np.mean(row.error)))
     if s.SAVE_ALL_OUTPUTS:
-        save_outputs(chain, target, rec.u, paths.pipeline_outputs / target.key, device)
+        save_outputs(chain, target, rec.u, paths.pipeline("outputs") / target.key, device)
     if animate:
         caption = lambda u: " ".join(f"{n}={v:.3g}" for b in chain.values(u).values() for n, v in b.items())
         write_animation(paths.pipeline_animations, target.key, rec.frames,
