@@ -23,16 +23,18 @@ import os
 from pathlib import Path
 
 from models.networks import FAMILIES
-from utils.cli import add_proxy_args, ask, named_proxy, parse, script_parser
+from utils.cli import (add_proxy_args, ask, check_name, check_number, check_out, named_proxy, parse,
+                       script_parser)
 from utils.darktable.runner import Darktable
+from utils.data.budget import check_free, check_image_sizes, dataset_bytes
 from utils.data.generate import Shard
 from utils.data.images import builtin_images, list_images
 from utils.data.manifest import read_manifest, read_spec
 from utils.devices import resolve_device
-from utils.errors import UserError, cli_main
+from utils.errors import PARTIAL, UserError, cli_main
 from utils.evaluation.evaluate import evaluate
 from utils.evaluation.report import proxy_report
-from utils.proxies.make import DataRequest, generate_data, train_proxy
+from utils.proxies.make import DataRequest, disk_usage, generate_data, train_proxy
 from utils.proxies.registry import PROXIES, describe, proxy_name
 from utils.proxies.train import default_config
 from utils.proxies.trained import load_trained
@@ -40,7 +42,7 @@ from utils.runs import RunPaths
 from utils.settings import DEFAULTS, Settings
 
 log = logging.getLogger("darktable_proxies")
-PARTIAL = 3   # exit status when samples failed (user errors exit with 2)
+
 
 
 def parse_args() -> tuple[argparse.Namespace, Settings, RunPaths]:
@@ -86,12 +88,35 @@ def existing_dataset(paths: RunPaths, dataset: str) -> Path:
 
 def check_numbers(args: argparse.Namespace) -> None:
     """Refuse numbers out of their domain before any work."""
-    if args.size is not None and args.size < 0:
-        raise UserError(f"--size {args.size}: use a positive long side in pixels, or 0 for full size")
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers {args.workers}: use 1 or more")
-    if args.regression_targets is not None and args.regression_targets < 0:
-        raise UserError(f"-r {args.regression_targets}: use 0 or more regression targets")
+    for flag, value, minimum in (("--size", args.size, 0), ("--workers", args.workers, 1), ("--seed", args.seed, 0),
+                                 ("-r", args.regression_targets, 0), ("--epochs", args.epochs, 1),
+                                 ("--batch-size", args.batch_size, 1), ("--max-minutes", args.max_minutes, 0),
+                                 ("--save-every", args.save_every, 0)):
+        check_number(flag, value, minimum)
+    check_number("--lr", args.lr, above=0)
+
+
+def check_request(args: argparse.Namespace, request: DataRequest, paths: RunPaths, settings: Settings) -> None:
+    """What generation and training will need, checked before any of it starts: the proxy
+    name fits the file system, --resume has a run to continue, the images are large enough,
+    and the datasets fit on the disk."""
+    check_name(request.name, paths)
+    if args.resume and not (paths.weights(request.name) / "last.pt").exists():
+        raise UserError(f"--resume: {paths.weights(request.name) / 'last.pt'} does not exist; "
+                        "train without --resume first")
+    if not request.images:      # an existing dataset (-d): nothing to generate
+        return
+    check_image_sizes([*request.images, *request.eval_images], request.proxy, request.size)
+    needed = 0
+    for stage, wanted, images, per_image in ((1, settings.GENERATE_STAGE_1, request.images, request.per_image),
+                                             (2, settings.GENERATE_STAGE_2, request.eval_images,
+                                              settings.STAGE_2_SAMPLES_PER_IMAGE)):
+        folder = paths.stage(stage, request.name)
+        if wanted:
+            needed += max(0, dataset_bytes(request.proxy, images, per_image, request.size) -
+                          (disk_usage(folder) if folder.is_dir() else 0))
+    check_free(paths.root, needed, f"generating the {request.name} datasets",
+               "lower -n or --size, free some space, or choose another --out")
 
 
 def data_request(args: argparse.Namespace, settings: Settings) -> DataRequest:
@@ -138,6 +163,7 @@ def main() -> int:
                         "'python Darktable_proxies.py exposure -n 50'")
     proxy, _, _ = named_proxy(args)
     check_numbers(args)
+    check_out(paths)
     cfg = default_config(proxy, settings, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          family=args.family, device=args.device, max_minutes=args.max_minutes,
                          resume=args.resume or None, seed=args.seed, save_every=args.save_every)
@@ -151,6 +177,8 @@ def main() -> int:
     else:
         request = data_request(args, settings)
         stage1 = paths.stage(1, request.name)
+    check_request(args, request, paths, settings)
+    if not args.dataset:
         failed = generate_data(Darktable(settings), request, paths, settings,
                                lambda question: ask(question, settings.INTERACTIVE))
     if args.generate_only or not settings.TRAIN_PROXY or not ask(f"train the {request.name} proxy?",

@@ -23,8 +23,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from utils.cli import parse, script_parser
+from utils.cli import check_out, parse, script_parser
 from utils.darktable.runner import Darktable
+from utils.data.budget import check_free, pipeline_bytes
 from utils.data.images import builtin_images, list_images
 from utils.devices import resolve_device
 from utils.errors import UserError, cli_main
@@ -72,8 +73,11 @@ def main() -> int:
     if args.max_minutes < 0:
         raise UserError(f"--max-minutes {args.max_minutes:g}: use 0 (no limit) or more")
     device = resolve_device(args.device)
+    check_out(paths)
     eval_dir = args.eval_images or builtin_images("eval", settings)
     images = list_images(eval_dir)
+    check_free(paths.root, pipeline_bytes(images, targets, len(lines), settings.SAVE_ALL_OUTPUTS),
+               f"rendering {targets} pipeline targets", "use fewer targets (-n), free some space, or choose another --out")
     train_images = list_images(args.images or builtin_images("train", settings)) if args.train_missing else []
     train_missing(lines, paths, settings, train_images, images,
                   args.max_minutes if args.train_missing else None, args.device)

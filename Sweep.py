@@ -13,15 +13,19 @@ Example:
 from __future__ import annotations
 
 import argparse
+from itertools import chain
 import logging
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
-from utils.cli import add_proxy_args, input_image, named_proxy, parse, script_parser
+from models.proxy import Proxy
+from utils.cli import add_proxy_args, check_out, input_image, named_proxy, parse, script_parser
 from utils.darktable.runner import Darktable, Job
-from utils.data.images import cfa_pattern
+from utils.data.budget import check_free, tapout_shape
+from utils.data.images import cfa_pattern, image_size
 from utils.devices import resolve_device
 from utils.errors import DarktableError, UserError, cli_main
 from utils.evaluation.fidelity import chw, proxy_on_render
@@ -69,30 +73,56 @@ def sweep_values(proxy_type: ProxyType, slider_names: list[str], swept: Slider, 
     return settings
 
 
+MAX_FRAMES = 10000   # 6.7 minutes of video at 25 frames per second
+
+
+def check_sweep(frames: int, image: Path, proxy_type: ProxyType, tapout_size: int, paths: RunPaths) -> None:
+    """The sweep's frame count, output folder and disk need, checked before any render."""
+    if not 2 <= frames <= MAX_FRAMES:
+        raise UserError(f"-n {frames}: a sweep takes 2 to {MAX_FRAMES} frames")
+    check_out(paths)
+    w, h = tapout_shape(image_size(image) or (tapout_size or 4000,) * 2, proxy_type, tapout_size)
+    frame_bytes = (h + 40) * (2 * w + 16) * 3          # a PNG is at most its raw pixels
+    check_free(paths.root, frames * frame_bytes, f"a sweep of {frames} frames",
+               "use fewer frames (-n), free some space, or choose another --out")
+
+
 def main() -> int:
     args, settings, paths = parse_args()
     proxy_type, swept, name = sweep_proxy_name(args, paths)
     frames = settings.SWEEP_FRAMES if args.frames is None else args.frames
-    if frames < 2:
-        raise UserError(f"-n {frames}: a sweep needs 2 frames or more")
     device = resolve_device(args.device)
     proxy, payload = load_trained(paths, name, device)
     if swept.name not in proxy.slider_names:
         raise UserError(f"proxy {name} was not trained on {swept.name}; its sliders are "
                         f"{', '.join(proxy.slider_names)}")
     input_image(args.image)
+    check_sweep(frames, args.image, proxy_type, int(payload.get("tapout_size") or 0), paths)
 
-    values = sweep_values(proxy_type, proxy.slider_names, swept, frames)
     dt = Darktable(settings)
-    size, hq = render_size(proxy_type, int(payload.get("tapout_size") or 0))
-    pattern = cfa_pattern(args.image, dt) if proxy_type.mosaic_input else "RGGB"
     folder = paths.sweep(name)
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{args.image.stem}_{proxy_type.name}_{swept.name}_sweep"
-    jobs = [Job(args.image, (proxy_type.history_item(dt, v),)) for v in values]
-    images, scores = [], []
-    renders = dt.render_many(jobs, [proxy_type.operation], size, hq, settings.DARKTABLE_BATCH_SIZE, desc="sweep")
-    for k, (setting, result) in enumerate(zip(values, renders)):
+    scores: list[float] = []
+    pictures = sweep_frames(dt, proxy, proxy_type, swept, frames, args.image, int(payload.get("tapout_size") or 0),
+                            device, settings.DARKTABLE_BATCH_SIZE, scores)
+    first = next(pictures)
+    video = write_video(folder / f"{stem}.mp4", saved(chain([first], pictures), folder, stem),
+                        fps=settings.SWEEP_FPS, size=first.shape[:2])
+    log.info("%d frames and %s written to %s", len(scores), video.name, folder)
+    print(f"proxy {name}: PSNR mean {np.mean(scores):.2f} dB, worst {np.min(scores):.2f} dB over {len(scores)} frames")
+    return 0
+
+
+def sweep_frames(dt: Darktable, proxy: Proxy, proxy_type: ProxyType, swept: Slider, frames: int, image: Path,
+                 tapout_size: int, device, batch_size: int, scores: list[float]) -> Iterator[np.ndarray]:
+    """Each frame: darktable | proxy at one setting of the sweep; its PSNR goes to ``scores``."""
+    values = sweep_values(proxy_type, proxy.slider_names, swept, frames)
+    size, hq = render_size(proxy_type, tapout_size)
+    pattern = cfa_pattern(image, dt) if proxy_type.mosaic_input else "RGGB"
+    jobs = [Job(image, (proxy_type.history_item(dt, v),)) for v in values]
+    renders = dt.render_many(jobs, [proxy_type.operation], size, hq, batch_size, desc="sweep")
+    for setting, result in zip(values, renders):
         if isinstance(result, DarktableError):
             raise result
         tap_in, tap_out = result.io(proxy_type.operation)
@@ -101,12 +131,14 @@ def main() -> int:
         scores.append(float(psnr(pred[None], target[None])[0]))
         tiles = [to_display(t.permute(1, 2, 0).numpy()) for t in (target, pred)]
         text = f"{swept.name}={setting[swept.name]:.4g}"
-        images.append(contact_sheet([tiles], [[f"darktable {text}", f"proxy {scores[-1]:.1f} dB"]]))
-        save_png(folder / f"{stem}_{k:04d}.png", images[-1])
-    video = write_video(folder / f"{stem}.mp4", images, fps=settings.SWEEP_FPS)
-    log.info("%d frames and %s written to %s", len(images), video.name, folder)
-    print(f"proxy {name}: PSNR mean {np.mean(scores):.2f} dB, worst {np.min(scores):.2f} dB over {len(scores)} frames")
-    return 0
+        yield contact_sheet([tiles], [[f"darktable {text}", f"proxy {scores[-1]:.1f} dB"]])
+
+
+def saved(frames: Iterable[np.ndarray], folder: Path, stem: str) -> Iterator[np.ndarray]:
+    """``frames``, each also saved as a numbered PNG (the seed's names, for FFmpeg)."""
+    for k, frame in enumerate(frames):
+        save_png(folder / f"{stem}_{k:04d}.png", frame)
+        yield frame
 
 
 if __name__ == "__main__":

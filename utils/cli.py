@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from utils.devices import DEVICES
 from utils.errors import UserError
 from utils.proxies.registry import get_proxy, proxy_name
 from utils.proxies.schema import ProxyType, Slider
-from utils.runs import RunPaths
+from utils.runs import RunPaths, existing_ancestor
 from utils.settings import DEFAULTS, Settings, configure
 
 
@@ -86,3 +88,48 @@ def input_image(path: Path) -> Path:
         raise UserError(f"image {path} does not exist")
     check_readable(path)
     return path
+
+
+def check_number(flag: str, value: float | None, minimum: float | None = None, above: float | None = None) -> None:
+    """Refuse a flag's value that is not finite or below its domain (None: not given)."""
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise UserError(f"{flag} {value}: give a finite number")
+    if minimum is not None and value < minimum:
+        raise UserError(f"{flag} {value:g}: use {minimum:g} or more")
+    if above is not None and not value > above:
+        raise UserError(f"{flag} {value:g}: use a number above {above:g}")
+
+
+def check_out(paths: RunPaths) -> None:
+    """ROOT must be a folder that exists or can be created, and be writable; checked before any
+    work, created only when something is written."""
+    root, base = paths.root, existing_ancestor(paths.root)
+    if base.is_file() or (base.exists() and not base.is_dir()):
+        what = root if base == root.absolute() else base
+        raise UserError(f"--out {root}: {what} is a file, not a folder; choose another --out")
+    if not os.access(base, os.W_OK | os.X_OK):
+        why = "read-only" if _read_only(base) else "not writable for you"
+        raise UserError(f"--out {root}: {base} is {why}; choose a folder you may write to")
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def check_name(name: str, paths: RunPaths) -> None:
+    """A proxy NAME must fit in the file names made from it (``NAME_model_weights``, the
+    temporary ``.NAME.csv.<pid>.tmp``) on ROOT's file system."""
+    try:
+        limit = os.pathconf(existing_ancestor(paths.root), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    longest = max(len(paths.weights(name).name), len(f".{name}.csv.{os.getpid()}.tmp"))
+    extra = longest - len(name)
+    if len(name.encode()) + extra > limit:
+        raise UserError(f"proxy name {name[:40]}... is {len(name.encode())} bytes; names made from it must "
+                        f"fit in {limit} bytes: use a -c NAME of at most {limit - extra} bytes")

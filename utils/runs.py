@@ -67,3 +67,11 @@ class RunPaths:
     @property
     def pipeline_csv(self) -> Path:
         return self.params_csv("pipeline")
+
+
+def existing_ancestor(path: Path) -> Path:
+    """``path`` or its nearest parent that exists (where a folder to be made would go)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path

@@ -10,6 +10,7 @@ refused with a one-line error.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -20,6 +21,16 @@ from utils.atomic import write_text_atomic
 from utils.errors import UserError
 
 ENV_PREFIX = "DTP_"
+
+# the smallest value each numeric setting may take (every float must also be finite)
+MINIMA = {"SEED": 0, "STAGE_2_SAMPLES_PER_IMAGE": 1, "TAPOUT_SIZE": 0, "DARKTABLE_BATCH_SIZE": 1,
+          "DARKTABLE_RETRIES": 0, "PROXY_MODEL_BATCH_SIZE": 1, "PROXY_MODEL_NUM_EPOCH": 1,
+          "SAVE_OUTPUT_FREQ": 0, "SAVE_CHECKPOINT_FREQ": 0, "PREDICTION_SAMPLES": 0, "PRELOAD_MAX_MB": 0,
+          "PARAM_TUNING_NUM_ITER": 1, "PARAM_TUNING_RESTARTS": 1, "REGRESSION_TARGETS": 0,
+          "REGRESSION_CROP": 0, "SWEEP_FRAMES": 2, "SWEEP_FPS": 1, "PIPELINE_TARGETS": 1,
+          "PIPELINE_REGRESSION_NUM_ITERS": 1, "PIPELINE_ANIMATION_TARGETS": 0, "PIPELINE_TRAIN_SAMPLES": 1,
+          "DARKTABLE_TIMEOUT_S": 1, "BUILTIN_IMAGE_LONG_SIDE": 16, "BUILTIN_IMAGES_VERSION": 0}
+POSITIVE = ("PROXY_MODEL_LR",)   # floats that must be above 0
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -100,6 +111,20 @@ class Settings(Mapping[str, Any]):
         write_text_atomic(folder / name, json.dumps(self.snapshot(), indent=1) + "\n")
 
 
+def check_domain(name: str, value: Any) -> None:
+    """Refuse a setting outside its domain (negative counts, NaN, infinity, a zero rate)."""
+    numbers = list(value.values()) if isinstance(value, dict) else [value]
+    for v in numbers:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            raise UserError(f"setting {name}={v!r} must be a finite number")
+        if name in MINIMA and v < MINIMA[name]:
+            raise UserError(f"setting {name}={v!r} must be {MINIMA[name]} or more")
+        if name in POSITIVE and not v > 0:
+            raise UserError(f"setting {name}={v!r} must be above 0")
+
+
 def resolve(overrides: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> Settings:
     """Defaults, then ``DTP_<NAME>`` environment variables, then ``NAME=value`` overrides."""
     environ = os.environ if environ is None else environ
@@ -111,6 +136,7 @@ def resolve(overrides: Sequence[str] = (), environ: Mapping[str, str] | None = N
                 raise UserError(f"unknown setting {name!r} in environment variable {key}; "
                                 "see Constants.py for the names")
             settings[name] = parse_value(name, text, settings[name])
+            check_domain(name, settings[name])
     for item in overrides:
         name, sep, text = item.partition("=")
         name = name.strip()
@@ -119,6 +145,7 @@ def resolve(overrides: Sequence[str] = (), environ: Mapping[str, str] | None = N
         if name not in settings:
             raise UserError(f"unknown setting {name!r} in --set; see Constants.py for the names")
         settings[name] = parse_value(name, text, settings[name])
+        check_domain(name, settings[name])
     return Settings(settings)
 
 

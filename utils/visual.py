@@ -3,7 +3,7 @@ videos (regression animations, sweeps)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import imageio.v2 as imageio
 import numpy as np
@@ -78,10 +78,15 @@ def write_animation(folder: Path, stem: str, frames: list, target: torch.Tensor,
     return write_video(folder / f"{stem}.mp4", images, fps=12)
 
 
-def write_video(path: Path, frames: Sequence[np.ndarray], fps: int = 25) -> Path:
-    """An H.264 mp4 through imageio's FFmpeg plugin (no system FFmpeg needed)."""
-    h = max(f.shape[0] for f in frames) + max(f.shape[0] for f in frames) % 2
-    w = max(f.shape[1] for f in frames) + max(f.shape[1] for f in frames) % 2
+def write_video(path: Path, frames: Iterable[np.ndarray], fps: int = 25,
+                size: tuple[int, int] | None = None) -> Path:
+    """An H.264 mp4 through imageio's FFmpeg plugin (no system FFmpeg needed). Frames are
+    placed on a canvas of ``size`` (height, width), default the largest frame's; with a
+    ``size``, frames are streamed (never all in memory)."""
+    if size is None:
+        frames = list(frames)
+        size = (max(f.shape[0] for f in frames), max(f.shape[1] for f in frames))
+    h, w = size[0] + size[0] % 2, size[1] + size[1] % 2
     with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=1,
                             ffmpeg_log_level="error") as writer:
         for f in frames:

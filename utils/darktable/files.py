@@ -13,13 +13,12 @@ are refused with a clear error instead of being misread.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
-from utils.atomic import temp_path
+from utils.atomic import write_atomic
 from utils.errors import UserError
 
 
@@ -109,9 +108,7 @@ def write_tiff(path: str | Path, image: np.ndarray) -> None:
 
 def write_tiff_atomic(path: Path, image: np.ndarray) -> None:
     """:func:`write_tiff` through a temporary file renamed into place (never half-written)."""
-    tmp = temp_path(path)
-    write_tiff(tmp, image)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: write_tiff(tmp, image))
 
 
 def read_tiff(path: str | Path) -> np.ndarray:

@@ -26,6 +26,7 @@ from typing import Sequence
 
 import numpy as np
 import tifffile
+from PIL import Image
 
 from utils.darktable.cfa import PROBE_GAINS, image_pattern
 from utils.darktable.runner import Darktable
@@ -230,6 +231,8 @@ def check_readable(path: Path) -> None:
     are opened by Pillow; for other raw formats only darktable can tell (a file it cannot
     decode then fails its samples, which are reported).
     """
+    if path.is_symlink() and not path.exists():
+        raise UserError(f"image {path} is a link to a file that does not exist; remove it or fix the link")
     if path.stat().st_size == 0:
         raise UserError(f"image {path} is empty; remove it from the folder")
     suffix = path.suffix.lower()
@@ -239,7 +242,6 @@ def check_readable(path: Path) -> None:
                 if not tif.pages:
                     raise ValueError("no image in the file")
         elif suffix in (".png", ".jpg", ".jpeg"):
-            from PIL import Image
             with Image.open(path) as im:
                 im.verify()
     except Exception as e:   # any decoder error means the same thing to the user
@@ -247,12 +249,36 @@ def check_readable(path: Path) -> None:
                         "remove it from the folder or replace it") from None
 
 
+def image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) of an image's largest picture (a DNG's raw data, not its preview), read
+    from its header; None for formats only darktable decodes."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix in TIFF_BASED:
+            with tifffile.TiffFile(path) as tif:
+                shapes = [(page.imagewidth, page.imagelength) for page in tif.pages]
+                for page in tif.pages:
+                    for sub in getattr(page, "pages", None) or ():   # DNG raw data in a SubIFD
+                        shapes.append((sub.imagewidth, sub.imagelength))
+            return max(shapes, key=lambda s: s[0] * s[1]) if shapes else None
+        if suffix in (".png", ".jpg", ".jpeg"):
+            with Image.open(path) as im:
+                return im.size
+    except Exception:   # check_readable names unreadable files; here an unknown size is no size
+        return None
+    return None
+
+
 def list_images(folder: str | Path) -> list[Path]:
     """The image files (raw or TIFF/PNG/JPEG) in ``folder``, sorted and checked; UserError if none."""
     folder = Path(folder)
+    if folder.is_file():
+        raise UserError(f"image folder {folder} is a file; pass a folder of raw or TIFF/PNG/JPEG files")
     if not folder.is_dir():
         raise UserError(f"image folder {folder} does not exist; pass a folder of raw or TIFF/PNG/JPEG files")
-    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    # broken links are kept, so that they are refused by name rather than skipped
+    images = sorted(p for p in folder.iterdir() if (p.is_file() or p.is_symlink()) and not p.is_dir()
+                    and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not images:
         raise UserError(f"image folder {folder} holds no raw or TIFF/PNG/JPEG files")
     for image in images:

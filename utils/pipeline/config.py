@@ -23,11 +23,17 @@ class BlockLine:
 
 def parse_config(path: Path) -> list[BlockLine]:
     """The included lines of a pipeline config; a malformed line is a UserError naming it."""
+    if path.is_dir():
+        raise UserError(f"pipeline config {path} is a folder; give the config file (see pipeline_config.txt)")
     if not path.is_file():
         raise UserError(f"pipeline config {path} does not exist; write one line per block: "
                         "'<proxy name> <sliders|full> <0|1>' (see pipeline_config.txt)")
+    try:
+        text = path.read_text(encoding="utf-8-sig")   # an editor's byte-order mark is not a field
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"pipeline config {path} is unreadable ({e}); save it as UTF-8 text") from None
     lines = []
-    for lineno, raw in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, raw in enumerate(text.splitlines(), start=1):
         text = raw.split("#", 1)[0].strip()
         if not text:
             continue
