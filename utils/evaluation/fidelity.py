@@ -9,8 +9,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from models.mosaic import even_crop
 from models.proxy import Proxy
-from utils.data.tapouts import TapoutDataset
+from utils.data.tapouts import TapoutDataset, to_chw, with_coordinates
 from utils.evaluation.metrics import psnr, ssim
 
 
@@ -35,7 +36,6 @@ def proxy_on_render(proxy: Proxy, tap_in: np.ndarray, values: Sequence[float],
 
     A mosaic needs its CFA ``pattern`` (utils.darktable.cfa.image_pattern); it is cropped to even size
     (compare with ``chw(tap_out, proxy.layout)``). A positional proxy gets its coordinate planes."""
-    from utils.data.tapouts import with_coordinates
     x = chw(tap_in, proxy.layout)
     x = (with_coordinates(x) if proxy.spec.extra_channels else x)[None].to(device)
     u = proxy.to_unit(torch.tensor([list(values)], dtype=torch.float64, device=device))
@@ -44,8 +44,6 @@ def proxy_on_render(proxy: Proxy, tap_in: np.ndarray, values: Sequence[float],
 
 def chw(image: np.ndarray, layout: str = "rgb") -> torch.Tensor:
     """A tap-out (H, W[, C]) as a (C, H, W) tensor; cropped to even size for mosaic layouts."""
-    from models.mosaic import even_crop
-    from utils.data.tapouts import to_chw
     image = torch.from_numpy(to_chw(image))
     return image if layout == "rgb" else even_crop(image)
 
