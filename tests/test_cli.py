@@ -17,8 +17,11 @@ def test_list_proxies_one_line_each():
     assert proc.returncode == 0
     lines = proc.stdout.strip().splitlines()
     assert [ln.split()[0] for ln in lines] == list(PROXIES)
-    for line in lines:
-        assert re.fullmatch(r"\S+ +(\S+=\S+\.\.\S+ ?)+", line)
+    for line in lines:   # name, sliders, then after "  # " the GUI name and close types
+        assert re.fullmatch(r"\S+ +(\S+=\S+\.\.\S+ ?)+ # [^#]+", line)
+    by_name = {ln.split()[0]: ln for ln in lines}
+    assert by_name["colorbalance"].endswith("# color balance; see also colorbalancergb")
+    assert by_name["colorbalancergb"].endswith("# color balance rgb; see also colorbalance")
 
 
 def test_help_lists_every_proxy():
@@ -30,6 +33,8 @@ def test_help_lists_every_proxy():
 
 def test_bad_input_is_one_line():
     for args, message in [(("nosuch", "-n", "1"), "unknown proxy type 'nosuch'"),
+                          (("colourbalance", "-n", "1"), "nearest: colorbalance (color balance), "
+                                                         "colorbalancergb (color balance rgb)"),
                           (("exposure", "-p", "gain", "-n", "1"), "no slider 'gain'"),
                           (("exposure", "-n", "0"), "-n N"),
                           (("exposure",), "-n N"),

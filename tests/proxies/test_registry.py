@@ -6,11 +6,14 @@ import pytest
 
 from utils.errors import UserError
 from utils.proxies.registry import (
+    COLORBALANCE,
     COLORBALANCERGB,
     EXPOSURE,
     PROXIES,
     describe,
     get_proxy,
+    nearest_types,
+    see_also,
 )
 from utils.proxies.schema import Slider
 
@@ -20,6 +23,7 @@ def test_struct_sizes_match_darktable():
     assert EXPOSURE.struct(6).size == 24
     assert EXPOSURE.struct(7).size == 28
     assert COLORBALANCERGB.struct(5).size == 132
+    assert COLORBALANCE.struct(3).size == 68     # mode, lift/gamma/gain[4], 4 floats
 
 
 def test_sliders_land_in_their_fields_and_pins_hold():
@@ -29,6 +33,9 @@ def test_sliders_land_in_their_fields_and_pins_hold():
     cb = COLORBALANCERGB.struct(5).unpack(COLORBALANCERGB.params({"vibrance": -0.5}, 5))
     assert cb["vibrance"] == -0.5 and cb["saturation_formula"] == 1
     assert math.isclose(cb["grey_fulcrum"], 0.1845, rel_tol=1e-6) and cb["shadows_weight"] == 1
+    old = COLORBALANCE.struct(3).unpack(COLORBALANCE.params({"gain_0": 1.25, "contrast": 0.75}, 3))
+    assert old["gain_0"] == 1.25 and old["contrast"] == 0.75 and old["mode"] == 1   # slope/offset/power
+    assert old["gain_1"] == old["lift_3"] == old["saturation_out"] == 1 and old["grey"] == 18
 
 
 def test_every_slider_is_a_struct_field():
@@ -67,7 +74,41 @@ def test_log_sampling_space():
 
 def test_describe_format():
     for proxy in PROXIES.values():
-        assert re.fullmatch(r"[a-z0-9_]+ +([a-zA-Z0-9_:.]+=-?[\d.e+-]+\.\.-?[\d.e+-]+(\(log\))? ?)+",
-                            describe(proxy))
-    assert describe(EXPOSURE) == "exposure         exposure=-3..4 black=-0.02..0.02"
+        assert proxy.gui_name, proxy.name
+        assert re.fullmatch(r"[a-z0-9_]+ +([a-zA-Z0-9_:.]+=-?[\d.e+-]+\.\.-?[\d.e+-]+(\(log\))? ?)+"
+                            r" # [a-z() ]+(; see also [a-z0-9_, ]+)?", describe(proxy))
+    assert describe(EXPOSURE) == "exposure         exposure=-3..4 black=-0.02..0.02  # exposure"
     assert "grey_fulcrum=0.05..0.5(log)" in describe(COLORBALANCERGB)
+
+
+@pytest.mark.parametrize("typed, nearest", [
+    ("colourbalance", ["colorbalance", "colorbalancergb"]),     # misspelt
+    ("colorbal", ["colorbalance", "colorbalancergb"]),          # a prefix of both
+    ("ColorBalance", ["colorbalance", "colorbalancergb"]),      # case
+    ("colorbalanceRGB", ["colorbalancergb", "colorbalance"]),
+    ("color balance", ["colorbalance", "colorbalancergb"]),     # darktable's GUI name
+    ("colorbalancergb_contrast", ["colorbalancergb"]),          # a proxy NAME, not a type
+    ("expo", ["exposure"]),
+    ("local contrast", ["bilat"]),                              # GUI name of another operation
+    ("white balance", ["temperature"]),
+])
+def test_nearest_types_come_first(typed, nearest):
+    assert nearest_types(typed)[:len(nearest)] == nearest
+    with pytest.raises(UserError) as refused:
+        get_proxy(typed)
+    message = str(refused.value)
+    assert "\n" not in message and f"unknown proxy type {typed!r}; nearest: {nearest[0]} (" in message
+
+
+@pytest.mark.parametrize("typed", ["nosuch", "", "x"])
+def test_no_nearest_type_for_unrelated_names(typed):
+    assert nearest_types(typed) == []
+    with pytest.raises(UserError, match=f"unknown proxy type {typed!r}; all types: exposure, "):
+        get_proxy(typed)
+
+
+def test_see_also_pairs_names_that_prefix_each_other():
+    assert see_also(COLORBALANCE) == ["colorbalancergb"]
+    assert see_also(COLORBALANCERGB) == ["colorbalance"]
+    assert see_also(EXPOSURE) == []
+    assert describe(COLORBALANCE).endswith("  # color balance; see also colorbalancergb")

@@ -6,6 +6,8 @@ notation).
 """
 from __future__ import annotations
 
+import difflib
+import re
 from typing import Sequence
 
 from utils.darktable.params import Struct, fields
@@ -15,6 +17,7 @@ from utils.proxies.schema import ProxyType, Slider
 EXPOSURE = ProxyType(
     name="exposure",
     operation="exposure",
+    gui_name="exposure",
     model="pointwise",
     doc="exposure and black level: out = (in - black) / (2^-exposure - black), per pixel",
     sliders=(
@@ -49,6 +52,7 @@ _COLORBALANCERGB_V5 = fields(
 COLORBALANCERGB = ProxyType(
     name="colorbalancergb",
     operation="colorbalancergb",
+    gui_name="color balance rgb",
     model="pointwise",
     doc="color balance rgb: global saturation, vibrance and contrast around a grey fulcrum",
     sliders=(
@@ -61,9 +65,36 @@ COLORBALANCERGB = ProxyType(
 )
 
 
+COLORBALANCE = ProxyType(
+    name="colorbalance",
+    operation="colorbalance",
+    gui_name="color balance",
+    model="pointwise",
+    # works on Lab (L 0..100, a/b signed), as lowpass, colorize and vibrance: value scale 1
+    value_scale=1.0,
+    doc="color balance (not color balance rgb): input saturation, slope/offset/power of "
+        "ProPhoto RGB and a contrast around a fulcrum, per pixel on Lab",
+    # Mode pinned to darktable's default, slope/offset/power (1): there the factors are
+    # offset = lift[0] - 1, power = 2 - gamma[0], slope = gain[0] (the colour channels
+    # lift/gamma/gain[1..3] stay at their neutral 1). Ranges are the GUI's soft ranges;
+    # the contrast fulcrum grey and the output saturation keep their defaults.
+    sliders=(
+        Slider("saturation", 0.5, 1.5, 1.0, doc="input saturation"),
+        Slider("contrast", 0.5, 1.5, 1.0, doc="contrast (< 1 raises it: exponent 1 / contrast)"),
+        Slider("lift_0", 0.95, 1.05, 1.0, doc="factor of lift/offset (shadows)"),
+        Slider("gamma_0", 0.5, 1.5, 1.0, doc="factor of gamma/power (mid-tones)"),
+        Slider("gain_0", 0.5, 1.5, 1.0, doc="factor of gain/slope (highlights)"),
+    ),
+    fixed={"mode": 1},
+    structs=(Struct(3, fields("mode:i=1 lift:f[4]=1 gamma:f[4]=1 gain:f[4]=1 saturation:f=1 "
+                              "contrast:f=1 grey:f=18 saturation_out:f=1")),),
+)
+
+
 TEMPERATURE = ProxyType(
     name="temperature",
     operation="temperature",
+    gui_name="white balance",
     layout="mosaic",
     model="pointwise",      # per photosite: a per-pixel net on the packed R, G1, G2, B planes
     doc="white balance on the raw mosaic: each photosite times its colour's multiplier",
@@ -88,6 +119,7 @@ TEMPERATURE = ProxyType(
 HIGHLIGHTS = ProxyType(
     name="highlights",
     operation="highlights",
+    gui_name="highlight reconstruction",
     layout="mosaic",
     model="pointwise",      # per photosite in clip mode
     doc="highlight reconstruction, mode 'clip highlights': out = min(in, clip x min(WB multipliers))",
@@ -112,6 +144,7 @@ HIGHLIGHTS = ProxyType(
 DEMOSAIC = ProxyType(
     name="demosaic",
     operation="demosaic",
+    gui_name="demosaic",
     layout="mosaic_rgb",
     model="unet",
     doc="demosaicing (RCD) of the white-balanced mosaic into camera RGB; no sliders",
@@ -133,6 +166,7 @@ _ICC = "512s=0"   # char filename[DT_IOP_COLOR_ICC_LEN]
 COLORIN = ProxyType(
     name="colorin",
     operation="colorin",
+    gui_name="input color profile",
     model="pointwise",
     # in: camera RGB (about 0..1, up to ~16 at +4 EV), out: Lab (L 0..100, a/b about -100..100).
     # asinh(x / 1): linear over the camera values and through zero, where a and b change
@@ -154,6 +188,7 @@ COLORIN = ProxyType(
 COLOROUT = ProxyType(
     name="colorout",
     operation="colorout",
+    gui_name="output color profile",
     model="pointwise",
     # in: Lab (L 0..100, a/b about -100..100), out: display-encoded sRGB (about 0..1): as colorin
     value_scale=1.0,
@@ -168,6 +203,7 @@ COLOROUT = ProxyType(
 SHARPEN = ProxyType(
     name="sharpen",
     operation="sharpen",
+    gui_name="sharpen",
     model="neighbourhood",
     value_scale=1.0,
     doc="sharpen: unsharp mask on Lab lightness",
@@ -184,6 +220,7 @@ SHARPEN = ProxyType(
 GRADUATEDND = ProxyType(
     name="graduatednd",
     operation="graduatednd",
+    gui_name="graduated density",
     model="pointwise",
     positional=True,
     doc="graduated density: a neutral density filter over part of the frame",
@@ -202,6 +239,7 @@ GRADUATEDND = ProxyType(
 HAZEREMOVAL = ProxyType(
     name="hazeremoval",
     operation="hazeremoval",
+    gui_name="haze removal",
     model="unet",
     doc="haze removal: dark-channel haze estimate subtracted (negative strength adds haze)",
     sliders=(
@@ -221,6 +259,7 @@ _DENOISE_X = ",".join(f"{k / 6:.9g}" for _ in range(6) for k in range(7))
 DENOISEPROFILE = ProxyType(
     name="denoiseprofile",
     operation="denoiseprofile",
+    gui_name="denoise (profiled)",
     model="unet",
     doc="denoise (profiled), wavelets mode, with the generic noise profile (a[0] = -1); "
         "bias correction changes the output by < 1e-3 of its mean: not learned",
@@ -240,6 +279,7 @@ DENOISEPROFILE = ProxyType(
 LOWPASS = ProxyType(
     name="lowpass",
     operation="lowpass",
+    gui_name="lowpass",
     model="unet",
     value_scale=1.0,
     doc="lowpass: gaussian blur of Lab with contrast, brightness and saturation",
@@ -258,6 +298,7 @@ LOWPASS = ProxyType(
 BLOOM = ProxyType(
     name="bloom",
     operation="bloom",
+    gui_name="bloom",
     model="unet",
     value_scale=1.0,
     doc="bloom: blurred highlights added to Lab lightness",
@@ -273,6 +314,7 @@ BLOOM = ProxyType(
 COLORIZE = ProxyType(
     name="colorize",
     operation="colorize",
+    gui_name="colorize",
     model="pointwise",
     value_scale=1.0,
     doc="colorize: a uniform colour mixed into Lab",
@@ -291,6 +333,7 @@ COLORIZE = ProxyType(
 SOFTEN = ProxyType(
     name="soften",
     operation="soften",
+    gui_name="soften",
     model="unet",
     doc="soften: a brightened, saturated blur (Orton effect) mixed in",
     sliders=(
@@ -306,6 +349,7 @@ SOFTEN = ProxyType(
 FILMICRGB = ProxyType(
     name="filmicrgb",
     operation="filmicrgb",
+    gui_name="filmic rgb",
     model="pointwise",
     doc="filmic rgb: log tone mapping to display (v7 colour science, power norm)",
     sliders=(
@@ -332,6 +376,7 @@ FILMICRGB = ProxyType(
 CENSORIZE = ProxyType(
     name="censorize",
     operation="censorize",
+    gui_name="censorize",
     model="unet",
     positional=True,   # the pixelation grid is fixed to the image
     doc="censorize: blur, then pixelate (noise off: it is random; the output blur radius_2 "
@@ -348,6 +393,7 @@ CENSORIZE = ProxyType(
 SIGMOID = ProxyType(
     name="sigmoid",
     operation="sigmoid",
+    gui_name="sigmoid",
     model="pointwise",
     doc="sigmoid: log-logistic tone mapping to display, per channel with hue preservation",
     sliders=(
@@ -368,6 +414,7 @@ SIGMOID = ProxyType(
 BILAT = ProxyType(
     name="bilat",
     operation="bilat",
+    gui_name="local contrast",
     model="unet",
     value_scale=1.0,
     doc="local contrast, local laplacian mode, on Lab",
@@ -385,6 +432,7 @@ BILAT = ProxyType(
 SHADHI = ProxyType(
     name="shadhi",
     operation="shadhi",
+    gui_name="shadows and highlights",
     model="unet",
     value_scale=1.0,
     doc="shadows and highlights, bilateral filter, on Lab",
@@ -406,6 +454,7 @@ SHADHI = ProxyType(
 VIGNETTE = ProxyType(
     name="vignette",
     operation="vignette",
+    gui_name="vignetting",
     model="pointwise",
     positional=True,
     doc="vignetting: brightness and saturation falling off from the centre",
@@ -425,6 +474,7 @@ VIGNETTE = ProxyType(
 CHANNELMIXERRGB = ProxyType(
     name="channelmixerrgb",
     operation="channelmixerrgb",
+    gui_name="color calibration",
     model="pointwise",
     doc="color calibration: the RGB mixing matrix (row <out>_<in>), no chromatic adaptation",
     sliders=(
@@ -448,6 +498,7 @@ CHANNELMIXERRGB = ProxyType(
 VELVIA = ProxyType(
     name="velvia",
     operation="velvia",
+    gui_name="velvia",
     model="pointwise",
     doc="velvia: saturation boost weighted toward less saturated pixels",
     sliders=(
@@ -461,6 +512,7 @@ VELVIA = ProxyType(
 VIBRANCE = ProxyType(
     name="vibrance",
     operation="vibrance",
+    gui_name="vibrance",
     model="pointwise",
     value_scale=1.0,
     doc="vibrance (deprecated in the GUI, still processed): saturation of dull Lab colours",
@@ -472,6 +524,7 @@ VIBRANCE = ProxyType(
 TONEEQUAL = ProxyType(
     name="toneequal",
     operation="toneequal",
+    gui_name="tone equalizer",
     model="unet",
     doc="tone equalizer: EV gains per exposure band of a guided-filter luminance mask",
     sliders=(
@@ -490,7 +543,7 @@ TONEEQUAL = ProxyType(
 
 
 PROXIES: dict[str, ProxyType] = {p.name: p for p in (
-    EXPOSURE, COLORBALANCERGB, TEMPERATURE, HIGHLIGHTS, DEMOSAIC, COLORIN, COLOROUT, SHARPEN,
+    EXPOSURE, COLORBALANCERGB, COLORBALANCE, TEMPERATURE, HIGHLIGHTS, DEMOSAIC, COLORIN, COLOROUT, SHARPEN,
     GRADUATEDND, HAZEREMOVAL, DENOISEPROFILE, LOWPASS, BLOOM, COLORIZE, SOFTEN, FILMICRGB, CENSORIZE,
     SIGMOID, BILAT, SHADHI, VIGNETTE, CHANNELMIXERRGB, VELVIA, VIBRANCE, TONEEQUAL)}
 
@@ -499,8 +552,41 @@ def get_proxy(name: str) -> ProxyType:
     try:
         return PROXIES[name]
     except KeyError:
-        raise UserError(f"unknown proxy type {name!r}; choose one of: {', '.join(PROXIES)} "
+        near = nearest_types(name)
+        hint = ("; nearest: " + ", ".join(f"{t} ({PROXIES[t].gui_name})" for t in near)) if near else ""
+        raise UserError(f"unknown proxy type {name!r}{hint}; all types: {', '.join(PROXIES)} "
                         "(see --list-proxies)") from None
+
+
+def _key(name: str) -> str:
+    """A name compared loosely: lower case, letters and digits only."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def nearest_types(name: str, most: int = 5) -> list[str]:
+    """Up to ``most`` proxy types a mistyped ``name`` may mean, nearest first: types it is a
+    prefix of or that are a prefix of it (``colorbal``, ``colorbalancergb_contrast``), types
+    spelled alike (``colourbalance``) and types whose darktable GUI name it resembles
+    (``"local contrast"`` -> bilat); case, spaces and underscores do not count."""
+    key = _key(name)
+    if not key:
+        return []
+
+    def like(a: str, b: str) -> float:
+        return difflib.SequenceMatcher(None, a, b).ratio()
+
+    scored = []
+    for t, proxy in PROXIES.items():
+        by_name, by_gui = like(key, t), like(key, _key(proxy.gui_name))
+        if t.startswith(key) or key.startswith(t) or by_name >= 0.6 or by_gui >= 0.8:
+            scored.append((max(by_name, by_gui), t))
+    return [t for _, t in sorted(scored, key=lambda st: -st[0])][:most]
+
+
+def see_also(proxy: ProxyType) -> list[str]:
+    """The other types whose names are a prefix of ``proxy``'s or start with it (the names
+    easiest to confuse: colorbalance, colorbalancergb)."""
+    return [t for t in PROXIES if t != proxy.name and (t.startswith(proxy.name) or proxy.name.startswith(t))]
 
 
 def sampler_of(proxy: ProxyType) -> tuple[ProxyType, Slider] | None:
@@ -512,16 +598,20 @@ def sampler_of(proxy: ProxyType) -> tuple[ProxyType, Slider] | None:
 
 
 def describe(proxy: ProxyType) -> str:
-    """One line: ``<name>  <slider>=<lo>..<hi> ...`` (the --list-proxies format), names in a
-    column; ``(log)`` marks a slider sampled in log space; a type without sliders shows the
-    slider of its sampler as ``sampler:<type>.<slider>=<lo>..<hi>``."""
+    """One line: ``<name>  <slider>=<lo>..<hi> ...  # <GUI name>[; see also <type>, ...]``
+    (the --list-proxies format), names in a column; ``(log)`` marks a slider sampled in log
+    space; a type without sliders shows the slider of its sampler as
+    ``sampler:<type>.<slider>=<lo>..<hi>``. After ``  # ``: the module's name in darktable's
+    GUI and the types with names easy to confuse (``see_also``)."""
     sliders = " ".join(f"{s.name}={s.lo:g}..{s.hi:g}{'(log)' if s.scale == 'log' else ''}"
                        for s in proxy.sliders)
     sampler = sampler_of(proxy)
     if not sliders and sampler is not None:
         upstream, s = sampler
         sliders = f"sampler:{upstream.name}.{s.name}={s.lo:g}..{s.hi:g}"   # no sliders of its own
-    return f"{proxy.name:<16} {sliders}".rstrip()
+    others = see_also(proxy)
+    note = proxy.gui_name + (f"; see also {', '.join(others)}" if others else "")
+    return f"{proxy.name:<16} {sliders}" + (f"  # {note}" if note else "")
 
 
 def proxy_name(proxy: str, sliders: Sequence[Slider], custom: str | None = None) -> str:

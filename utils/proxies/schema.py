@@ -59,6 +59,7 @@ class ProxyType:
     operation: str                  # darktable operation (the iop's library name)
     sliders: tuple[Slider, ...]
     structs: tuple[Struct, ...]     # params struct per module version we know
+    gui_name: str = ""              # the module's name in darktable's GUI ("color balance rgb")
     fixed: Mapping[str, float] = field(default_factory=dict)  # non-slider fields we pin
     model: str = "unet"             # default network family (models.networks.FAMILIES)
     value_scale: float = 0.01       # s of the network domain asinh(x / s) (models.transform)
