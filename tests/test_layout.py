@@ -4,7 +4,6 @@ inside a function."""
 import ast
 import subprocess
 import sys
-from pathlib import Path
 
 from tests.conftest import ROOT
 
