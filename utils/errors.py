@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import os
 import signal
 import sys
 from typing import Callable
@@ -71,6 +72,9 @@ def cli_main(main: Callable[[], int | None]) -> Callable[[], None]:
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(PARTIAL if getattr(e, "partial", False) else 2)
+        except BrokenPipeError:   # the reader of our output went away (``| head``): nothing to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
         except OSError as e:   # a full disk, a read-only folder, ... anywhere in the run
             print(f"error: {os_error_message(e)}", file=sys.stderr)
             sys.exit(2)
