@@ -284,7 +284,7 @@ def bench_regression(family: str, size: str, device: torch.device, iterations: i
                 return time.perf_counter() - t0
 
         try:
-            timed(2, 1, None)   # warm-up (allocator, kernels)
+            timed(2, 1, C.REGRESSION_CROP)   # warm-up (allocator, kernels)
             project = timed(iterations, C.PARAM_TUNING_RESTARTS, C.REGRESSION_CROP)
             full = timed(full_iterations, 1, 0) * 200 / full_iterations
         except Exception as e:   # e.g. out of memory at full frame: the other variants still count
