@@ -137,11 +137,6 @@ class _Dist:
         return bool(t.item())
 
 
-def _slider_dicts(sliders: Sequence[Slider]) -> list[dict]:
-    return [{"name": s.name, "lo": s.lo, "hi": s.hi, "default": s.default, "scale": s.scale}
-            for s in sliders]
-
-
 def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: Path,
           stage2: Path | None, paths: RunPaths, cfg: TrainConfig) -> TrainResult:
     """Train (or resume, or, when a previous run of it completed, skip) the proxy ``name``."""
@@ -165,7 +160,7 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
             "darktable_version": dataset.get("darktable_version", ""),
             "module_version": dataset.get("module_version"), "tapout_size": dataset.get("size"),
             "value_scale": proxy_type.value_scale}
-    proxy = Proxy(spec, _slider_dicts(sliders), proxy_type.value_scale, meta)
+    proxy = Proxy(spec, sliders, proxy_type.value_scale, meta)
     start_at_mean_offset(proxy, train_set)
     proxy = proxy.to(device)
     # beta2 0.99 rather than 0.999: slider-conditioned targets change scale from batch to batch
@@ -328,7 +323,7 @@ def _resume(path: Path, proxy: Proxy, optimizer, cfg: TrainConfig,
             raise UserError(f"{path} holds a proxy with another {key} ({payload.get(key)!r}, "
                             f"now {mine.get(key)!r}); use another -c NAME or remove {path.parent}")
     try:
-        proxy.load_state_dict(payload["state_dict"])
+        proxy.load_weights(payload["state_dict"])
         optimizer.load_state_dict(payload["optimizer"])
         done = payload["epoch"], payload["best_psnr"], list(payload["history"]), bool(payload.get("completed"))
     except (KeyError, TypeError, ValueError, RuntimeError) as e:   # written by another version
