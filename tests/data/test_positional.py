@@ -33,7 +33,7 @@ def position_dataset(tmp_path):
     write_tiff(tmp_path / "inputs" / "i.tif", np.stack([cols, rows, cols * 0], -1))
     write_tiff(tmp_path / "outputs" / "o.tif", np.stack([cols, rows, cols * 0], -1))
     (tmp_path / "manifest.csv").write_text(
-        ",".join(columns([SLIDER])) + "\ninputs/i.tif,outputs/o.tif,0.5,i.dng,i_00000\n")
+        ",".join(columns("x", [SLIDER])) + "\ninputs/i.tif,outputs/o.tif,0.5,i.dng,i_00000\n")
     return tmp_path, h, w
 
 

@@ -6,7 +6,9 @@ import torch
 
 from models.networks import ModelSpec
 from models.proxy import Proxy, load_proxy, save_checkpoint
-from utils.proxies.registry import EXPOSURE
+from utils.data.generate import drawn_sliders
+from utils.data.manifest import columns
+from utils.proxies.registry import COLORIN, EXPOSURE, sampler_of
 from utils.proxies.slider import CHECKPOINT_KEYS, Slider
 
 LINEAR = Slider("a", -3.0, 4.0, 0.0)
@@ -79,3 +81,11 @@ def test_checkpoints_with_and_without_slider_ranges_in_the_weights_load(tmp_path
     x, u = torch.rand(1, 3, 4, 4), torch.rand(1, 2)
     torch.testing.assert_close(load_proxy(tmp_path / "q.pt")[0](x, u), proxy.eval()(x, u))
 
+
+def test_sliders_know_their_owner_and_sampler_columns_keep_their_name():
+    assert {s.owner for s in EXPOSURE.sliders} == {"exposure"}
+    upstream, slider = sampler_of(COLORIN)
+    assert slider.owner == upstream.name == "exposure" and slider.foreign_to("colorin")
+    assert drawn_sliders(COLORIN, []) == [slider]
+    assert columns("colorin", [slider]) == ["input", "output", "exposure.exposure", "image", "sample"]
+    assert columns("exposure", EXPOSURE.sliders) == ["input", "output", "exposure", "black", "image", "sample"]

@@ -39,6 +39,16 @@ class Slider:
         if self.scale not in ("linear", "log") or (self.scale == "log" and self.lo <= 0):
             raise ValueError(f"slider {self.name}: bad scale {self.scale}")
 
+    @property
+    def qualified_name(self) -> str:
+        """``<proxy type>.<slider>``."""
+        return f"{self.owner}.{self.name}"
+
+    def foreign_to(self, proxy: str) -> bool:
+        """Whether it sets the module of another proxy type than ``proxy`` (the sampler of a
+        module without sliders); a slider made outside any proxy type (no owner) is not."""
+        return bool(self.owner) and self.owner != proxy
+
     def to_unit(self, value: Value) -> Value:
         """A slider value -> its position u in [0, 1] of the sampling space (the networks'
         conditioning): ``(v - lo) / (hi - lo)``, or ``log(v / lo) / log(hi / lo)``."""
