@@ -54,14 +54,14 @@ def main() -> int:
     if len(values) != len(proxy.slider_names):
         raise UserError(f"proxy {name} has {len(proxy.slider_names)} slider(s) "
                         f"({', '.join(proxy.slider_names)}); -v gave {len(values)} value(s)")
-    sliders = dict(zip(proxy.slider_names, values))
-    proxy_type.check_values(sliders)
+    chosen = dict(zip(proxy.slider_names, values))
+    proxy_type.check_values(chosen)
     input_image(args.image)
     check_out(paths)
 
     dt = Darktable(settings)
     size, hq = render_size(proxy_type, int(payload.get("tapout_size") or 0))
-    render = dt.render(args.image, [proxy_type.history_item(dt, sliders)], dump=[proxy_type.operation],
+    render = dt.render(args.image, [proxy_type.history_item(dt, chosen)], dump=[proxy_type.operation],
                        size=size, hq=hq)
     tap_in, tap_out = render.io(proxy_type.operation)
     pattern = cfa_pattern(args.image, dt) if proxy_type.mosaic_input else "RGGB"

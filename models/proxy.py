@@ -10,13 +10,13 @@ pipelines alike. By layout (``spec.layout``):
   (``forward(x, u, pattern)``; one name or one per image; H, W even); the network runs on
   the 4 packed planes (models.mosaic.pack);
 - ``mosaic_rgb`` (demosaic): (B, 1, H, W) mosaic -> (B, 3, H, W) camera RGB, likewise. ``u`` is each slider's position in its sampling space (linear, or log for
-sliders whose range spans decades): ``value = lo + u (hi - lo)`` or ``lo (hi/lo)^u``.
+sliders whose range spans decades): ``Slider.to_unit`` / ``Slider.from_unit``
+(utils/proxies/slider.py).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -24,8 +24,11 @@ from torch import nn
 from models.mosaic import nearest_rgb, pack, unpack, unpack_rgb
 from models.networks import ModelSpec, build_model
 from models.transform import from_network, to_network
+from utils.atomic import write_atomic
+from utils.proxies.slider import Slider
 
 CHECKPOINT_FORMAT = 1   # bump when the checkpoint layout changes incompatibly
+RANGE_KEYS = ("lo", "hi", "log")   # the slider ranges a format-1 state_dict also holds
 
 
 class IncompatibleCheckpoint(Exception):
@@ -33,20 +36,21 @@ class IncompatibleCheckpoint(Exception):
 
 
 class Proxy(nn.Module):
-    def __init__(self, spec: ModelSpec, sliders: Sequence[Mapping[str, Any]], scale: float,
+    def __init__(self, spec: ModelSpec, sliders: Sequence[Slider], scale: float,
                  meta: Mapping[str, Any] | None = None):
         super().__init__()
         self.spec, self.scale = spec, float(scale)
-        self.sliders = [dict(s) for s in sliders]   # name, lo, hi, default, scale
+        self.sliders = tuple(sliders)
         self.meta = dict(meta or {})
         self.net = build_model(spec)
-        self.register_buffer("lo", torch.tensor([s["lo"] for s in self.sliders], dtype=torch.float64))
-        self.register_buffer("hi", torch.tensor([s["hi"] for s in self.sliders], dtype=torch.float64))
-        self.register_buffer("log", torch.tensor([s["scale"] == "log" for s in self.sliders], dtype=torch.bool))
 
     @property
     def slider_names(self) -> list[str]:
-        return [s["name"] for s in self.sliders]
+        return [s.name for s in self.sliders]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
 
     @property
     def layout(self) -> str:
@@ -68,31 +72,45 @@ class Proxy(nn.Module):
         return from_network(unpack_rgb(rgb, pattern), self.scale)                   # (B, 3, H, W)
 
     def to_unit(self, values: torch.Tensor) -> torch.Tensor:
-        """Slider values (B, S) -> normalised positions in [0, 1] (differentiable)."""
-        values = values.double()
-        lin = (values - self.lo) / (self.hi - self.lo)
-        logu = torch.log(values.clamp_min(1e-30) / self.lo) / torch.log(self.hi / self.lo)
-        return torch.where(self.log, logu, lin).float()
+        """Slider values (B, S) -> normalised positions in [0, 1], float32 (differentiable)."""
+        return self._per_slider(Slider.to_unit, values.double()).float()
 
     def from_unit(self, u: torch.Tensor) -> torch.Tensor:
-        """Normalised positions (B, S) -> slider values (differentiable)."""
-        u = u.double()
-        lin = self.lo + u * (self.hi - self.lo)
-        logv = self.lo * torch.exp(u * torch.log(self.hi / self.lo))
-        return torch.where(self.log, logv, lin)
+        """Normalised positions (B, S) -> slider values, float64 (differentiable)."""
+        return self._per_slider(Slider.from_unit, u.double())
+
+    def _per_slider(self, method: Callable[[Slider, torch.Tensor], torch.Tensor],
+                    t: torch.Tensor) -> torch.Tensor:
+        """``method`` of each slider on its column of ``t`` (B, S)."""
+        if not self.sliders:
+            return t
+        return torch.stack([method(s, t[:, j]) for j, s in enumerate(self.sliders)], dim=1)
+
+    def load_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Load a checkpoint's ``state_dict`` (strict), less the slider ranges it also holds."""
+        self.load_state_dict({k: v for k, v in state_dict.items() if k not in RANGE_KEYS})
 
     def describe(self) -> dict[str, Any]:
         """Everything but the weights: what a checkpoint needs to rebuild this proxy."""
-        return {"format": CHECKPOINT_FORMAT, "model": self.spec.to_dict(), "sliders": self.sliders,
+        return {"format": CHECKPOINT_FORMAT, "model": self.spec.to_dict(),
+                "sliders": [s.to_dict() for s in self.sliders],
                 "transform_scale": self.scale, **self.meta}
+
+
+def checkpoint_state_dict(proxy: Proxy) -> dict[str, torch.Tensor]:
+    """The weights as a format-1 checkpoint holds them: the slider ranges first, as the tensors
+    ``lo``, ``hi`` (float64) and ``log`` (bool) that readers of the format expect (derived from
+    the sliders; never read back, :meth:`Proxy.load_weights`), then the network's."""
+    ranges = {"lo": [s.lo for s in proxy.sliders], "hi": [s.hi for s in proxy.sliders],
+              "log": [s.scale == "log" for s in proxy.sliders]}
+    return {**{k: torch.tensor(v, dtype=torch.bool if k == "log" else torch.float64, device=proxy.device)
+               for k, v in ranges.items()}, **proxy.state_dict()}
 
 
 def save_checkpoint(path: Path, proxy: Proxy, **state: Any) -> None:
     """Write ``path`` atomically: the proxy's description, its weights and ``state``."""
-    payload = {**proxy.describe(), "state_dict": proxy.state_dict(), **state}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    payload = {**proxy.describe(), "state_dict": checkpoint_state_dict(proxy), **state}
+    write_atomic(path, lambda tmp: torch.save(payload, tmp))
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -113,8 +131,9 @@ def load_proxy(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     meta = {k: v for k, v in payload.items()
             if k not in ("format", "model", "sliders", "transform_scale", "state_dict", "optimizer")}
     try:
-        proxy = Proxy(ModelSpec(**payload["model"]), payload["sliders"], payload["transform_scale"], meta)
-        proxy.load_state_dict(payload["state_dict"])
+        sliders = [Slider.from_dict(d, owner=meta.get("proxy_type", "")) for d in payload["sliders"]]
+        proxy = Proxy(ModelSpec(**payload["model"]), sliders, payload["transform_scale"], meta)
+        proxy.load_weights(payload["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:   # written by another version
         raise IncompatibleCheckpoint(f"{path} does not fit this version's proxies "
                                      f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None

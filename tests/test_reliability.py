@@ -254,9 +254,8 @@ def tiny_proxy():
     """An untrained tiny exposure proxy, the same in every process."""
     from models.networks import ModelSpec
     from models.proxy import Proxy
-    from utils.proxies.train import _slider_dicts
     torch.manual_seed(0)
-    return Proxy(ModelSpec("pointwise", "tiny", 3, 3, 2), _slider_dicts(EXPOSURE.sliders), EXPOSURE.value_scale)
+    return Proxy(ModelSpec("pointwise", "tiny", 3, 3, 2), EXPOSURE.sliders, EXPOSURE.value_scale)
 
 
 REGRESSION_SCRIPT = """

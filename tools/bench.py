@@ -155,10 +155,8 @@ def bench_darktable_render(dt, image: Path, repeats: int, size: int = 512):
 def make_proxy(family: str, size: str, device: torch.device, seed: int = 0) -> Proxy:
     """An exposure proxy of ``family`` with random weights (speed does not depend on them)."""
     torch.manual_seed(seed)
-    sliders = [{"name": s.name, "lo": s.lo, "hi": s.hi, "default": s.default, "scale": s.scale}
-               for s in EXPOSURE.sliders]
-    spec = ModelSpec(family, size, 3, 3, len(sliders))
-    return Proxy(spec, sliders, EXPOSURE.value_scale).to(device).eval()
+    spec = ModelSpec(family, size, 3, 3, len(EXPOSURE.sliders))
+    return Proxy(spec, EXPOSURE.sliders, EXPOSURE.value_scale).to(device).eval()
 
 
 def variants(device: torch.device, only: str = "") -> list[dict[str, Any]]:
@@ -284,7 +282,7 @@ def bench_regression(family: str, size: str, device: torch.device, iterations: i
                 return time.perf_counter() - t0
 
         try:
-            timed(2, 1, None)   # warm-up (allocator, kernels)
+            timed(2, 1, C.REGRESSION_CROP)   # warm-up (allocator, kernels)
             project = timed(iterations, C.PARAM_TUNING_RESTARTS, C.REGRESSION_CROP)
             full = timed(full_iterations, 1, 0) * 200 / full_iterations
         except Exception as e:   # e.g. out of memory at full frame: the other variants still count

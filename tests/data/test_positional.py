@@ -33,7 +33,7 @@ def position_dataset(tmp_path):
     write_tiff(tmp_path / "inputs" / "i.tif", np.stack([cols, rows, cols * 0], -1))
     write_tiff(tmp_path / "outputs" / "o.tif", np.stack([cols, rows, cols * 0], -1))
     (tmp_path / "manifest.csv").write_text(
-        ",".join(columns([SLIDER])) + "\ninputs/i.tif,outputs/o.tif,0.5,i.dng,i_00000\n")
+        ",".join(columns("x", [SLIDER])) + "\ninputs/i.tif,outputs/o.tif,0.5,i.dng,i_00000\n")
     return tmp_path, h, w
 
 
@@ -58,8 +58,7 @@ def test_crops_carry_their_place_in_the_whole_image(position_dataset):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_networks_see_the_coordinates(family, tmp_path):
     torch.manual_seed(0)
-    sliders = [{"name": "a", "lo": 0.0, "hi": 1.0, "default": 0.5, "scale": "linear"}]
-    proxy = Proxy(ModelSpec(family, "tiny", 3, 3, 1, extra_channels=2), sliders, 0.01)
+    proxy = Proxy(ModelSpec(family, "tiny", 3, 3, 1, extra_channels=2), [SLIDER], 0.01)
     x = torch.rand(1, 3, 8, 8)
     u = torch.full((1, 1), 0.3)
     here = proxy(torch.cat([x, coordinate_planes(8, 8)[None]], 1), u)

@@ -137,8 +137,8 @@ def test_read_pattern_refuses_non_bayer(tmp_path):
 @pytest.mark.parametrize("layout, cin, cout", [("mosaic", 1, 1), ("mosaic_rgb", 1, 3)])
 def test_mosaic_proxy_shapes_and_frames(family, layout, cin, cout):
     torch.manual_seed(0)
-    sliders = [{"name": "a", "lo": 0.0, "hi": 1.0, "default": 0.5, "scale": "linear"}]
-    proxy = Proxy(ModelSpec(family, "tiny", *network_channels(layout, cin, cout), 1, layout), sliders, 0.01)
+    proxy = Proxy(ModelSpec(family, "tiny", *network_channels(layout, cin, cout), 1, layout),
+                  [Slider("a", 0.0, 1.0, 0.5)], 0.01)
     x, u = torch.rand(2, 1, 8, 10), torch.rand(2, 1)
     names = ["GRBG", "BGGR"]
     out = proxy(x, u, names)

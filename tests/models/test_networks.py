@@ -16,10 +16,10 @@ from models.transform import from_network, to_network
 from utils.errors import UserError
 from utils.evaluation.metrics import psnr, ssim
 from utils.proxies.losses import gradient_loss, parse_loss
+from utils.proxies.slider import Slider
 from utils.proxies.train import cosine_lr
 
-SLIDERS = [{"name": "a", "lo": -3.0, "hi": 4.0, "default": 0.0, "scale": "linear"},
-           {"name": "b", "lo": 0.05, "hi": 0.5, "default": 0.18, "scale": "log"}]
+SLIDERS = [Slider("a", -3.0, 4.0, 0.0), Slider("b", 0.05, 0.5, 0.18, scale="log")]
 
 
 def make(family, cin=3, cout=3, dtype=torch.float32):

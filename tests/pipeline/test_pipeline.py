@@ -18,13 +18,9 @@ from utils.evaluation.regress import freeze, regress
 from utils.pipeline.chain import Block, Chain
 from utils.pipeline.config import BlockLine, parse_config
 from utils.proxies.registry import COLORBALANCERGB, EXPOSURE, split_proxy_name
+from utils.proxies.slider import Slider
 from utils.proxies.trained import missing_proxies
 from utils.runs import RunPaths
-
-SLIDERS_EXP = [{"name": "exposure", "lo": -3.0, "hi": 4.0, "default": 0.0, "scale": "linear"},
-               {"name": "black", "lo": -0.02, "hi": 0.02, "default": 0.0, "scale": "linear"}]
-SLIDERS_CB = [{"name": s.name, "lo": s.lo, "hi": s.hi, "default": s.default, "scale": s.scale}
-              for s in COLORBALANCERGB.sliders]
 
 
 def tiny_proxy(sliders, proxy_type, family="pointwise"):
@@ -34,9 +30,9 @@ def tiny_proxy(sliders, proxy_type, family="pointwise"):
 
 
 def two_blocks(recover_cb=("saturation_global", "contrast")):
-    exp = Block(BlockLine(1, "exposure_exposure_black", None, True), tiny_proxy(SLIDERS_EXP, "exposure"),
+    exp = Block(BlockLine(1, "exposure_exposure_black", None, True), tiny_proxy(EXPOSURE.sliders, "exposure"),
                 EXPOSURE, ["exposure", "black"])
-    cb = Block(BlockLine(2, "cb", recover_cb, True), tiny_proxy(SLIDERS_CB, "colorbalancergb", "neighbourhood"),
+    cb = Block(BlockLine(2, "cb", recover_cb, True), tiny_proxy(COLORBALANCERGB.sliders, "colorbalancergb", "neighbourhood"),
                COLORBALANCERGB, list(recover_cb))
     return [exp, cb]
 
@@ -152,9 +148,9 @@ def test_glue_matches_darktable_tapouts(dt, raw_image):
 def pipeline_root(tmp_path_factory, tiff16):
     """A ROOT with two untrained tiny proxies saved as trained ones, and one TIFF image."""
     root = tmp_path_factory.mktemp("pipeline")
-    for name, sliders, kind in (("exposure_exposure_black", SLIDERS_EXP, "exposure"),
+    for name, sliders, kind in (("exposure_exposure_black", EXPOSURE.sliders, "exposure"),
                                 ("colorbalancergb_saturation_global_vibrance_grey_fulcrum_contrast",
-                                 SLIDERS_CB, "colorbalancergb")):
+                                 COLORBALANCERGB.sliders, "colorbalancergb")):
         folder = root / f"{name}_model_weights"
         folder.mkdir()
         save_checkpoint(folder / "best.pt", tiny_proxy(sliders, kind))
@@ -235,12 +231,12 @@ def test_gradient_crosses_mosaic_blocks(pattern):
         cin, cout = network_channels(layout, 1, 1 if layout == "mosaic" else 3)
         return Proxy(ModelSpec("pointwise", "tiny", cin, cout, len(sliders), layout), sliders, 0.01,
                      {"proxy_type": kind})
-    wb = [{"name": n, "lo": 0.25, "hi": 4.0, "default": 1.0, "scale": "log"} for n in ("red", "blue")]
+    wb = [Slider(n, 0.25, 4.0, 1.0, scale="log") for n in ("red", "blue")]
     blocks = [Block(BlockLine(1, "temperature", None, True), proxy("mosaic", wb, "temperature"),
                     get_proxy("temperature"), ["red", "blue"]),
               Block(BlockLine(2, "demosaic", None, True), proxy("mosaic_rgb", [], "demosaic"),
                     get_proxy("demosaic"), []),
-              Block(BlockLine(3, "exposure", None, True), tiny_proxy(SLIDERS_EXP, "exposure"), EXPOSURE,
+              Block(BlockLine(3, "exposure", None, True), tiny_proxy(EXPOSURE.sliders, "exposure"), EXPOSURE,
                     ["exposure"])]
     chain = Chain(blocks, ["identity", "identity"])
     chain.pattern = pattern

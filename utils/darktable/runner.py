@@ -15,22 +15,20 @@ import logging
 import os
 import shlex
 import shutil
-import signal
-import subprocess
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import ContextManager, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from utils.darktable.dumps import (_DUMPED_RE, _tail, check_params_accepted, is_raw, parse_dump_name,
                                    split_batch_log)
 from utils.darktable.files import TapoutFormatError, read_tapout
-from utils.darktable.install import FIX_HINT, DarktableInstall, find_darktable
+from utils.darktable.install import DarktableInstall, find_darktable
+from utils.darktable.processes import Processes
 from utils.darktable.versions import ModuleVersions
 from utils.darktable.xmp import HistoryItem, build_xmp
 from utils.errors import DarktableError, UserError
@@ -70,16 +68,18 @@ class Darktable:
         ``install`` skips the search (a darktable-cli already found)."""
         self.install = install or find_darktable(settings.DARKTABLE_PATH, settings.CACHE_DIR,
                                                  tuple(settings.DARKTABLE_MIN_VERSION))
-        self.timeout = float(settings.DARKTABLE_TIMEOUT_S)
+        self.processes = Processes(float(settings.DARKTABLE_TIMEOUT_S))
         self.versions = ModuleVersions(self, Path(settings.CACHE_DIR) / "module_versions.json")
-        self._running: set[subprocess.Popen] = set()   # calls in flight, from any thread
-        self._guard = threading.Lock()
-        self._stopped = False
         remove_abandoned_work()
 
     @property
     def version(self) -> tuple[int, ...]:
         return self.install.version
+
+    @property
+    def timeout(self) -> float:
+        """Seconds a darktable-cli call may run (DARKTABLE_TIMEOUT_S)."""
+        return self.processes.timeout
 
     def command(self, inputs: Path, outputs: Path, work: Path, dump: Sequence[str],
                 size: int, hq: bool) -> list[str]:
@@ -93,47 +93,10 @@ class Darktable:
             cmd += ["--dump-pipe", ",".join(dump)]
         return cmd
 
-    def run(self, cmd: list[str], cwd: Path) -> tuple[int, str]:
-        """Run one darktable-cli command: (exit status, output); DarktableError on a timeout."""
-        log.debug("running %s", shlex.join(cmd))
-        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}  # spinning OpenMP threads slow parallel calls
-        with self._guard:
-            if self._stopped:
-                raise DarktableError("darktable calls were stopped")
-            try:
-                proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        errors="replace", start_new_session=True)
-            except OSError as e:
-                raise DarktableError(f"cannot start {shlex.join(cmd[:1])}: {e}; {FIX_HINT}") from None
-            self._running.add(proc)
-        try:
-            out, _ = proc.communicate(timeout=self.timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            out, _ = proc.communicate()
-            raise DarktableError(f"darktable-cli timed out after {self.timeout:g} s running "
-                                 f"'{shlex.join(cmd)}': {_tail(out)}") from None
-        except BaseException:
-            _kill_group(proc)
-            raise
-        finally:
-            with self._guard:
-                self._running.discard(proc)
-        return proc.returncode, out
-
-    @contextmanager
-    def stopped_on_error(self) -> Iterator[None]:
-        """Around parallel calls: an exception (Ctrl-C, SIGTERM) kills every call in flight, in
-        every thread, and starts no more, so that the run ends now instead of when they end."""
-        try:
-            yield
-        except BaseException:
-            with self._guard:
-                self._stopped = True
-                for proc in self._running:
-                    _kill_group(proc)
-            raise
+    def stopped_on_error(self) -> ContextManager[None]:
+        """Around parallel calls: an exception kills this darktable's calls in flight and starts
+        no more (:meth:`Processes.stopped_on_error`)."""
+        return self.processes.stopped_on_error()
 
     def render(self, image: str | Path, history: Sequence[HistoryItem] = (),
                dump: Sequence[str] = (), size: int = 0, hq: bool = True, output: bool = False,
@@ -165,43 +128,14 @@ class Darktable:
         for job in jobs:
             if not Path(job.image).is_file():
                 raise UserError(f"input image {job.image} does not exist")
-        work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX))
-        held = open(work / ".lock", "w")   # tells remove_abandoned_work() this call is alive
-        fcntl.flock(held, fcntl.LOCK_EX)
-        try:
-            inputs, outputs = work / "in", work / "out"
-            for sub in (inputs, outputs, work / "config", work / "cache", work / "dump"):
-                sub.mkdir()
-            for k, job in enumerate(jobs):
-                link = inputs / f"{k:05d}{Path(job.image).suffix}"
-                _link_or_copy(Path(job.image).resolve(), link)
-                link.with_name(link.name + ".xmp").write_text(build_xmp(list(job.history), is_raw(job.image)))
+        with _work_folder() as work:
+            inputs, outputs = _prepare(work, jobs)
             every_dump = list(dict.fromkeys([*dump, *(op for j in jobs for op in j.dump or ())]))
             cmd = self.command(inputs, outputs, work, every_dump, size, hq)
-            status, text = self.run(cmd, cwd=work)
-            parts, rest = split_batch_log(text)
-            results: list[Render | DarktableError] = []
-            for k, job in enumerate(jobs):
-                part = parts.get(f"{k:05d}")
-                if part is None:
-                    why = (f"darktable-cli exited with status {status} running '{shlex.join(cmd)}'"
-                           if status else "darktable exported nothing")
-                    results.append(DarktableError(f"{job.image}: {why}: {_tail(rest or text)}"))
-                    continue
-                try:
-                    if check_params:
-                        check_params_accepted(job.history, part)
-                    wanted = dump if job.dump is None else job.dump
-                    render = self._collect(work / "dump" / "export", wanted, part)
-                    if output:
-                        render.output = read_tapout(outputs / f"{k:05d}.pfm")
-                    results.append(render)
-                except DarktableError as e:
-                    results.append(DarktableError(f"{job.image}: {e}"))
-            return results
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-            held.close()
+            status, text = self.processes.run(cmd, cwd=work)
+            why = (f"darktable-cli exited with status {status} running '{shlex.join(cmd)}'"
+                   if status else "darktable exported nothing")
+            return _read_results(jobs, work, text, why, dump, output, check_params)
 
     def render_many(self, jobs: Sequence[Job], dump: Sequence[str] = (), size: int = 0,
                     hq: bool = True, batch_size: int = 32,
@@ -215,37 +149,6 @@ class Darktable:
                     bar.update(1)
                     yield result
 
-    @staticmethod
-    def _collect(dump_dir: Path, wanted: Sequence[str], part: str) -> Render:
-        """Read the tap-outs of ``wanted`` modules that ``part`` of the log says were written."""
-        found: dict[tuple[str, str], tuple[int, Path]] = {}
-        for m in _DUMPED_RE.finditer(part):
-            name = parse_dump_name(Path(m[1]).name)
-            if name is None or name.kind == "diff":
-                continue
-            key = (name.operation, name.kind)
-            if key in found:
-                raise DarktableError(f"darktable dumped {name.operation} {name.kind} twice "
-                                     "(several instances of one module are not supported)")
-            found[key] = (name.index, dump_dir / Path(m[1]).name)
-        for op in wanted:
-            for kind in ("in", "out"):
-                if (op, kind) not in found:
-                    raise DarktableError(
-                        f"darktable wrote no '{kind}' tap-out for {op}: the module is not in the "
-                        f"pipe for this input (e.g. a raw-only module on a TIFF)")
-        first = {}
-        for (op, _), (index, _) in found.items():
-            first[op] = min(first.get(op, index), index)
-        tapouts = {}
-        for key, (_, path) in found.items():
-            if key[0] in wanted:
-                try:
-                    tapouts[key] = read_tapout(path)
-                except (OSError, TapoutFormatError) as e:   # e.g. cut short by a crash or a full disk
-                    raise DarktableError(f"darktable wrote an unreadable tap-out: {e}") from None
-        return Render(tapouts=tapouts, order=sorted(first, key=first.get), log=part)
-
     def module_version(self, operation: str, defaults: Mapping[int, bytes]) -> int:
         """The params version of ``operation`` in this darktable, among the versions of
         ``defaults`` (version -> default params blob): probed once, cached on disk."""
@@ -253,6 +156,85 @@ class Darktable:
 
 
 WORK_PREFIX = "dtp-"   # the private folder of each darktable call, in the temporary directory
+
+
+@contextmanager
+def _work_folder() -> Iterator[Path]:
+    """A darktable call's private folder, locked while the call runs and removed afterwards."""
+    work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX))
+    held = open(work / ".lock", "w")   # tells remove_abandoned_work() this call is alive
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        held.close()
+
+
+def _prepare(work: Path, jobs: Sequence[Job]) -> tuple[Path, Path]:
+    """The call's folders in ``work``, and each job's image linked into ``in`` with its own XMP
+    sidecar (``NNNNN.<ext>``, NNNNN its position); (input folder, output folder)."""
+    inputs, outputs = work / "in", work / "out"
+    for sub in (inputs, outputs, work / "config", work / "cache", work / "dump"):
+        sub.mkdir()
+    for k, job in enumerate(jobs):
+        link = inputs / f"{k:05d}{Path(job.image).suffix}"
+        _link_or_copy(Path(job.image).resolve(), link)
+        link.with_name(link.name + ".xmp").write_text(build_xmp(list(job.history), is_raw(job.image)))
+    return inputs, outputs
+
+
+def _read_results(jobs: Sequence[Job], work: Path, text: str, why: str, dump: Sequence[str],
+                  output: bool, check_params: bool) -> list[Render | DarktableError]:
+    """Per job, its Render from its part of darktable's log ``text`` and the files in ``work``,
+    or the DarktableError that says why it has none (``why``, for a job darktable did not export)."""
+    parts, rest = split_batch_log(text)
+    results: list[Render | DarktableError] = []
+    for k, job in enumerate(jobs):
+        part = parts.get(f"{k:05d}")
+        try:
+            if part is None:
+                raise DarktableError(f"{why}: {_tail(rest or text)}")
+            if check_params:
+                check_params_accepted(job.history, part)
+            render = _collect(work / "dump" / "export", dump if job.dump is None else job.dump, part)
+            if output:
+                render.output = read_tapout(work / "out" / f"{k:05d}.pfm")
+            results.append(render)
+        except DarktableError as e:
+            results.append(DarktableError(f"{job.image}: {e}"))
+    return results
+
+
+def _collect(dump_dir: Path, wanted: Sequence[str], part: str) -> Render:
+    """Read the tap-outs of ``wanted`` modules that ``part`` of the log says were written."""
+    found: dict[tuple[str, str], tuple[int, Path]] = {}
+    for m in _DUMPED_RE.finditer(part):
+        name = parse_dump_name(Path(m[1]).name)
+        if name is None or name.kind == "diff":
+            continue
+        key = (name.operation, name.kind)
+        if key in found:
+            raise DarktableError(f"darktable dumped {name.operation} {name.kind} twice "
+                                 "(several instances of one module are not supported)")
+        found[key] = (name.index, dump_dir / Path(m[1]).name)
+    for op in wanted:
+        for kind in ("in", "out"):
+            if (op, kind) not in found:
+                raise DarktableError(
+                    f"darktable wrote no '{kind}' tap-out for {op}: the module is not in the "
+                    f"pipe for this input (e.g. a raw-only module on a TIFF)")
+    first = {}
+    for (op, _), (index, _) in found.items():
+        first[op] = min(first.get(op, index), index)
+    tapouts = {}
+    for key, (_, path) in found.items():
+        if key[0] in wanted:
+            try:
+                tapouts[key] = read_tapout(path)
+            except (OSError, TapoutFormatError) as e:   # e.g. cut short by a crash or a full disk
+                raise DarktableError(f"darktable wrote an unreadable tap-out: {e}") from None
+    return Render(tapouts=tapouts, order=sorted(first, key=first.get), log=part)
 
 
 def remove_abandoned_work(min_age_s: float = 60) -> int:
@@ -284,10 +266,3 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copyfile(src, dst)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

@@ -39,9 +39,9 @@ import os
 import time
 from collections import defaultdict
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -51,10 +51,10 @@ from utils.darktable.files import write_tiff_atomic
 from utils.darktable.runner import Darktable, Job, Render
 from utils.darktable.xmp import HistoryItem
 from utils.data.images import cfa_pattern
-from utils.data.manifest import MANIFEST, DatasetSpec, _csv_line, _fmt, columns, read_rows
+from utils.data.manifest import MANIFEST, DatasetSpec, _csv_line, _fmt, column, columns, read_rows
 from utils.data.sampling import draw_settings
-from utils.errors import DarktableError, UserError
-from utils.proxies.registry import sampler_of
+from utils.errors import DarktableError, StorageError, UserError
+from utils.proxies.registry import get_proxy, sampler_of
 from utils.proxies.schema import ProxyType, Slider, render_size
 from utils.settings import DEFAULTS, Settings
 
@@ -66,7 +66,7 @@ class Sample:
     key: str                     # "<image stem>_<index>": unique in the dataset
     image: Path
     index: int                   # position among all samples of the dataset (for sharding)
-    values: dict[str, float]
+    values: dict[Slider, float]  # each drawn slider -> its value
 
 
 @dataclass(frozen=True)
@@ -105,27 +105,26 @@ def plan_samples(sliders: Sequence[Slider], images: Sequence[Path], per_image: i
 
 def drawn_sliders(proxy: ProxyType, sliders: Sequence[Slider]) -> list[Slider]:
     """The sliders drawn per sample: the proxy's own, or for a module without sliders its
-    sampler's slider, named ``<proxy type>.<slider>`` (its manifest column)."""
+    sampler's slider (owned by the upstream proxy type; manifest column ``<type>.<slider>``)."""
     sampler = sampler_of(proxy)
     if sliders or sampler is None:
         return list(sliders)
-    upstream, slider = sampler
-    return [replace(slider, name=f"{upstream.name}.{slider.name}")]
+    return [sampler[1]]
 
 
-def sample_history(dt: Darktable, proxy: ProxyType, values: dict[str, float]) -> tuple[HistoryItem, ...]:
-    """The history of one sample: the sampler module at its drawn value (slider-less modules),
-    then the module with its sliders at ``values`` (sampler columns excluded)."""
-    items = []
-    sampler = sampler_of(proxy)
-    own = {k: v for k, v in values.items() if "." not in k}
-    if sampler is not None:
-        upstream, slider = sampler
-        column = f"{upstream.name}.{slider.name}"
-        if column in values:
-            items.append(upstream.history_item(dt, {slider.name: values[column]}))
-    items.append(proxy.history_item(dt, own))
-    return tuple(items)
+def sample_history(dt: Darktable, proxy: ProxyType, values: Mapping[Slider, float]) -> tuple[HistoryItem, ...]:
+    """The history of one sample: the module of each drawn slider of another proxy type (the
+    sampler of a slider-less module) at its drawn value, then the module with its own sliders
+    at ``values`` (the others at defaults)."""
+    own: dict[str, float] = {}
+    upstream: dict[str, dict[str, float]] = {}
+    for slider, value in values.items():
+        if slider.foreign_to(proxy.name):
+            upstream.setdefault(slider.owner, {})[slider.name] = value
+        else:
+            own[slider.name] = value
+    items = [get_proxy(owner).history_item(dt, settings) for owner, settings in upstream.items()]
+    return (*items, proxy.history_item(dt, own))
 
 
 def check_sample(sample: Sample, render: Render, operation: str) -> tuple[np.ndarray, np.ndarray]:
@@ -143,7 +142,7 @@ def check_sample(sample: Sample, render: Render, operation: str) -> tuple[np.nda
 class _Writer:
     """Records checked samples into a dataset folder: files first, then the part file row."""
 
-    def __init__(self, folder: Path, sliders: Sequence[Slider], part: Path):
+    def __init__(self, folder: Path, sliders: Sequence[Slider], header: Sequence[str], part: Path):
         self.folder, self.sliders = folder, sliders
         (folder / "inputs").mkdir(exist_ok=True)
         (folder / "outputs").mkdir(exist_ok=True)
@@ -154,8 +153,9 @@ class _Writer:
                     f.truncate(text.rfind(b"\n") + 1)
         new = not part.exists() or part.stat().st_size == 0
         self.file = open(part, "a")
+        self.committed = 0   # rows recorded by this run
         if new:
-            self._append(columns(sliders))
+            self._append(header)
 
     def _append(self, *rows: Sequence) -> None:
         self.file.write("".join(_csv_line(values) for values in rows))
@@ -170,13 +170,14 @@ class _Writer:
             write_tiff_atomic(self.folder / rel_in, tap_in)
         rel_out = f"outputs/{sample.key}.tif"
         write_tiff_atomic(self.folder / rel_out, tap_out)
-        return [rel_in, rel_out, *(_fmt(sample.values[s.name]) for s in self.sliders),
+        return [rel_in, rel_out, *(_fmt(sample.values[s]) for s in self.sliders),
                 sample.image.name, sample.key]
 
     def commit(self, rows: Sequence[Sequence]) -> None:
         """Record ``rows`` in the part file (one fsync for a whole darktable batch)."""
         if rows:
             self._append(*rows)
+            self.committed += len(rows)
 
     def close(self) -> None:
         self.file.close()
@@ -195,7 +196,7 @@ def record_failures(path: Path, failed: dict[str, str]) -> None:
         path.unlink()
 
 
-def merge_manifest(folder: Path, sliders: Sequence[Slider], order: Sequence[str]) -> int:
+def merge_manifest(folder: Path, header: Sequence[str], order: Sequence[str]) -> int:
     """Write ``manifest.csv`` as the sorted union of all part files; the number of rows."""
     with open(folder / ".manifest.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -205,8 +206,7 @@ def merge_manifest(folder: Path, sliders: Sequence[Slider], order: Sequence[str]
             for row in read_rows(part):
                 rows.setdefault(row["sample"], row)
         keys = sorted(rows, key=lambda k: rank.get(k, len(rank)))
-        text = _csv_line(columns(sliders)) + "".join(
-            _csv_line([rows[k][c] for c in columns(sliders)]) for k in keys)
+        text = _csv_line(header) + "".join(_csv_line([rows[k][c] for c in header]) for k in keys)
         write_text_atomic(folder / MANIFEST, text)
         return len(keys)
 
@@ -245,11 +245,12 @@ def generate(dt: Darktable, proxy: ProxyType, sliders: Sequence[Slider], images:
                         "wait for it to finish") from None
     try:
         drawn = drawn_sliders(proxy, sliders)
+        header = columns(proxy.name, drawn)
         spec = DatasetSpec(proxy.name, proxy.operation, [s.name for s in sliders], per_image, seed,
                            stage, size, dt.install.version_string, proxy.module_version(dt),
                            [f"{p.name}:{p.stat().st_size}" for p in images],
                            str(images[0].parent.resolve()) if images else "", proxy.layout,
-                           drawn[0].name if drawn and not sliders else None)
+                           column(drawn[0], proxy.name) if drawn and not sliders else None)
         spec.check_against(folder)
         if proxy.mosaic_input:
             spec.cfa_patterns = {p.name: cfa_pattern(p, dt) for p in images}
@@ -260,14 +261,16 @@ def generate(dt: Darktable, proxy: ProxyType, sliders: Sequence[Slider], images:
         done = {row["sample"] for part in (folder / "parts").glob("*.csv") for row in read_rows(part)}
         mine = [s for s in samples if shard.holds(s)]
         todo = [s for s in mine if s.key not in done]
-        writer = _Writer(folder, drawn, folder / "parts" / f"{shard.name}.csv")
+        writer = _Writer(folder, drawn, header, folder / "parts" / f"{shard.name}.csv")
         try:
             failed = _run_jobs(dt, proxy, todo, writer, size, workers,
                                batch_size or settings.DARKTABLE_BATCH_SIZE, settings.DARKTABLE_RETRIES)
+        except OSError as e:   # a full disk: the samples recorded stay; the same command goes on from them
+            raise StorageError(e, partial=bool(done) or writer.committed > 0) from None
         finally:
             writer.close()
         record_failures(failures_path(folder, shard), failed)
-        rows = merge_manifest(folder, drawn, [s.key for s in samples])
+        rows = merge_manifest(folder, header, [s.key for s in samples])
     finally:
         lock.close()
     return GenerationReport(folder, len(mine), len(mine) - len(todo), len(todo) - len(failed),

@@ -60,8 +60,16 @@ class DatasetSpec:
                             "use another name (-c) or output root (--out), or remove it")
 
 
-def columns(sliders: Sequence[Slider]) -> list[str]:
-    return ["input", "output", *(s.name for s in sliders), *EXTRA_COLUMNS]
+def column(slider: Slider, proxy: str) -> str:
+    """A drawn slider's column in a dataset of proxy type ``proxy``: its name, or
+    ``<proxy type>.<slider>`` for a slider of another type (the sampler of a module without
+    sliders)."""
+    return slider.qualified_name if slider.foreign_to(proxy) else slider.name
+
+
+def columns(proxy: str, sliders: Sequence[Slider]) -> list[str]:
+    """The columns of a manifest of proxy type ``proxy`` whose samples draw ``sliders``."""
+    return ["input", "output", *(column(s, proxy) for s in sliders), *EXTRA_COLUMNS]
 
 
 def _csv_line(values: Sequence) -> str:

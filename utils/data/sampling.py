@@ -21,7 +21,7 @@ def as_float32(value: float) -> float:
 
 
 def draw_settings(sliders: Sequence[Slider], n: int, seed: int, stage: int,
-                  image_name: str) -> list[dict[str, float]]:
+                  image_name: str) -> list[dict[Slider, float]]:
     """``n`` slider settings for one image, Latin hypercube in each slider's sampling space.
 
     The draws depend only on (seed, stage, image file name), never on worker count,
@@ -29,5 +29,5 @@ def draw_settings(sliders: Sequence[Slider], n: int, seed: int, stage: int,
     """
     rng = np.random.default_rng([seed, stage, zlib.crc32(image_name.encode())])
     points = latin_hypercube(n, len(sliders), rng)
-    return [{s.name: as_float32(s.from_unit(float(u))) for s, u in zip(sliders, row)}
+    return [{s: as_float32(s.from_unit(float(u))) for s, u in zip(sliders, row)}
             for row in points]

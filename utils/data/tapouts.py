@@ -60,26 +60,42 @@ class TapoutDataset(Dataset):
                  positional: bool = False, preload_mb: float = DEFAULTS.PRELOAD_MAX_MB):
         self.folder = Path(folder)
         self.extra_channels = 2 if positional else 0
-        self.rows = read_manifest(self.folder)
-        if not self.rows:
-            raise UserError(f"dataset {self.folder} has no samples; generate it first")
-        missing = [s.name for s in sliders if s.name not in self.rows[0]]
-        if missing:
-            raise UserError(f"dataset {self.folder} has no column for slider(s) {', '.join(missing)}; "
-                            "it was generated for other sliders (-p)")
+        self.rows = self._read_manifest(sliders)
         self.sliders = list(sliders)
-        spec = read_spec(self.folder)
-        self.layout = spec.get("layout", "rgb")
-        self.patterns: dict[str, str] = spec.get("cfa_patterns", {})
-        if self.layout != "rgb":
-            missing = sorted({r["image"] for r in self.rows} - set(self.patterns))
-            if missing:
-                raise UserError(f"dataset {self.folder} has no CFA pattern for {', '.join(missing[:3])} "
-                                "in dataset.json; generate it again")
+        self.layout, self.patterns = self._read_spec()
         self.u = torch.tensor([[s.to_unit(float(r[s.name])) for s in self.sliders] for r in self.rows],
                               dtype=torch.float32).reshape(len(self.rows), len(self.sliders))
         self.cache: dict[str, torch.Tensor] = {}
         self.preload = True
+        self._preload(preload_mb)
+        self._crop_geometry(crop)
+
+    def _read_manifest(self, sliders: Sequence[Slider]) -> list[dict[str, str]]:
+        """The manifest's rows; UserError when there are none or a slider has no column."""
+        rows = read_manifest(self.folder)
+        if not rows:
+            raise UserError(f"dataset {self.folder} has no samples; generate it first")
+        missing = [s.name for s in sliders if s.name not in rows[0]]
+        if missing:
+            raise UserError(f"dataset {self.folder} has no column for slider(s) {', '.join(missing)}; "
+                            "it was generated for other sliders (-p)")
+        return rows
+
+    def _read_spec(self) -> tuple[str, dict[str, str]]:
+        """(layout, image -> CFA pattern) from dataset.json; mosaic layouts need every image's."""
+        spec = read_spec(self.folder)
+        layout, patterns = spec.get("layout", "rgb"), spec.get("cfa_patterns", {})
+        if layout != "rgb":
+            missing = sorted({r["image"] for r in self.rows} - set(patterns))
+            if missing:
+                raise UserError(f"dataset {self.folder} has no CFA pattern for {', '.join(missing[:3])} "
+                                "in dataset.json; generate it again")
+        return layout, patterns
+
+    def _preload(self, preload_mb: float) -> None:
+        """The channel counts (from the first sample), and every image read now when the
+        dataset fits in ``preload_mb``, so that a damaged file is named before any training
+        starts; a larger one is read per sample."""
         first = self.rows[0]
         first_in, first_out = self._load(first["input"], first), self._load(first["output"], first)
         self.in_channels, self.out_channels = first_in.shape[0], first_out.shape[0]
@@ -88,12 +104,16 @@ class TapoutDataset(Dataset):
         if megabytes > preload_mb:
             self.preload = False
             self.cache.clear()
-            log.info("dataset %s: %.0f MB, read per sample (PRELOAD_MAX_MB=%d)", folder, megabytes,
+            log.info("dataset %s: %.0f MB, read per sample (PRELOAD_MAX_MB=%d)", self.folder, megabytes,
                      preload_mb)
-        else:   # read everything now: a damaged file is named before any training starts
-            for row in self.rows:
-                for column in ("input", "output"):
-                    self._load(row[column], row)
+            return
+        for row in self.rows:
+            for column in ("input", "output"):
+                self._load(row[column], row)
+
+    def _crop_geometry(self, crop: int | None) -> None:
+        """The crop side (even, at most the smallest image's side) and the crops per sample
+        that cover its pixels about once per epoch."""
         sizes = [tiff_shape(r["output"])[:2] for r in self.rows]
         self.min_side = min(min(s) for s in sizes)
         self.crop = None if crop is None else max(2, min(crop, self.min_side) // 2 * 2)

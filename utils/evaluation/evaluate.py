@@ -23,7 +23,7 @@ from utils.evaluation.regress import pick_targets, slider_regression
 from utils.evaluation.report import (RESULT_FORMAT, TargetResult, proxy_metrics, proxy_report, write_metrics,
                                      write_params_csv)
 from utils.journal import Journal, run_lock
-from utils.proxies.schema import ProxyType, render_size
+from utils.proxies.schema import ProxyType, Slider, render_size
 from utils.runs import RunPaths
 from utils.settings import DEFAULTS, Settings
 
@@ -38,11 +38,10 @@ def evaluate(dt: Darktable, proxy: Proxy, proxy_type: ProxyType, name: str, path
     DARKTABLE_BATCH_SIZE, PRELOAD_MAX_MB."""
     s = settings
     slider_names = proxy.slider_names
-    sliders = [proxy_type.slider(n) for n in slider_names]
-    data = TapoutDataset(stage2, sliders, positional=proxy.spec.extra_channels > 0, preload_mb=s.PRELOAD_MAX_MB)
+    data = TapoutDataset(stage2, proxy.sliders, positional=proxy.spec.extra_channels > 0, preload_mb=s.PRELOAD_MAX_MB)
     progress(f"fidelity on {len(data)} held-out samples")
     fid = fidelity(proxy, data, device)
-    targets = pick_targets(n_targets, len(data), seed) if sliders else []
+    targets = pick_targets(n_targets, len(data), seed) if proxy.sliders else []
     animations = paths.animations(name) if s.CREATE_ANIMATION else None
     folder = paths.evaluation(name)
     with run_lock(folder / ".lock", f"evaluating {name}"):
@@ -57,7 +56,7 @@ def evaluate(dt: Darktable, proxy: Proxy, proxy_type: ProxyType, name: str, path
             rows = slider_regression(proxy, proxy_type, data, targets, device, s.PARAM_TUNING_NUM_ITER,
                                      s.PARAM_TUNING_RESTARTS, seed, animations, journal, s.REGRESSION_CROP)
         if rows:
-            proxy_closed_loop(dt, proxy_type, rows, data, targets, slider_names, s.DARKTABLE_BATCH_SIZE)
+            proxy_closed_loop(dt, proxy_type, rows, data, targets, proxy.sliders, s.DARKTABLE_BATCH_SIZE)
         metrics = proxy_metrics(name, slider_names, fid, len(data), dt.install.version_string, rows)
         write_metrics(folder, metrics, proxy_report(metrics))
         write_params_csv(paths.params_csv(name), "sample", slider_names, rows)
@@ -65,7 +64,7 @@ def evaluate(dt: Darktable, proxy: Proxy, proxy_type: ProxyType, name: str, path
 
 
 def proxy_closed_loop(dt: Darktable, proxy_type: ProxyType, rows: Sequence[TargetResult], data: TapoutDataset,
-                      targets: Sequence[int], slider_names: Sequence[str], batch_size: int) -> None:
+                      targets: Sequence[int], sliders: Sequence[Slider], batch_size: int) -> None:
     """Render every target's recovered sliders with darktable, as its stage-2 sample was
     rendered, and score the module's output against the sample's."""
     spec = read_spec(data.folder)
@@ -77,8 +76,7 @@ def proxy_closed_loop(dt: Darktable, proxy_type: ProxyType, rows: Sequence[Targe
             raise UserError(f"closed loop: source image {image} of {data.folder} is gone; "
                             "put it back or regenerate the stage-2 data")
         # sigmoid keeps u inside (0, 1); clamping only absorbs float rounding at the ends
-        values = {k: min(max(v, proxy_type.slider(k).lo), proxy_type.slider(k).hi)
-                  for k, v in zip(slider_names, row.recovered)}
+        values = {s.name: s.clamp(v) for s, v in zip(sliders, row.recovered)}
         jobs.append(Job(image, (proxy_type.history_item(dt, values),)))
 
     def score(k: int, tap_out) -> float:

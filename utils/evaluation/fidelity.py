@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from models.mosaic import even_crop
-from models.proxy import Proxy
+from models.proxy import Proxy, checkpoint_state_dict
 from utils.data.tapouts import TapoutDataset, to_chw, with_coordinates
 from utils.evaluation.metrics import psnr, ssim
 
@@ -51,7 +51,7 @@ def chw(image: np.ndarray, layout: str = "rgb") -> torch.Tensor:
 def weights_digest(proxy: Proxy) -> str:
     """A short hash of the proxy's weights: results recorded for other weights are not reused."""
     digest = hashlib.sha1()
-    for key, tensor in sorted(proxy.state_dict().items()):
+    for key, tensor in sorted(checkpoint_state_dict(proxy).items()):   # as the checkpoint holds them
         digest.update(key.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]

@@ -113,7 +113,7 @@ def slider_regression(proxy: Proxy, proxy_type: ProxyType, data: TapoutDataset, 
     """
     freeze(proxy)
     rows = []
-    ranges = [s["hi"] - s["lo"] for s in proxy.sliders]
+    ranges = [s.hi - s.lo for s in proxy.sliders]
     frame_every = max(1, iterations // 60) if animation_dir is not None else 0
     for i in progress_over(targets, "slider regression", "target"):
         key = data.rows[i]["sample"]

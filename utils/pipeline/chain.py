@@ -23,7 +23,7 @@ from utils.errors import UserError
 from utils.evaluation.metrics import psnr
 from utils.pipeline.config import BlockLine
 from utils.proxies.registry import PROXIES, get_proxy, split_proxy_name
-from utils.proxies.schema import ProxyType
+from utils.proxies.schema import ProxyType, Slider
 
 GLUE_MIN_PSNR = 80.0     # dB; a conversion must reproduce darktable's next input this well
 
@@ -45,10 +45,15 @@ class Block:
     def operation(self) -> str:
         return self.proxy_type.operation
 
+    @property
+    def sliders(self) -> list[Slider]:
+        """The recovered sliders, in the proxy's order."""
+        return [s for s in self.proxy.sliders if s.name in self.recovered]
+
     def defaults(self) -> torch.Tensor:
         """(S,) normalised defaults of all the proxy's sliders."""
-        values = torch.tensor([[s["default"] for s in self.proxy.sliders]], dtype=torch.float64)
-        return self.proxy.to_unit(values.to(self.proxy.lo.device))[0]
+        values = torch.tensor([[s.default for s in self.proxy.sliders]], dtype=torch.float64)
+        return self.proxy.to_unit(values)[0]
 
 
 def build_blocks(lines: Sequence[BlockLine], load: Callable[[str], Proxy]) -> list[Block]:
@@ -126,7 +131,7 @@ class Chain(nn.Module):
         """Normalised recovered sliders (S,) -> {block name: {slider: value}} (recovered only)."""
         out = {}
         for k, block in enumerate(self.blocks):
-            full = block.proxy.from_unit(self.block_u(k, u[None].to(block.proxy.lo.device)))[0]
+            full = block.proxy.from_unit(self.block_u(k, u[None]))[0]
             out[block.name] = {n: float(full[j]) for j, n in enumerate(block.proxy.slider_names)
                                if n in block.recovered}
         return out
@@ -136,13 +141,12 @@ class Chain(nn.Module):
         range (regression keeps them inside; clamping absorbs float rounding at the ends)."""
         values, it = {}, iter(recovered)
         for b in self.blocks:
-            ranges = {s["name"]: (s["lo"], s["hi"]) for s in b.proxy.sliders}
-            values[b.name] = {n: min(max(next(it), ranges[n][0]), ranges[n][1]) for n in b.recovered}
+            values[b.name] = {s.name: s.clamp(next(it)) for s in b.sliders}
         return values
 
     def ranges(self) -> list[float]:
         """Each recovered slider's range (hi - lo), in u order."""
-        return [s["hi"] - s["lo"] for b in self.blocks for s in b.proxy.sliders if s["name"] in b.recovered]
+        return [s.hi - s.lo for b in self.blocks for s in b.sliders]
 
 
 def choose_conversions(blocks: Sequence[Block], render: Render) -> list[str]:

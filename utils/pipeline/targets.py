@@ -66,7 +66,7 @@ def history(dt: Darktable, chain: Chain, values: dict[str, dict[str, float]], im
             settings: Settings) -> tuple[HistoryItem, ...]:
     """The history of one render: every block at ``values`` (others at defaults), and the
     PIPELINE_DISABLED_MODULES that are not blocks turned off."""
-    items = [b.proxy_type.history_item(dt, {**{s["name"]: s["default"] for s in b.proxy.sliders},
+    items = [b.proxy_type.history_item(dt, {**{s.name: s.default for s in b.proxy.sliders},
                                             **values.get(b.name, {})}) for b in chain.blocks]
     return tuple(items + disabled_modules(dt, chain.blocks, image, settings.PIPELINE_DISABLED_MODULES))
 
@@ -84,7 +84,7 @@ def as_darktable_sees(chain: Chain, u: torch.Tensor) -> torch.Tensor:
     """Normalised sliders (S,) moved to the nearest float32 slider values."""
     parts = []
     for k, b in enumerate(chain.blocks):
-        values = b.proxy.from_unit(chain.block_u(k, u[None].to(b.proxy.lo.device))).float().double()
+        values = b.proxy.from_unit(chain.block_u(k, u[None])).float().double()
         full = b.proxy.to_unit(values)[0]
         parts += [full[b.proxy.slider_names.index(n)] for n in b.recovered]
     return torch.stack(parts).cpu().float() if parts else torch.zeros(0)

@@ -8,44 +8,14 @@ another proxy type, drawn per sample and applied upstream, so the module sees va
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 from utils.darktable.params import Struct
 from utils.darktable.runner import Darktable
 from utils.darktable.xmp import HistoryItem
 from utils.errors import UserError
-
-
-@dataclass(frozen=True)
-class Slider:
-    """A module parameter a proxy learns and regression recovers."""
-
-    name: str          # the params struct field it sets
-    lo: float          # range sampled, learned and regressed (darktable's soft slider range)
-    hi: float
-    default: float     # darktable's default
-    scale: str = "linear"   # sampling space: "linear" or "log" (log needs lo > 0)
-    doc: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.lo < self.hi or not self.lo <= self.default <= self.hi:
-            raise ValueError(f"slider {self.name}: bad range {self.lo}..{self.hi} / {self.default}")
-        if self.scale not in ("linear", "log") or (self.scale == "log" and self.lo <= 0):
-            raise ValueError(f"slider {self.name}: bad scale {self.scale}")
-
-    def to_unit(self, value: float) -> float:
-        """A slider value -> its position u in [0, 1] of the sampling space (the networks'
-        conditioning; models.proxy.Proxy.to_unit is the differentiable twin)."""
-        if self.scale == "log":
-            return math.log(value / self.lo) / math.log(self.hi / self.lo)
-        return (value - self.lo) / (self.hi - self.lo)
-
-    def from_unit(self, u: float) -> float:
-        """A position u in [0, 1] of the sampling space -> the slider value."""
-        if self.scale == "log":
-            return math.exp(math.log(self.lo) + u * (math.log(self.hi) - math.log(self.lo)))
-        return self.lo + u * (self.hi - self.lo)
+from utils.proxies.slider import Slider
 
 
 LAYOUTS = ("rgb", "mosaic", "mosaic_rgb")
@@ -72,6 +42,8 @@ class ProxyType:
     sampler: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
+        # each slider knows its owner: a sampler's slider drawn for another type keeps it
+        object.__setattr__(self, "sliders", tuple(replace(s, owner=self.name) for s in self.sliders))
         if self.layout not in LAYOUTS:
             raise ValueError(f"{self.name}: layout {self.layout!r} is not one of {LAYOUTS}")
         if not self.sliders and self.sampler is None:

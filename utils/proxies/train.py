@@ -18,7 +18,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -99,8 +99,8 @@ def default_config(proxy: ProxyType, settings: Settings = DEFAULTS, **flags) -> 
     for name in ("epochs", "batch_size"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be 1 or more")
-    if not cfg.lr > 0 or cfg.max_minutes < 0:
-        raise UserError("--lr must be positive and --max-minutes 0 or more")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0) or not (math.isfinite(cfg.max_minutes) and cfg.max_minutes >= 0):
+        raise UserError("--lr must be a positive number and --max-minutes 0 or more")
     parse_loss(cfg.loss)   # refuse a bad spec before any work
     return cfg
 
@@ -137,11 +137,6 @@ class _Dist:
         return bool(t.item())
 
 
-def _slider_dicts(sliders: Sequence[Slider]) -> list[dict]:
-    return [{"name": s.name, "lo": s.lo, "hi": s.hi, "default": s.default, "scale": s.scale}
-            for s in sliders]
-
-
 def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: Path,
           stage2: Path | None, paths: RunPaths, cfg: TrainConfig) -> TrainResult:
     """Train (or resume, or, when a previous run of it completed, skip) the proxy ``name``."""
@@ -165,7 +160,7 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
             "darktable_version": dataset.get("darktable_version", ""),
             "module_version": dataset.get("module_version"), "tapout_size": dataset.get("size"),
             "value_scale": proxy_type.value_scale}
-    proxy = Proxy(spec, _slider_dicts(sliders), proxy_type.value_scale, meta)
+    proxy = Proxy(spec, sliders, proxy_type.value_scale, meta)
     start_at_mean_offset(proxy, train_set)
     proxy = proxy.to(device)
     # beta2 0.99 rather than 0.999: slider-conditioned targets change scale from batch to batch
@@ -179,102 +174,164 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
         for stale in weights.glob(".*.tmp"):   # a checkpoint write cut short by a kill
             stale.unlink()
     with lock:
-        return _train(proxy_type, name, stage1, stage2, cfg, device, world, train_set, val_set,
-                      proxy, optimizer, weights, paths.predictions(name))
+        return _train(_Run(name, stage1, stage2, cfg, device, world, train_set, val_set, proxy,
+                           optimizer, weights, paths.predictions(name)))
 
 
-def _train(proxy_type: ProxyType, name: str, stage1: Path, stage2: Path | None, cfg: TrainConfig,
-           device: torch.device, world: _Dist, train_set: TapoutDataset, val_set: TapoutDataset | None,
-           proxy: Proxy, optimizer: torch.optim.Optimizer, weights: Path, predictions: Path) -> TrainResult:
-    start_epoch, best, history, completed = _resume(weights / "last.pt", proxy, optimizer, cfg, device)
-    last_psnr = history[-1]["val_psnr"] if history else float("nan")
+@dataclass
+class _Run:
+    """One training run: what its epochs work with, and how far it has come."""
+
+    name: str
+    stage1: Path
+    stage2: Path | None
+    cfg: TrainConfig
+    device: torch.device
+    world: _Dist
+    train_set: TapoutDataset
+    val_set: TapoutDataset | None
+    proxy: Proxy
+    optimizer: torch.optim.Optimizer
+    weights: Path                   # the weights folder
+    predictions: Path               # the prediction grids' folder
+    best: float = float("nan")      # best validation PSNR so far
+    history: list[dict] = field(default_factory=list)     # one entry per epoch done (log.csv)
+    started: float = 0.0            # time.monotonic() from which the time budget counts
+    stopped: bool = False           # the time budget is spent
+    seconds: list[float] = field(default_factory=list)    # per epoch of this process
+
+    @property
+    def budget(self) -> float:
+        """The time budget in seconds (inf: none)."""
+        return self.cfg.max_minutes * 60 if self.cfg.max_minutes > 0 else math.inf
+
+
+def _train(run: _Run) -> TrainResult:
+    cfg, world = run.cfg, run.world
+    start_epoch, run.best, run.history, completed = _resume(run.weights / "last.pt", run.proxy,
+                                                            run.optimizer, cfg, run.device)
+    last_psnr = run.history[-1]["val_psnr"] if run.history else float("nan")
     if completed and not cfg.resume:
         log.info("training of %s is complete (%d epochs, validation PSNR %.2f dB); --resume "
-                 "continues it", name, start_epoch, last_psnr)
-        return TrainResult(weights, start_epoch, best, last_psnr,
-                           float(np.mean([h["seconds"] for h in history])), False)
+                 "continues it", run.name, start_epoch, last_psnr)
+        return TrainResult(run.weights, start_epoch, run.best, last_psnr,
+                           float(np.mean([h["seconds"] for h in run.history])), False)
     if world.main:
-        weights.mkdir(parents=True, exist_ok=True)
+        run.weights.mkdir(parents=True, exist_ok=True)
 
-    model = DistributedDataParallel(proxy) if world.size > 1 else proxy
-    steps_per_epoch = max(1, len(train_set) * train_set.crops_per_sample // world.size // cfg.batch_size)
+    model = DistributedDataParallel(run.proxy) if world.size > 1 else run.proxy
     loss_fn = parse_loss(cfg.loss)
-    amp = device.type == "cuda"
-    writer = _tensorboard(weights) if world.main else None
-    budget = cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
+    writer = _tensorboard(run.weights) if world.main else None
     # an interrupted run continues its time budget; --resume of a completed run gets a new one
-    started = time.monotonic() - (0.0 if completed else sum(h["seconds"] for h in history))
-    stopped = False
+    run.started = time.monotonic() - (0.0 if completed else sum(h["seconds"] for h in run.history))
     epoch = start_epoch
-    seconds = []
-
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t0 = time.monotonic()
-        model.train()
-        total, count = 0.0, 0
-        shuffle = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)   # same order on every rank
-        # crops drawn per epoch from its own seed: a resumed run trains exactly as an uninterrupted one
-        torch.manual_seed((cfg.seed * 100003 + epoch) * 1009 + world.rank)
-        for step, (x, y, u) in enumerate(train_set.batches(cfg.batch_size, shuffle, world.rank, world.size)):
-            # cosine schedule over whichever ends first: the epochs or the time budget
-            progress = max((epoch - 1 + step / steps_per_epoch) / cfg.epochs, (time.monotonic() - started) / budget)
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(cfg.lr, min(progress, 1.0))
-            x, y, u = x.to(device), y.to(device), u.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                pred = model(x, u)                                          # (B, C_out, h, w)
-            # the loss compares in the network domain, where every decade counts alike
-            loss = loss_fn(to_network(pred.float(), proxy.scale), to_network(y, proxy.scale))
-            if not torch.isfinite(loss):
-                raise _diverged(f"the training loss became {loss.item()}", epoch, weights, cfg, stage1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, count = total + loss.item() * len(x), count + len(x)
-            if time.monotonic() - started > budget:
-                stopped = True
-                break
-        stopped = world.any(stopped)
-        train_loss = world.mean(total / max(count, 1), count)
-        bad = [n for n, p in proxy.named_parameters() if not torch.isfinite(p).all()]
-        if bad:
-            raise _diverged(f"weights {bad[0]} hold NaN or Inf", epoch, weights, cfg, stage1)
-        last_psnr = _validate(proxy, val_set, device, world) if val_set is not None else float("nan")
-        if val_set is not None and math.isnan(last_psnr):
-            raise _diverged("the validation PSNR is NaN", epoch, weights, cfg, stage1)
-        seconds.append(time.monotonic() - t0)
-        improved = val_set is None or math.isnan(best) or last_psnr > best
-        best = last_psnr if improved else best
-        history.append({"epoch": epoch, "train_loss": train_loss, "val_psnr": last_psnr,
-                        "seconds": seconds[-1], "lr": optimizer.param_groups[0]["lr"]})
-        if world.main:
-            state = {"epoch": epoch, "best_psnr": best, "val_psnr": last_psnr, "history": history,
-                     "completed": epoch == cfg.epochs or stopped,
-                     "optimizer": optimizer.state_dict(),
-                     "train_config": {k: v for k, v in vars(cfg).items() if k != "settings"}, "settings": cfg.settings, "train_dataset": str(stage1),
-                     "val_dataset": str(stage2) if val_set is not None else ""}
-            save_checkpoint(weights / "last.pt", proxy, **state)
-            if improved:
-                save_checkpoint(weights / "best.pt", proxy, **state)
-            if cfg.save_every and epoch % cfg.save_every == 0:
-                save_checkpoint(weights / f"epoch_{epoch:04d}.pt", proxy, **state)
-            _write_log(weights, history)
-            if writer is not None:
-                writer.add_scalar("train_loss", train_loss, epoch)
-                writer.add_scalar("val_psnr", last_psnr, epoch)
-            if val_set is not None and (epoch % max(cfg.grid_every, 1) == 0 or epoch == cfg.epochs or stopped):
-                _prediction_grid(proxy, val_set, device, predictions / f"epoch_{epoch:04d}.png", cfg.grid_samples)
-            log.info("epoch %d/%d  loss %.5f  val PSNR %.2f dB  %.1f s", epoch, cfg.epochs,
-                     train_loss, last_psnr, seconds[-1])
-        if stopped:
+        train_loss = _train_epoch(run, model, loss_fn, epoch)
+        last_psnr = _end_epoch(run, epoch, train_loss, t0, writer)
+        if run.stopped:
             log.info("time budget of %g min spent after epoch %d", cfg.max_minutes, epoch)
             break
     if writer is not None:
         writer.close()
     if world.size > 1:
         dist.barrier()
-    return TrainResult(weights, epoch, best, last_psnr,
-                       float(np.mean(seconds)) if seconds else float("nan"), stopped)
+    return TrainResult(run.weights, epoch, run.best, last_psnr,
+                       float(np.mean(run.seconds)) if run.seconds else float("nan"), run.stopped)
+
+
+def _train_epoch(run: _Run, model: nn.Module, loss_fn: Callable, epoch: int) -> float:
+    """One epoch over this process's share of the training data (until the time budget is
+    spent); the mean training loss over all processes."""
+    cfg, world, data = run.cfg, run.world, run.train_set
+    model.train()
+    total, count = 0.0, 0
+    steps_per_epoch = max(1, len(data) * data.crops_per_sample // world.size // cfg.batch_size)
+    shuffle = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)   # same order on every rank
+    # crops drawn per epoch from its own seed: a resumed run trains exactly as an uninterrupted one
+    torch.manual_seed((cfg.seed * 100003 + epoch) * 1009 + world.rank)
+    for step, batch in enumerate(data.batches(cfg.batch_size, shuffle, world.rank, world.size)):
+        _schedule(run, (epoch - 1 + step / steps_per_epoch) / cfg.epochs)
+        loss = _step(run, model, loss_fn, batch, epoch)
+        total, count = total + loss * len(batch[0]), count + len(batch[0])
+        if time.monotonic() - run.started > run.budget:
+            run.stopped = True
+            break
+    run.stopped = world.any(run.stopped)
+    return world.mean(total / max(count, 1), count)
+
+
+def _schedule(run: _Run, epochs_progress: float) -> None:
+    """The learning rate: cosine schedule over whichever ends first, the epochs (``epochs_progress``
+    of them done) or the time budget."""
+    progress = max(epochs_progress, (time.monotonic() - run.started) / run.budget)
+    for group in run.optimizer.param_groups:
+        group["lr"] = cosine_lr(run.cfg.lr, min(progress, 1.0))
+
+
+def _step(run: _Run, model: nn.Module, loss_fn: Callable, batch: Sequence[torch.Tensor],
+          epoch: int) -> float:
+    """One optimiser step on ``batch`` (x, y, u); its loss."""
+    x, y, u = (t.to(run.device) for t in batch)
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.device.type == "cuda"):
+        pred = model(x, u)                                          # (B, C_out, h, w)
+    # the loss compares in the network domain, where every decade counts alike
+    loss = loss_fn(to_network(pred.float(), run.proxy.scale), to_network(y, run.proxy.scale))
+    if not torch.isfinite(loss):
+        raise _diverged(f"the training loss became {loss.item()}", epoch, run)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    return loss.item()
+
+
+def _end_epoch(run: _Run, epoch: int, train_loss: float, t0: float, writer) -> float:
+    """After an epoch: check the weights, validate, record the epoch, and (rank 0) write its
+    checkpoints and logs; the validation PSNR."""
+    bad = [n for n, p in run.proxy.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise _diverged(f"weights {bad[0]} hold NaN or Inf", epoch, run)
+    val_psnr = _validate(run.proxy, run.val_set, run.device, run.world) if run.val_set is not None else float("nan")
+    if run.val_set is not None and math.isnan(val_psnr):
+        raise _diverged("the validation PSNR is NaN", epoch, run)
+    run.seconds.append(time.monotonic() - t0)
+    improved = run.val_set is None or math.isnan(run.best) or val_psnr > run.best
+    run.best = val_psnr if improved else run.best
+    run.history.append({"epoch": epoch, "train_loss": train_loss, "val_psnr": val_psnr,
+                        "seconds": run.seconds[-1], "lr": run.optimizer.param_groups[0]["lr"]})
+    if run.world.main:
+        _save_epoch(run, epoch, improved)
+        _log_epoch(run, epoch, writer)
+    return val_psnr
+
+
+def _save_epoch(run: _Run, epoch: int, improved: bool) -> None:
+    """The checkpoints of an epoch: last.pt, best.pt when it improved, every ``save_every`` epochs."""
+    cfg = run.cfg
+    state = {"epoch": epoch, "best_psnr": run.best, "val_psnr": run.history[-1]["val_psnr"],
+             "history": run.history, "completed": epoch == cfg.epochs or run.stopped,
+             "optimizer": run.optimizer.state_dict(),
+             "train_config": {k: v for k, v in vars(cfg).items() if k != "settings"}, "settings": cfg.settings,
+             "train_dataset": str(run.stage1), "val_dataset": str(run.stage2) if run.val_set is not None else ""}
+    save_checkpoint(run.weights / "last.pt", run.proxy, **state)
+    if improved:
+        save_checkpoint(run.weights / "best.pt", run.proxy, **state)
+    if cfg.save_every and epoch % cfg.save_every == 0:
+        save_checkpoint(run.weights / f"epoch_{epoch:04d}.pt", run.proxy, **state)
+
+
+def _log_epoch(run: _Run, epoch: int, writer) -> None:
+    """log.csv and log.png, TensorBoard, the prediction grid when due, and the epoch's log line."""
+    cfg, done = run.cfg, run.history[-1]
+    _write_log(run.weights, run.history)
+    if writer is not None:
+        writer.add_scalar("train_loss", done["train_loss"], epoch)
+        writer.add_scalar("val_psnr", done["val_psnr"], epoch)
+    if run.val_set is not None and (epoch % max(cfg.grid_every, 1) == 0 or epoch == cfg.epochs or run.stopped):
+        _prediction_grid(run.proxy, run.val_set, run.device, run.predictions / f"epoch_{epoch:04d}.png",
+                         cfg.grid_samples)
+    log.info("epoch %d/%d  loss %.5f  val PSNR %.2f dB  %.1f s", epoch, cfg.epochs,
+             done["train_loss"], done["val_psnr"], done["seconds"])
 
 
 @torch.no_grad()
@@ -299,10 +356,10 @@ def start_at_mean_offset(proxy: Proxy, data: TapoutDataset, count: int = 16, thr
                  " ".join(f"{v:+.2f}" for v in offset.tolist()))
 
 
-def _diverged(what: str, epoch: int, weights: Path, cfg: TrainConfig, stage1: Path) -> UserError:
+def _diverged(what: str, epoch: int, run: _Run) -> UserError:
     """The error that stops a diverged training; nothing of that epoch was saved."""
-    return UserError(f"{what} at epoch {epoch}; nothing of this epoch is saved ({weights / 'last.pt'} "
-                     f"keeps epoch {epoch - 1}); lower --lr (now {cfg.lr:g}) or check the dataset {stage1}")
+    return UserError(f"{what} at epoch {epoch}; nothing of this epoch is saved ({run.weights / 'last.pt'} "
+                     f"keeps epoch {epoch - 1}); lower --lr (now {run.cfg.lr:g}) or check the dataset {run.stage1}")
 
 
 def cosine_lr(lr: float, progress: float) -> float:
@@ -328,7 +385,7 @@ def _resume(path: Path, proxy: Proxy, optimizer, cfg: TrainConfig,
             raise UserError(f"{path} holds a proxy with another {key} ({payload.get(key)!r}, "
                             f"now {mine.get(key)!r}); use another -c NAME or remove {path.parent}")
     try:
-        proxy.load_state_dict(payload["state_dict"])
+        proxy.load_weights(payload["state_dict"])
         optimizer.load_state_dict(payload["optimizer"])
         done = payload["epoch"], payload["best_psnr"], list(payload["history"]), bool(payload.get("completed"))
     except (KeyError, TypeError, ValueError, RuntimeError) as e:   # written by another version
