@@ -23,7 +23,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from utils.cli import check_out, parse, script_parser
+from utils.cli import check_number, check_out, parse, script_parser
 from utils.darktable.runner import Darktable
 from utils.data.budget import check_free, pipeline_bytes
 from utils.data.images import builtin_images, list_images
@@ -66,12 +66,9 @@ def main() -> int:
     lines = parse_config(args.config or Path(settings.PIPELINE_CONFIG))
     targets = settings.PIPELINE_TARGETS if args.n is None else args.n
     iterations = settings.PIPELINE_REGRESSION_NUM_ITERS if args.iters is None else args.iters
-    if targets < 1:
-        raise UserError(f"-n {targets}: use 1 or more targets")
-    if iterations < 1:
-        raise UserError(f"--iters {iterations}: use 1 or more iterations")
-    if args.max_minutes < 0:
-        raise UserError(f"--max-minutes {args.max_minutes:g}: use 0 (no limit) or more")
+    check_number("-n", targets, 1)
+    check_number("--iters", iterations, 1)
+    check_number("--max-minutes", args.max_minutes, 0)
     device = resolve_device(args.device)
     check_out(paths)
     eval_dir = args.eval_images or builtin_images("eval", settings)

@@ -15,6 +15,7 @@ sliders whose range spans decades): ``Slider.to_unit`` / ``Slider.from_unit``
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -110,7 +111,9 @@ def checkpoint_state_dict(proxy: Proxy) -> dict[str, torch.Tensor]:
 def save_checkpoint(path: Path, proxy: Proxy, **state: Any) -> None:
     """Write ``path`` atomically: the proxy's description, its weights and ``state``."""
     payload = {**proxy.describe(), "state_dict": checkpoint_state_dict(proxy), **state}
-    write_atomic(path, lambda tmp: torch.save(payload, tmp))
+    buffer = io.BytesIO()        # serialised first: a failed write is then an OSError with its errno
+    torch.save(payload, buffer)
+    write_atomic(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

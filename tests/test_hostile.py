@@ -163,3 +163,23 @@ def test_full_disk_during_generation_loses_nothing(folders, tmp_path):
             mine = (out / stage / "exposure_exposure_black" / "manifest.csv").read_text()
             theirs = (reference / stage / "exposure_exposure_black" / "manifest.csv").read_text()
             assert mine == theirs
+
+
+def test_full_disk_while_training_is_one_line_and_leaves_no_temporary_file(tmp_path):
+    """The weights folder's file system fills up at the first checkpoint: one line naming the
+    checkpoint, exit 2, no temporary file; with room again the same command trains."""
+    from tests.test_reliability import NAME, write_dataset
+    data = tmp_path / "data"
+    write_dataset(data / "stage_1" / NAME, 2, 6)
+    write_dataset(data / "stage_2" / NAME, 1, 3, seed=1)
+    with tmpfs(tmp_path / "small", "size=48k") as mount:
+        args = ["exposure", "-d", str(data / "stage_1" / NAME), "--out", str(mount), "--no-eval", "--device", "cpu",
+                "--epochs", "1", "--batch-size", "4", "--set", "PROXY_MODEL_SIZE=tiny", "--set", "SAVE_OUTPUT_FREQ=1000"]
+        proc = run("Darktable_proxies.py", *args)
+        assert proc.returncode == 2
+        one_line(proc, "no space left on its device")
+        assert not [p for p in files_under(mount) if p.name.endswith(".tmp")]
+        remount(mount, "size=8m")
+        proc = run("Darktable_proxies.py", *args)
+        assert proc.returncode == 0, proc.stderr
+        assert (mount / f"{NAME}_model_weights" / "last.pt").exists()
