@@ -38,7 +38,7 @@ from utils.proxies.make import DataRequest, disk_usage, generate_data, train_pro
 from utils.proxies.registry import PROXIES, describe, proxy_name
 from utils.proxies.train import default_config
 from utils.proxies.trained import load_trained
-from utils.runs import RunPaths
+from utils.runs import RunPaths, held_out
 from utils.settings import DEFAULTS, Settings
 
 log = logging.getLogger("darktable_proxies")
@@ -108,13 +108,10 @@ def check_request(args: argparse.Namespace, request: DataRequest, paths: RunPath
         return
     check_image_sizes([*request.images, *request.eval_images], request.proxy, request.size)
     needed = 0
-    for stage, wanted, images, per_image in ((1, settings.GENERATE_STAGE_1, request.images, request.per_image),
-                                             (2, settings.GENERATE_STAGE_2, request.eval_images,
-                                              settings.STAGE_2_SAMPLES_PER_IMAGE)):
+    for stage, images, per_image in request.stages(settings):
         folder = paths.stage(stage, request.name)
-        if wanted:
-            needed += max(0, dataset_bytes(request.proxy, images, per_image, request.size) -
-                          (disk_usage(folder) if folder.is_dir() else 0))
+        needed += max(0, dataset_bytes(request.proxy, images, per_image, request.size) -
+                      (disk_usage(folder) if folder.is_dir() else 0))
     check_free(paths.root, needed, f"generating the {request.name} datasets",
                "lower -n or --size, free some space, or choose another --out")
 
@@ -194,7 +191,7 @@ def main() -> int:
 def evaluate_proxy(args: argparse.Namespace, request: DataRequest, stage1: Path, paths: RunPaths,
                    settings: Settings, device) -> None:
     """Evaluate the trained proxy on its stage-2 data and print the report."""
-    stage2 = stage1.parent.parent / "stage_2" / stage1.name
+    stage2 = held_out(stage1)
     if not (stage2 / "manifest.csv").exists():
         raise UserError(f"no stage-2 data at {stage2} to evaluate on; generate it "
                         "(--set GENERATE_STAGE_2=true) or pass --no-eval")

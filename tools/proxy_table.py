@@ -25,24 +25,23 @@ import torch  # noqa: E402
 
 import Constants as C  # noqa: E402
 from models.proxy import IncompatibleCheckpoint, read_checkpoint  # noqa: E402
-from utils.cli import proxy_name  # noqa: E402
+
 from utils.darktable.files import read_tiff  # noqa: E402
 from utils.data.manifest import read_manifest  # noqa: E402
 from utils.data.tapouts import to_chw  # noqa: E402
 from utils.errors import UserError, cli_main  # noqa: E402
 from utils.evaluation.metrics import psnr  # noqa: E402
-from utils.proxies.registry import PROXIES, get_proxy  # noqa: E402
+from utils.proxies.registry import PROXIES, get_proxy, proxy_name  # noqa: E402
 from utils.proxies.schema import ProxyType  # noqa: E402
+from utils.runs import RunPaths  # noqa: E402
 
 COMMAND = "python Darktable_proxies.py {type} -n 20 --size 128 --max-minutes 2 --no-eval"
 HEADER = ("| type | darktable operation | sliders (range, scale) | model | val_psnr dB best (last), epochs "
           "| identity dB |\n|---|---|---|---|---|---|")
 
-
 def sliders_cell(proxy: ProxyType) -> str:
     return ", ".join(f"`{s.name}` {s.lo:g}..{s.hi:g}{' log' if s.scale == 'log' else ''}"
                      for s in proxy.sliders) or "none"
-
 
 def identity_psnr(stage2: Path) -> str:
     """Mean PSNR of the inputs as predictions of the outputs over a stage-2 dataset."""
@@ -54,10 +53,9 @@ def identity_psnr(stage2: Path) -> str:
               for r in rows]
     return f"{sum(scores) / len(scores):.2f}" if scores else ""
 
-
 def measured(root: Path, proxy: ProxyType) -> tuple[str, str]:
     """(model family, PSNR cell) from the run's checkpoint and log.csv; family '' if no run."""
-    weights = root / f"{proxy_name(proxy.name, proxy.sliders, None)}_model_weights"
+    weights = RunPaths(root).weights(proxy_name(proxy.name, proxy.sliders))
     try:
         with open(weights / "log.csv", newline="") as f:
             history = list(csv.DictReader(f))
@@ -75,13 +73,11 @@ def measured(root: Path, proxy: ProxyType) -> tuple[str, str]:
             continue
     return family, f"{max(psnrs):.2f} ({psnrs[-1]:.2f}), {len(history)}"
 
-
 def row(root: Path, proxy: ProxyType) -> str:
     family, val = measured(root, proxy)
-    identity = identity_psnr(root / "stage_2" / proxy_name(proxy.name, proxy.sliders, None))
+    identity = identity_psnr(RunPaths(root).stage(2, proxy_name(proxy.name, proxy.sliders)))
     return (f"| {proxy.name} | {proxy.operation} | {sliders_cell(proxy)} | {family or proxy.model} "
             f"| {val} | {identity} |")
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,7 +96,6 @@ def main() -> None:
     print(HEADER)
     for proxy in proxies:
         print(row(args.out, proxy))
-
 
 if __name__ == "__main__":
     cli_main(main)()

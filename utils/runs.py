@@ -75,3 +75,9 @@ def existing_ancestor(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
+
+
+def held_out(stage1: Path) -> Path:
+    """The stage-2 (held-out) twin of a stage-1 dataset folder: ``.../stage_2/NAME`` beside
+    ``.../stage_1/NAME``, also for a dataset given by path (``-d``) outside ROOT."""
+    return stage1.parent.parent / "stage_2" / stage1.name

@@ -15,7 +15,7 @@ from utils.data.manifest import save_dataset_preview
 from utils.errors import UserError
 from utils.proxies.schema import ProxyType, Slider
 from utils.proxies.train import TrainConfig, TrainResult, train
-from utils.runs import RunPaths
+from utils.runs import RunPaths, held_out
 from utils.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,17 +36,21 @@ class DataRequest:
     seed: int
     shard: Shard = Shard(1, 1)
 
+    def stages(self, settings: Settings) -> list[tuple[int, Sequence[Path], int]]:
+        """(stage, images, settings per image) of each stage the GENERATE_STAGE_1/2 settings ask for."""
+        return [(stage, images, per_image) for stage, wanted, images, per_image in (
+            (1, settings.GENERATE_STAGE_1, self.images, self.per_image),
+            (2, settings.GENERATE_STAGE_2, self.eval_images, settings.STAGE_2_SAMPLES_PER_IMAGE)) if wanted]
+
 
 def disk_usage(folder: Path) -> int:
     """Bytes used by the files under ``folder``."""
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def generate_stage(dt: Darktable, request: DataRequest, stage: int, paths: RunPaths,
-                   settings: Settings) -> int:
+def generate_stage(dt: Darktable, request: DataRequest, stage: int, images: Sequence[Path], per_image: int,
+                   paths: RunPaths, settings: Settings) -> int:
     """Generate (or complete) stage 1 or 2 of ``request``; the number of samples that failed."""
-    images = request.images if stage == 1 else request.eval_images
-    per_image = request.per_image if stage == 1 else settings.STAGE_2_SAMPLES_PER_IMAGE
     folder = paths.stage(stage, request.name)
     report = generate(dt, request.proxy, request.sliders, images, folder, per_image, request.seed, stage,
                       request.size, request.workers, request.shard, settings=settings)
@@ -70,18 +74,16 @@ def generate_data(dt: Darktable, request: DataRequest, paths: RunPaths, settings
     """The stages the GENERATE_STAGE_1/2 settings ask for (each confirmed by ``ask``); the
     number of samples that failed."""
     failed = 0
-    for stage, wanted, images, per_image in (
-            (1, settings.GENERATE_STAGE_1, request.images, request.per_image),
-            (2, settings.GENERATE_STAGE_2, request.eval_images, settings.STAGE_2_SAMPLES_PER_IMAGE)):
-        if wanted and ask(f"generate stage {stage}: {per_image} settings x {len(images)} images "
-                          f"into {paths.stage(stage, request.name)}?"):
-            failed += generate_stage(dt, request, stage, paths, settings)
+    for stage, images, per_image in request.stages(settings):
+        if ask(f"generate stage {stage}: {per_image} settings x {len(images)} images "
+               f"into {paths.stage(stage, request.name)}?"):
+            failed += generate_stage(dt, request, stage, images, per_image, paths, settings)
     return failed
 
 
 def train_proxy(request: DataRequest, stage1: Path, paths: RunPaths, cfg: TrainConfig) -> TrainResult:
     """Train ``request``'s proxy on ``stage1``, validated on its stage-2 twin."""
-    stage2 = stage1.parent.parent / "stage_2" / stage1.name
+    stage2 = held_out(stage1)
     result = train(request.proxy, request.sliders, request.name, stage1, stage2, paths, cfg)
     if os.environ.get("RANK", "0") == "0":   # under torchrun, rank 0 speaks
         log.info("trained %s: %d epochs, %.1f s/epoch, validation PSNR %.2f dB (best %.2f dB); weights in %s",
