@@ -39,9 +39,11 @@ COMMAND = "python Darktable_proxies.py {type} -n 20 --size 128 --max-minutes 2 -
 HEADER = ("| type | darktable operation | sliders (range, scale) | model | val_psnr dB best (last), epochs "
           "| identity dB |\n|---|---|---|---|---|---|")
 
+
 def sliders_cell(proxy: ProxyType) -> str:
     return ", ".join(f"`{s.name}` {s.lo:g}..{s.hi:g}{' log' if s.scale == 'log' else ''}"
                      for s in proxy.sliders) or "none"
+
 
 def identity_psnr(stage2: Path) -> str:
     """Mean PSNR of the inputs as predictions of the outputs over a stage-2 dataset."""
@@ -52,6 +54,7 @@ def identity_psnr(stage2: Path) -> str:
     scores = [float(psnr(*(torch.from_numpy(to_chw(read_tiff(r[k])))[None] for k in ("input", "output")))[0])
               for r in rows]
     return f"{sum(scores) / len(scores):.2f}" if scores else ""
+
 
 def measured(root: Path, proxy: ProxyType) -> tuple[str, str]:
     """(model family, PSNR cell) from the run's checkpoint and log.csv; family '' if no run."""
@@ -73,11 +76,13 @@ def measured(root: Path, proxy: ProxyType) -> tuple[str, str]:
             continue
     return family, f"{max(psnrs):.2f} ({psnrs[-1]:.2f}), {len(history)}"
 
+
 def row(root: Path, proxy: ProxyType) -> str:
     family, val = measured(root, proxy)
     identity = identity_psnr(RunPaths(root).stage(2, proxy_name(proxy.name, proxy.sliders)))
     return (f"| {proxy.name} | {proxy.operation} | {sliders_cell(proxy)} | {family or proxy.model} "
             f"| {val} | {identity} |")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -96,6 +101,7 @@ def main() -> None:
     print(HEADER)
     for proxy in proxies:
         print(row(args.out, proxy))
+
 
 if __name__ == "__main__":
     cli_main(main)()
