@@ -30,11 +30,14 @@ from utils.data.images import builtin_images, list_images
 from utils.devices import resolve_device
 from utils.errors import UserError, cli_main
 from utils.journal import run_lock
+from utils.darktable.dumps import is_raw
 from utils.pipeline.chain import Chain, build_blocks
+from utils.pipeline.chaindata import ChainData, sliders_of, train_chain_proxies
 from utils.pipeline.config import parse_config
+from utils.pipeline.fill import exact_block, fill_in, line_types, probe, proxy_lines
 from utils.pipeline.regress import pipeline_report, run_regression
 from utils.pipeline.targets import generate_targets
-from utils.proxies.trained import load_trained, train_missing
+from utils.proxies.trained import checkpoint_path, load_trained, missing_proxies, trained_type
 from utils.runs import RunPaths
 from utils.settings import DEFAULTS, Settings
 
@@ -53,9 +56,12 @@ def parse_args() -> tuple[argparse.Namespace, Settings, RunPaths]:
     parser.add_argument("--iters", type=int, metavar="N",
                         help=f"regression iterations (default {DEFAULTS.PIPELINE_REGRESSION_NUM_ITERS})")
     parser.add_argument("--train-missing", action="store_true",
-                        help="train every block whose proxy is not trained yet (else that is an error)")
+                        help="train every block whose proxy is not trained yet on the chain's own data "
+                             "(else that is an error)")
+    parser.add_argument("--fine-tune", action="store_true",
+                        help="continue the training of every trained block on the chain's own data")
     parser.add_argument("--max-minutes", type=float, metavar="M", default=0,
-                        help="training minutes per missing proxy (with --train-missing; 0 = no limit)")
+                        help="training minutes per proxy (--train-missing, --fine-tune; 0 = no limit)")
     parser.add_argument("-s", "--skip", action="store_true",
                         help="skip data generation: reuse the pipeline data already in ROOT/pipeline/data")
     return parse(parser)
@@ -63,7 +69,7 @@ def parse_args() -> tuple[argparse.Namespace, Settings, RunPaths]:
 
 def main() -> int:
     args, settings, paths = parse_args()
-    lines = parse_config(args.config or Path(settings.PIPELINE_CONFIG))
+    listed = proxy_lines(parse_config(args.config or Path(settings.PIPELINE_CONFIG)), paths.is_trained)
     targets = settings.PIPELINE_TARGETS if args.n is None else args.n
     iterations = settings.PIPELINE_REGRESSION_NUM_ITERS if args.iters is None else args.iters
     check_number("-n", targets, 1)
@@ -73,17 +79,30 @@ def main() -> int:
     check_out(paths)
     eval_dir = args.eval_images or builtin_images("eval", settings)
     images = list_images(eval_dir)
+    training = args.train_missing or args.fine_tune
+    train_images = list_images(args.images or builtin_images("train", settings)) if training else []
+
+    # the chain, checked from one darktable render before any training
+    dt = Darktable(settings)
+    types = line_types(listed, lambda name: trained_type(paths, name))
+    lines = fill_in(listed, types, probe(dt, listed, types, images[0], settings), is_raw(images[0]))
+    log.info("chain: %s", " -> ".join(line.name + ("" if line.lineno else " (filled in)") for line in lines))
+    proxies = [line for line in lines if not exact_block(line)]
+    missing = missing_proxies(proxies, paths, args.train_missing)
     check_free(paths.root, pipeline_bytes(images, targets, len(lines), settings.SAVE_ALL_OUTPUTS),
                f"rendering {targets} pipeline targets", "use fewer targets (-n), free some space, or choose another --out")
-    train_images = list_images(args.images or builtin_images("train", settings)) if args.train_missing else []
-    train_missing(lines, paths, settings, train_images, images,
-                  args.max_minutes if args.train_missing else None, args.device)
+    if missing or args.fine_tune:
+        chain_data = ChainData(lines, types, lambda line: sliders_of(line, paths), paths, settings,
+                               dt.install.version_string)
+        chain_data.make(dt, train_images, images, settings.PIPELINE_TRAIN_SAMPLES)
+        tune = [line for line in proxies if line not in missing] if args.fine_tune else []
+        train_chain_proxies(chain_data, missing, tune, lambda name: checkpoint_path(paths, name), settings,
+                            args.device, args.max_minutes)
 
     blocks = build_blocks(lines, lambda name: load_trained(paths, name, device)[0])
     chain = Chain(blocks, ["identity"] * (len(blocks) - 1))
     if not chain.n_sliders:
         raise UserError("the config recovers no slider: give at least one block with sliders")
-    dt = Darktable(settings)
     paths.pipeline().mkdir(parents=True, exist_ok=True)
     with run_lock(paths.pipeline() / ".lock", "regressing the pipeline"):
         data, conversions = generate_targets(dt, chain, images, paths.pipeline("data"), targets, settings,

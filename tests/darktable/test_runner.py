@@ -103,6 +103,20 @@ def test_parallel_calls_agree_and_leave_no_mount(dt, tiff16):
     assert open("/proc/self/mountinfo").read() == mounts_before
 
 
+def test_an_openmp_limit_is_not_passed_to_darktable(dt, raw_image, monkeypatch):
+    """darktable 5.0.1 under OMP_NUM_THREADS=1 left part of colorin's output unconverted."""
+    first = dt.render(raw_image, [], dump=["colorin"]).io("colorin")[1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    np.testing.assert_array_equal(dt.render(raw_image, [], dump=["colorin"]).io("colorin")[1], first)
+
+
+def test_a_probe_lists_what_darktable_runs(dt, raw_image):
+    from utils.darktable.dumps import OPERATIONS
+    render = dt.render(raw_image, [EXPOSURE.history_item(dt, {})], dump=OPERATIONS, require=False)
+    assert render.order[:4] == ["rawprepare", "temperature", "highlights", "demosaic"]
+    assert render.order.index("exposure") < render.order.index("colorin") < render.order.index("colorout")
+
+
 def test_missing_dump_is_named(dt, tiff16):
     with pytest.raises(DarktableError, match="no 'in' tap-out for temperature"):
         dt.render(tiff16, [], dump=["temperature"])

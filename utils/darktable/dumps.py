@@ -15,6 +15,21 @@ from utils.errors import DarktableError
 DISPLAY_EXTENSIONS = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".exr", ".pfm", ".webp",
                       ".avif", ".heic", ".heif", ".jxl", ".jp2", ".j2k", ".ppm", ".pgm", ".pnm"}
 
+# darktable 5.0's image operations (its iop plugin names, less mask_manager): dumping all of
+# them shows which modules a pipe runs and in which order (a probe render's ``Render.order``).
+OPERATIONS = tuple("""
+    ashift atrous basecurve basicadj bilat bilateral bloom blurs borders cacorrect cacorrectrgb
+    censorize channelmixer channelmixerrgb clahe clipping colisa colorbalance colorbalancergb
+    colorchecker colorcontrast colorcorrection colorequal colorin colorize colormapping colorout
+    colorreconstruct colortransfer colorzones crop defringe demosaic denoiseprofile diffuse
+    dither enlargecanvas equalizer exposure filmic filmicrgb finalscale flip gamma globaltonemap
+    graduatednd grain hazeremoval highlights highpass hotpixels invert lens levels liquify
+    lowlight lowpass lut3d monochrome negadoctor nlmeans overexposed overlay primaries
+    profile_gamma rawdenoise rawoverexposed rawprepare relight retouch rgbcurve rgblevels
+    rotatepixels scalepixels shadhi sharpen sigmoid soften splittoning spots temperature
+    tonecurve toneequal tonemap velvia vibrance vignette watermark zonesystem
+""".split())
+
 
 def is_raw(path: str | Path) -> bool:
     return Path(path).suffix.lower() not in DISPLAY_EXTENSIONS

@@ -100,21 +100,23 @@ class Darktable:
 
     def render(self, image: str | Path, history: Sequence[HistoryItem] = (),
                dump: Sequence[str] = (), size: int = 0, hq: bool = True, output: bool = False,
-               check_params: bool = True) -> Render:
+               check_params: bool = True, require: bool = True) -> Render:
         """Process one image with ``history``; the tap-outs of the ``dump`` modules.
 
         ``size`` bounds the export (0 = full size); with ``hq`` darktable processes everything
         before ``finalscale`` at full resolution, without it demosaic already downscales.
+        Without ``require``, a ``dump`` module that is not in the pipe is left out instead of
+        being an error (a probe of which modules darktable runs: ``Render.order``).
         """
         result = self.render_batch([Job(Path(image), tuple(history))], dump, size, hq, output,
-                                   check_params)[0]
+                                   check_params, require)[0]
         if isinstance(result, DarktableError):
             raise result
         return result
 
     def render_batch(self, jobs: Sequence[Job], dump: Sequence[str] = (), size: int = 0,
-                     hq: bool = True, output: bool = False,
-                     check_params: bool = True) -> list[Render | DarktableError]:
+                     hq: bool = True, output: bool = False, check_params: bool = True,
+                     require: bool = True) -> list[Render | DarktableError]:
         """Process several jobs in ONE darktable-cli process (its start-up is paid once).
 
         Each job's image is linked into a private folder with its own XMP sidecar and the
@@ -135,7 +137,7 @@ class Darktable:
             status, text = self.processes.run(cmd, cwd=work)
             why = (f"darktable-cli exited with status {status} running '{shlex.join(cmd)}'"
                    if status else "darktable exported nothing")
-            return _read_results(jobs, work, text, why, dump, output, check_params)
+            return _read_results(jobs, work, text, why, dump, output, check_params, require)
 
     def render_many(self, jobs: Sequence[Job], dump: Sequence[str] = (), size: int = 0,
                     hq: bool = True, batch_size: int = 32,
@@ -185,7 +187,7 @@ def _prepare(work: Path, jobs: Sequence[Job]) -> tuple[Path, Path]:
 
 
 def _read_results(jobs: Sequence[Job], work: Path, text: str, why: str, dump: Sequence[str],
-                  output: bool, check_params: bool) -> list[Render | DarktableError]:
+                  output: bool, check_params: bool, require: bool = True) -> list[Render | DarktableError]:
     """Per job, its Render from its part of darktable's log ``text`` and the files in ``work``,
     or the DarktableError that says why it has none (``why``, for a job darktable did not export)."""
     parts, rest = split_batch_log(text)
@@ -197,7 +199,7 @@ def _read_results(jobs: Sequence[Job], work: Path, text: str, why: str, dump: Se
                 raise DarktableError(f"{why}: {_tail(rest or text)}")
             if check_params:
                 check_params_accepted(job.history, part)
-            render = _collect(work / "dump" / "export", dump if job.dump is None else job.dump, part)
+            render = _collect(work / "dump" / "export", dump if job.dump is None else job.dump, part, require)
             if output:
                 render.output = read_tapout(work / "out" / f"{k:05d}.pfm")
             results.append(render)
@@ -206,8 +208,9 @@ def _read_results(jobs: Sequence[Job], work: Path, text: str, why: str, dump: Se
     return results
 
 
-def _collect(dump_dir: Path, wanted: Sequence[str], part: str) -> Render:
-    """Read the tap-outs of ``wanted`` modules that ``part`` of the log says were written."""
+def _collect(dump_dir: Path, wanted: Sequence[str], part: str, require: bool = True) -> Render:
+    """Read the tap-outs of ``wanted`` modules that ``part`` of the log says were written
+    (with ``require``, a wanted module without them is an error)."""
     found: dict[tuple[str, str], tuple[int, Path]] = {}
     for m in _DUMPED_RE.finditer(part):
         name = parse_dump_name(Path(m[1]).name)
@@ -218,7 +221,7 @@ def _collect(dump_dir: Path, wanted: Sequence[str], part: str) -> Render:
             raise DarktableError(f"darktable dumped {name.operation} {name.kind} twice "
                                  "(several instances of one module are not supported)")
         found[key] = (name.index, dump_dir / Path(m[1]).name)
-    for op in wanted:
+    for op in wanted if require else ():
         for kind in ("in", "out"):
             if (op, kind) not in found:
                 raise DarktableError(

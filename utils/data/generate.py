@@ -139,7 +139,7 @@ def check_sample(sample: Sample, render: Render, operation: str) -> tuple[np.nda
     return tap_in, tap_out
 
 
-class _Writer:
+class SampleWriter:
     """Records checked samples into a dataset folder: files first, then the part file row."""
 
     def __init__(self, folder: Path, sliders: Sequence[Slider], header: Sequence[str], part: Path):
@@ -261,7 +261,7 @@ def generate(dt: Darktable, proxy: ProxyType, sliders: Sequence[Slider], images:
         done = {row["sample"] for part in (folder / "parts").glob("*.csv") for row in read_rows(part)}
         mine = [s for s in samples if shard.holds(s)]
         todo = [s for s in mine if s.key not in done]
-        writer = _Writer(folder, drawn, header, folder / "parts" / f"{shard.name}.csv")
+        writer = SampleWriter(folder, drawn, header, folder / "parts" / f"{shard.name}.csv")
         try:
             failed = _run_jobs(dt, proxy, todo, writer, size, workers,
                                batch_size or settings.DARKTABLE_BATCH_SIZE, settings.DARKTABLE_RETRIES)
@@ -293,7 +293,7 @@ def _batches(samples: Sequence[Sample], size: int, workers: int) -> list[list[Sa
     return [list(samples[a:b]) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-def _run_jobs(dt: Darktable, proxy: ProxyType, todo: Sequence[Sample], writer: _Writer,
+def _run_jobs(dt: Darktable, proxy: ProxyType, todo: Sequence[Sample], writer: SampleWriter,
               size: int, workers: int, batch_size: int, retries: int) -> dict[str, str]:
     """Render ``todo`` in parallel batches, retrying failures; the samples that still failed."""
     size, hq = render_size(proxy, size)

@@ -1,5 +1,9 @@
 """Chained proxies: a differentiable replica of a stretch of darktable's pipe.
 
+Blocks are trained proxies or, for modules darktable runs at their defaults with simple maths
+(colorin, colorout), exact differentiable stand-ins (models/fixed.py) conditioned on the
+image's context (``Chain.context``: its CFA pattern and colour matrix, never regressed).
+
 Between two blocks the chain applies exactly the conversion darktable's pipe applies between
 those modules (identity, Lab -> linear Rec.2020 or the reverse; models/colorspace.py): it is
 chosen once per pipeline by matching darktable's own tap-outs (the output of block k,
@@ -16,6 +20,7 @@ import torch
 from torch import nn
 
 from models.colorspace import CONVERSIONS
+from models.fixed import EXACT, Fixed, ImageContext
 from models.proxy import Proxy
 from utils.darktable.runner import Render
 from utils.data.tapouts import to_chw
@@ -30,10 +35,10 @@ GLUE_MIN_PSNR = 80.0     # dB; a conversion must reproduce darktable's next inpu
 
 @dataclass
 class Block:
-    """One trained proxy in the chain, and which of its sliders are recovered."""
+    """One trained proxy (or exact fixed module) in the chain, and which of its sliders are recovered."""
 
     line: BlockLine
-    proxy: Proxy
+    proxy: Proxy | Fixed
     proxy_type: ProxyType
     recovered: list[str]              # names, in the proxy's slider order
 
@@ -44,6 +49,11 @@ class Block:
     @property
     def operation(self) -> str:
         return self.proxy_type.operation
+
+    @property
+    def exact(self) -> bool:
+        """Whether the block is computed exactly (a module at its defaults), not a proxy."""
+        return isinstance(self.proxy, Fixed)
 
     @property
     def sliders(self) -> list[Slider]:
@@ -57,9 +67,13 @@ class Block:
 
 
 def build_blocks(lines: Sequence[BlockLine], load: Callable[[str], Proxy]) -> list[Block]:
-    """The chain's blocks: each line's trained proxy (``load(name)``) and its sliders."""
+    """The chain's blocks: each line's trained proxy (``load(name)``) or exact stand-in
+    (``utils.pipeline.fill.exact_block``), and its sliders."""
     blocks = []
     for line in lines:
+        if line.name in EXACT and not PROXIES[line.name].sliders:
+            blocks.append(Block(line, EXACT[line.name](), PROXIES[line.name], []))
+            continue
         proxy = load(line.name)
         type_name = proxy.meta.get("proxy_type", "")
         proxy_type = get_proxy(type_name) if type_name in PROXIES else split_proxy_name(line.name)[0]
@@ -91,7 +105,7 @@ class Chain(nn.Module):
             self.slices.append(slice(start, start + len(b.recovered)))
             start += len(b.recovered)
         self.n_sliders = start
-        self.pattern = "RGGB"   # CFA pattern of the current image's mosaic (for mosaic blocks)
+        self.context = ImageContext()   # the current image's (CFA pattern, colour matrix)
 
     @property
     def mosaic(self) -> bool:
@@ -120,10 +134,12 @@ class Chain(nn.Module):
         for k, block in enumerate(self.blocks):
             if k:
                 x = CONVERSIONS[self.conversions[k - 1]](x)
-            if block.proxy.layout == "rgb":
+            if block.exact:
+                x = block.proxy(x, self.block_u(k, u), self.context)
+            elif block.proxy.layout == "rgb":
                 x = block.proxy(x, self.block_u(k, u))
             else:
-                x = block.proxy(x, self.block_u(k, u), self.pattern)
+                x = block.proxy(x, self.block_u(k, u), self.context.pattern)
             outputs.append(x)
         return (x, outputs) if keep else x
 

@@ -47,7 +47,7 @@ def chain_fidelity(chain: Chain, target: Target, device: torch.device) -> list[f
     """Each block's output when the chain runs at the TRUE sliders from darktable's first
     input, against darktable's tap-out of that block."""
     x = target.load(chain.blocks[0].operation, "in").to(device)
-    chain.pattern = target.pattern
+    chain.context = target.context
     _, outputs = chain(x, target.u[None].to(device), keep=True)
     return [_psnr(o.cpu(), target.load(b.operation, "out")) for b, o in zip(chain.blocks, outputs)]
 
@@ -58,7 +58,7 @@ def regress_target(chain: Chain, target: Target, device: torch.device, iteration
     x = target.load(chain.blocks[0].operation, "in").to(device)
     y = target.load(chain.blocks[-1].operation, "out").to(device)
     generator = torch.Generator().manual_seed(seed)
-    chain.pattern = target.pattern
+    chain.context = target.context
     rec = regress(chain, chain.n_sliders, chain.scale, x, y, iterations, restarts, generator,
                   frame_every=frame_every, crop=crop)
     with torch.no_grad():
@@ -81,7 +81,7 @@ def save_outputs(chain: Chain, target: Target, u: torch.Tensor, folder: Path, de
     folder.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         x = target.load(chain.blocks[0].operation, "in").to(device)
-        chain.pattern = target.pattern
+        chain.context = target.context
         _, outputs = chain(x, u[None].to(device), keep=True)
     tiles, labels = [], []
     for k, (block, out) in enumerate(zip(chain.blocks, outputs)):
@@ -173,7 +173,7 @@ def run_regression(dt: Darktable, chain: Chain, targets: Sequence[Target], conve
     freeze(chain)
     s = settings
     meta = {"blocks": [b.name for b in chain.blocks], "sliders": chain.slider_labels(),
-            "weights": [weights_digest(b.proxy) for b in chain.blocks], "targets": [t.key for t in targets],
+            "weights": ["exact" if b.exact else weights_digest(b.proxy) for b in chain.blocks], "targets": [t.key for t in targets],
             "iterations": iterations, "restarts": s.PARAM_TUNING_RESTARTS, "seed": s.SEED,
             "crop": s.REGRESSION_CROP, "format": RESULT_FORMAT}
     with Journal(paths.pipeline() / "regression.jsonl", meta) as journal:

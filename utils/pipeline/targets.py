@@ -16,19 +16,19 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from models.fixed import ImageContext
 from models.mosaic import even_crop
 from utils.atomic import write_text_atomic
 from utils.darktable.dumps import is_raw
 from utils.darktable.files import read_tiff, write_tiff_atomic
 from utils.darktable.runner import Darktable, Job
 from utils.darktable.xmp import HistoryItem
-from utils.data.images import cfa_pattern
 from utils.data.manifest import read_rows
 from utils.data.sampling import latin_hypercube
 from utils.data.tapouts import to_chw
 from utils.errors import UserError
-from utils.pipeline.chain import Block, Chain, check_order, choose_conversions
-from utils.proxies.registry import PROXIES
+from utils.pipeline.chain import Chain, check_order, choose_conversions
+from utils.pipeline.fill import disabled_modules, image_context, probe
 from utils.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,28 +47,15 @@ class PipelineSpec:
     conversions: list[str] = field(default_factory=list)
 
 
-def disabled_modules(dt: Darktable, blocks: Sequence[Block], image: Path,
-                     names: Sequence[str]) -> list[HistoryItem]:
-    """Modules turned off in pipeline renders unless they are blocks: highlight reconstruction
-    (raw only) would otherwise change pixels between temperature and demosaic, and made
-    renders depend on the other images of a darktable process."""
-    ops = {b.operation for b in blocks}
-    items = []
-    for name in names:
-        proxy_type = PROXIES.get(name)
-        if proxy_type is None or proxy_type.operation in ops or not is_raw(image):
-            continue
-        items.append(proxy_type.history_item(dt, {}, enabled=False))
-    return items
-
-
 def history(dt: Darktable, chain: Chain, values: dict[str, dict[str, float]], image: Path,
             settings: Settings) -> tuple[HistoryItem, ...]:
-    """The history of one render: every block at ``values`` (others at defaults), and the
-    PIPELINE_DISABLED_MODULES that are not blocks turned off."""
+    """The history of one render: every proxy block at ``values`` (others at defaults; exact
+    blocks run at darktable's defaults), and the PIPELINE_DISABLED_MODULES that are not blocks
+    turned off."""
     items = [b.proxy_type.history_item(dt, {**{s.name: s.default for s in b.proxy.sliders},
-                                            **values.get(b.name, {})}) for b in chain.blocks]
-    return tuple(items + disabled_modules(dt, chain.blocks, image, settings.PIPELINE_DISABLED_MODULES))
+                                            **values.get(b.name, {})}) for b in chain.blocks if not b.exact]
+    return tuple(items + disabled_modules(dt, [b.operation for b in chain.blocks], image,
+                                          settings.PIPELINE_DISABLED_MODULES))
 
 
 def draw_targets(chain: Chain, images: Sequence[Path], count: int, seed: int) -> list[tuple[str, Path, torch.Tensor]]:
@@ -96,7 +83,7 @@ class Target:
     image: str
     u: torch.Tensor                          # true normalised sliders
     taps: dict[tuple[str, str], Path]        # (operation, in|out) -> TIFF
-    pattern: str = ""                        # CFA pattern at the mosaic tap-outs (raw input)
+    context: ImageContext = field(default_factory=ImageContext)   # the image's (fixed blocks, mosaics)
 
     def load(self, operation: str, kind: str) -> torch.Tensor:
         """A tap-out as (1, C, H, W), cropped to even sides from the top-left corner (which
@@ -122,14 +109,31 @@ def generate_targets(dt: Darktable, chain: Chain, images: Sequence[Path], folder
     write_text_atomic(folder / "pipeline.json", json.dumps(asdict(spec), indent=1) + "\n")
     ops = [b.operation for b in chain.blocks]
     done_rows = {r["target"]: r for r in read_rows(manifest)}
+    contexts = image_contexts(dt, chain, images, folder, settings)
     targets = [Target(key, done_rows[key]["image"], u,
                       {(op, kind): folder / f"{key}_{op}_{kind}.tif" for op in ops for kind in ("in", "out")},
-                      done_rows[key]["pattern"])
+                      contexts[done_rows[key]["image"]])
                for key, _, u in planned if key in done_rows]
     if not targets:
         raise UserError(f"no pipeline targets in {folder}; run without -s to render them" if not render
                         else "no pipeline target could be rendered; see the warnings above")
     return targets, spec.conversions
+
+
+def image_contexts(dt: Darktable, chain: Chain, images: Sequence[Path], folder: Path,
+                   settings: Settings) -> dict[str, ImageContext]:
+    """Each image's context (utils.pipeline.fill.image_context), from one render of it with
+    the chain at its defaults; kept in ``folder/contexts.json``."""
+    path = folder / "contexts.json"
+    known = json.loads(path.read_text()) if path.exists() else {}
+    lines, types = [b.line for b in chain.blocks], {b.name: b.proxy_type for b in chain.blocks}
+    colorin = any(b.exact and b.operation == "colorin" for b in chain.blocks)
+    for image in images:
+        if image.name not in known:
+            render = probe(dt, lines, types, image, settings)
+            known[image.name] = image_context(dt, image, render, colorin).to_dict()
+            write_text_atomic(path, json.dumps(known, indent=1) + "\n")
+    return {name: ImageContext.from_dict(d) for name, d in known.items()}
 
 
 def _data_folder(parent: Path, spec: PipelineSpec) -> Path:
@@ -158,7 +162,7 @@ def _render_targets(dt: Darktable, chain: Chain, todo: Sequence[tuple[str, Path,
     new = not manifest.exists()
     with open(manifest, "a") as f:
         if new:
-            f.write("target,image,pattern\n")
+            f.write("target,image\n")
         for (key, image, u), result in zip(todo, results):
             if isinstance(result, Exception):
                 log.warning("pipeline target %s failed: %s", key, result)
@@ -170,7 +174,6 @@ def _render_targets(dt: Darktable, chain: Chain, todo: Sequence[tuple[str, Path,
                 if not np.isfinite(array).all():
                     raise UserError(f"darktable's {op} {kind} tap-out of target {key} holds NaN or Inf")
                 write_tiff_atomic(folder / f"{key}_{op}_{kind}.tif", array)
-            pattern = cfa_pattern(image, dt) if is_raw(image) else ""
-            f.write(f"{key},{image.name},{pattern}\n")
+            f.write(f"{key},{image.name}\n")
             f.flush()
             os.fsync(f.fileno())

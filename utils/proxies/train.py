@@ -209,7 +209,8 @@ class _Run:
 def _train(run: _Run) -> TrainResult:
     cfg, world = run.cfg, run.world
     start_epoch, run.best, run.history, completed = _resume(run.weights / "last.pt", run.proxy,
-                                                            run.optimizer, cfg, run.device)
+                                                            run.optimizer, cfg, run.device,
+                                                            str(run.stage2) if run.val_set is not None else "")
     last_psnr = run.history[-1]["val_psnr"] if run.history else float("nan")
     if completed and not cfg.resume:
         log.info("training of %s is complete (%d epochs, validation PSNR %.2f dB); --resume "
@@ -367,10 +368,12 @@ def cosine_lr(lr: float, progress: float) -> float:
     return lr / 100 + (lr - lr / 100) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _resume(path: Path, proxy: Proxy, optimizer, cfg: TrainConfig,
-            device: torch.device) -> tuple[int, float, list[dict], bool]:
+def _resume(path: Path, proxy: Proxy, optimizer, cfg: TrainConfig, device: torch.device,
+            val_dataset: str = "") -> tuple[int, float, list[dict], bool]:
     """Continue from ``path`` when it exists and fits: (epoch done, best PSNR, history,
-    whether that run completed: it reached its epochs or spent its time budget)."""
+    whether that run completed: it reached its epochs or spent its time budget). A best PSNR
+    measured on another validation set than ``val_dataset`` (a proxy fine-tuned on new data)
+    is forgotten: the first epoch on the new data becomes the best."""
     if not path.exists():
         if cfg.resume:
             raise UserError(f"--resume: no checkpoint {path}; train without --resume first")
@@ -387,7 +390,8 @@ def _resume(path: Path, proxy: Proxy, optimizer, cfg: TrainConfig,
     try:
         proxy.load_weights(payload["state_dict"])
         optimizer.load_state_dict(payload["optimizer"])
-        done = payload["epoch"], payload["best_psnr"], list(payload["history"]), bool(payload.get("completed"))
+        best = payload["best_psnr"] if payload.get("val_dataset", "") == val_dataset else float("nan")
+        done = payload["epoch"], best, list(payload["history"]), bool(payload.get("completed"))
     except (KeyError, TypeError, ValueError, RuntimeError) as e:   # written by another version
         raise UserError(f"{path} cannot be resumed by this version ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:200]}); move {path.parent} away (or use another "

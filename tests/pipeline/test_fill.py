@@ -1,0 +1,123 @@
+"""Filling in a chain: the modules darktable runs between the listed ones, checked from one
+render; the exact fixed blocks against darktable's own tap-outs; chain data."""
+import numpy as np
+import pytest
+import torch
+
+from models.fixed import ColorIn, ColorOut
+from utils.darktable.runner import Render
+from utils.data.manifest import read_manifest, read_spec
+from utils.data.tapouts import to_chw
+from utils.errors import UserError
+from utils.evaluation.metrics import psnr
+from utils.pipeline.config import BlockLine
+from utils.pipeline.fill import exact_block, fill_in, image_context, line_types, probe, proxy_lines
+from utils.proxies.registry import PROXIES
+from utils.runs import RunPaths
+from utils.settings import DEFAULTS
+
+RAW_ORDER = ["rawprepare", "temperature", "demosaic", "exposure", "colorin", "colorbalancergb", "finalscale",
+             "colorout"]
+
+
+def fake_render(order, no_ops=("finalscale",)):
+    tapouts = {}
+    for k, op in enumerate(order):
+        image = np.full((4, 4, 3), float(k), np.float32)
+        tapouts[(op, "in")] = image
+        tapouts[(op, "out")] = image if op in no_ops else image + 1
+    return Render(tapouts, list(order), "")
+
+
+def lines_of(*names):
+    return [BlockLine(k + 1, name, None, True) for k, name in enumerate(names)]
+
+
+def filled(lines, order=RAW_ORDER, **kw):
+    types = line_types(lines, lambda name: None)
+    return [line.name for line in fill_in(lines, types, fake_render(order, **kw), True)]
+
+
+def test_listed_modules_are_filled_in_to_colorout():
+    assert filled(lines_of("exposure", "colorbalancergb")) == ["exposure", "colorin", "colorbalancergb", "colorout"]
+    # the seed's format: every module listed; colorin and colorout are exact
+    seed = lines_of("temperature", "demosaic", "exposure", "colorin", "colorbalancergb", "colorout")
+    assert filled(seed) == [line.name for line in seed]
+    assert [exact_block(line) for line in seed] == [False, False, False, True, False, True]
+    # from temperature on, demosaic (a slider-less proxy type) is filled in
+    without_balance = [op for op in RAW_ORDER if op != "colorbalancergb"]
+    assert filled(lines_of("temperature", "exposure"), order=without_balance) == \
+        ["temperature", "demosaic", "exposure", "colorin", "colorout"]
+    # a module that changes nothing is left out; one that changes pixels is not
+    assert "finalscale" not in filled(lines_of("colorbalancergb"))
+    with pytest.raises(UserError, match="runs finalscale after colorbalancergb.*no stand-in"):
+        filled(lines_of("colorbalancergb"), no_ops=())
+
+
+def test_bad_configs_are_refused_from_the_probe():
+    with pytest.raises(UserError, match="line 1: colorbalancergb .* out of darktable's order"):
+        filled(lines_of("colorbalancergb", "exposure"))
+    with pytest.raises(UserError, match="line 2: darktable does not run vignette"):
+        filled(lines_of("exposure", "vignette"))
+    with pytest.raises(UserError, match="line 1: proxy nosuch is not trained, and cannot tell"):
+        line_types(lines_of("nosuch"), lambda name: None)
+    with pytest.raises(UserError, match="no colorout"):
+        filled(lines_of("exposure"), order=["exposure", "colorin"])
+
+
+def test_a_slider_subset_of_a_bare_type_names_its_own_proxy(tmp_path):
+    lines = [BlockLine(1, "colorbalancergb", ("contrast", "saturation_global"), True),
+             BlockLine(2, "exposure", None, True), BlockLine(3, "colorbalancergb", ("saturation_global", "vibrance",
+                                                                                   "grey_fulcrum", "contrast"), True)]
+    names = [line.name for line in proxy_lines(lines, lambda name: False)]
+    assert names == ["colorbalancergb_saturation_global_contrast", "exposure", "colorbalancergb"]
+    # a trained proxy of the bare name is used as it is
+    assert proxy_lines(lines[:1], lambda name: True)[0].name == "colorbalancergb"
+
+
+# ------------------------------------------------------------------ with darktable
+
+@pytest.mark.darktable
+def test_fixed_blocks_reproduce_darktable(dt, raw_image):
+    """colorin (with the matrix fitted to a default render) and colorout, computed exactly,
+    against darktable's tap-outs at other slider values."""
+    lines = lines_of("exposure", "colorbalancergb")
+    types = line_types(lines, lambda name: None)
+    render = probe(dt, lines, types, raw_image, DEFAULTS)
+    assert [line.name for line in fill_in(lines, types, render, True)] == \
+        ["exposure", "colorin", "colorbalancergb", "colorout"]
+    context = image_context(dt, raw_image, render)
+    assert context.pattern in ("RGGB", "BGGR", "GRBG", "GBRG") and not context.colorin_encoded
+    other = dt.render(raw_image, [PROXIES["exposure"].history_item(dt, {"exposure": 2.5}),
+                                  PROXIES["colorbalancergb"].history_item(dt, {"contrast": 0.6})],
+                      ["colorin", "colorout"], 0, True)
+    t = lambda op, kind: torch.from_numpy(to_chw(other.tapouts[(op, kind)]))[None].double()
+    lab = ColorIn()(t("colorin", "in"), torch.zeros(1, 0), context)
+    assert float(psnr((lab / 100).float(), (t("colorin", "out") / 100).float())[0]) > 80
+    display = ColorOut()(t("colorout", "in"), torch.zeros(1, 0))
+    assert float(psnr(display.float(), t("colorout", "out").float())[0]) > 80
+
+
+@pytest.mark.darktable
+def test_chain_data_holds_every_blocks_tapouts(dt, tmp_path):
+    from utils.data.images import builtin_images, list_images
+    from utils.pipeline.chaindata import ChainData, sliders_of
+    images = list_images(builtin_images("eval"))
+    lines = fill_in(lines_of("exposure", "colorbalancergb"), types := line_types(lines_of("exposure", "colorbalancergb"),
+                                                                                  lambda name: None),
+                    fake_render(RAW_ORDER), True)
+    paths = RunPaths(tmp_path)
+    data = ChainData(lines, types, lambda line: sliders_of(line, paths), paths, DEFAULTS, dt.install.version_string)
+    data.generate(dt, images, 1, 1)
+    exposure, balance = (read_manifest(data.folder(name)) for name in ("exposure", "colorbalancergb"))
+    assert len(exposure) == len(balance) == len(images)
+    assert list(balance[0])[:8] == ["input", "output", "saturation_global", "vibrance", "grey_fulcrum", "contrast",
+                                    "exposure.exposure", "exposure.black"]
+    assert [r["sample"] for r in exposure] == [r["sample"] for r in balance]
+    for e, b in zip(exposure, balance):
+        assert e["exposure"] == b["exposure.exposure"]       # one render, one draw, both datasets
+    assert read_spec(data.folder("colorbalancergb"))["sliders"] == ["saturation_global", "vibrance", "grey_fulcrum",
+                                                                     "contrast"]
+    # a rerun renders nothing again
+    data.generate(dt, images, 1, 1)
+    assert len(read_manifest(data.folder("exposure"))) == len(images)
