@@ -8,7 +8,10 @@ plus a learned residual (a module near identity starts near identity).
 - ``unet``: a UNet in the spirit of Learning-to-See-in-the-Dark, the sliders entering as
   constant planes at the input and again after every downsampling;
 - ``pointwise``: a stack of 1x1 convolutions (a per-pixel MLP), as Neural Photo-Finishing uses
-  for pointwise blocks: for modules that act pixel by pixel (exposure, colour);
+  for pointwise blocks: for modules that act pixel by pixel (exposure, colour). New proxies
+  use smooth SiLU activations (``ModelSpec.activation``): on an exposure-like law, the same
+  9000 steps reach 53.8 dB with SiLU against 41-47 dB with LeakyReLU, whose piecewise-linear
+  fit of a smooth curve is what limits it; checkpoints without the field keep LeakyReLU;
 - ``neighbourhood``: a stack of 3x3 convolutions, for modules with a small spatial support.
 """
 from __future__ import annotations
@@ -26,6 +29,9 @@ UNET_SIZES = {"tiny": (8, 16), "small": (16, 32, 64), "base": (32, 64, 128, 256)
               "large": (32, 64, 128, 256, 512)}
 STACK_SIZES = {"tiny": (8, 2), "small": (32, 3), "base": (64, 4), "large": (128, 6)}
 FAMILIES = ("unet", "pointwise", "neighbourhood")
+ACTIVATIONS = {"leaky": lambda: nn.LeakyReLU(0.2, inplace=True), "silu": nn.SiLU}
+# the activation new proxies of a family are trained with (older checkpoints name theirs)
+NEW_ACTIVATION = {"pointwise": "silu"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,8 @@ class ModelSpec:
     # planes after the image channels that are not image values (a positional proxy type's
     # pixel coordinates, utils.data.tapouts.coordinate_planes): network input, not part of the residual
     extra_channels: int = 0
+
+    activation: str = "leaky"   # of the pointwise MLP: "leaky" (LeakyReLU 0.2) or "silu"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,7 +116,7 @@ class SliderPointwise(nn.Module):
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
             layers.append(nn.Linear(a, b))
             if i < depth - 1:
-                layers.append(nn.LeakyReLU(0.2, inplace=True))
+                layers.append(ACTIVATIONS[spec.activation]())
         self.mlp = nn.Sequential(*layers)
         self.image_channels = spec.in_channels
 

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 import Constants as C
-from models.networks import FAMILIES, ModelSpec
+from models.networks import FAMILIES, NEW_ACTIVATION, ModelSpec
 from models.proxy import Proxy
 from models.transform import to_network
 from utils.atomic import write_text_atomic
@@ -155,7 +155,7 @@ def bench_darktable_render(dt, image: Path, repeats: int, size: int = 512):
 def make_proxy(family: str, size: str, device: torch.device, seed: int = 0) -> Proxy:
     """An exposure proxy of ``family`` with random weights (speed does not depend on them)."""
     torch.manual_seed(seed)
-    spec = ModelSpec(family, size, 3, 3, len(EXPOSURE.sliders))
+    spec = ModelSpec(family, size, 3, 3, len(EXPOSURE.sliders), activation=NEW_ACTIVATION.get(family, "leaky"))
     return Proxy(spec, EXPOSURE.sliders, EXPOSURE.value_scale).to(device).eval()
 
 

@@ -109,3 +109,14 @@ def test_incompatible_checkpoints(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(IncompatibleCheckpoint, match="not a readable checkpoint"):
         read_checkpoint(tmp_path / "junk.pt")
+
+
+def test_pointwise_activation_is_recorded_and_old_checkpoints_keep_leaky_relu():
+    from torch import nn
+    from models.networks import NEW_ACTIVATION, build_model
+    old = {"family": "pointwise", "size": "tiny", "in_channels": 3, "out_channels": 3, "n_sliders": 1}
+    assert ModelSpec(**old).activation == "leaky"
+    assert any(isinstance(m, nn.LeakyReLU) for m in build_model(ModelSpec(**old)).modules())
+    new = ModelSpec(**old, activation=NEW_ACTIVATION["pointwise"])
+    assert any(isinstance(m, nn.SiLU) for m in build_model(new).modules())
+    assert ModelSpec(**new.to_dict()) == new

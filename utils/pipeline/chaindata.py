@@ -25,17 +25,19 @@ import torch
 
 from models.proxy import read_checkpoint
 from utils.atomic import write_text_atomic
+from utils.darktable.dumps import is_raw
 from utils.darktable.runner import Darktable, Job
+from utils.darktable.xmp import HistoryItem
 from utils.data.generate import Sample, SampleWriter, merge_manifest
 from utils.data.images import cfa_pattern
 from utils.data.manifest import DatasetSpec, columns, read_rows, save_dataset_preview
 from utils.data.sampling import latin_hypercube
 from utils.errors import StorageError, UserError
 from utils.pipeline.config import BlockLine
-from utils.pipeline.fill import disabled_modules, exact_block
+from utils.pipeline.fill import disabled_modules, exact_block, fill_in, line_types, probe
 from utils.proxies.registry import split_proxy_name
 from utils.proxies.schema import ProxyType, Slider
-from utils.proxies.trained import load_trained
+from utils.proxies.trained import checkpoint_path, load_trained, missing_proxies, trained_type
 from utils.proxies.train import TrainConfig, default_config, train
 from utils.runs import RunPaths, held_out
 from utils.settings import Settings
@@ -153,6 +155,29 @@ class ChainData:
         self.generate(dt, eval_images, self.settings.STAGE_2_SAMPLES_PER_IMAGE, 2)
 
 
+def chain_lines(dt: Darktable, listed: Sequence[BlockLine], probe_image: Path, paths: RunPaths,
+                settings: Settings, train_images: Sequence[Path], eval_images: Sequence[Path],
+                train_missing: bool, fine_tune: bool, device: str, max_minutes: float,
+                extra: Sequence[HistoryItem] = ()) -> list[BlockLine]:
+    """The filled-in chain of the config lines ``listed``, checked from one render of
+    ``probe_image`` (with ``extra`` history items) before any training; its missing proxies
+    trained (``train_missing``, else an error) and its trained ones fine-tuned (``fine_tune``)
+    on the chain's data."""
+    types = line_types(listed, lambda name: trained_type(paths, name))
+    lines = fill_in(listed, types, probe(dt, listed, types, probe_image, settings, extra), is_raw(probe_image))
+    log.info("chain: %s", " -> ".join(line.name + ("" if line.lineno else " (filled in)") for line in lines))
+    proxies = [line for line in lines if not exact_block(line)]
+    missing = missing_proxies(proxies, paths, train_missing)
+    if missing or fine_tune:
+        data = ChainData(lines, types, lambda line: sliders_of(line, paths), paths, settings,
+                         dt.install.version_string)
+        data.make(dt, train_images, eval_images, settings.PIPELINE_TRAIN_SAMPLES)
+        tune = [line for line in proxies if line not in missing] if fine_tune else []
+        train_chain_proxies(data, missing, tune, lambda name: checkpoint_path(paths, name), settings, device,
+                            max_minutes)
+    return lines
+
+
 def sliders_of(line: BlockLine, paths: RunPaths) -> tuple[Slider, ...]:
     """The sliders a block's proxy is (or will be) trained on: a trained proxy's own, else
     those its name spells (all of its type's for a bare type name)."""
@@ -185,6 +210,7 @@ def train_chain_proxies(data: ChainData, missing: Sequence[BlockLine], fine_tune
         log.info("fine-tuning %s on chain data (from epoch %d)", line.name, done)
         cfg = default_config(data.types[line.name], settings, device=device, max_minutes=max_minutes or None,
                              resume=True, family=model.get("family"), size=model.get("size"),
+                             activation=model.get("activation", "leaky"),
                              epochs=done + settings.PROXY_MODEL_NUM_EPOCH, lr=settings.PROXY_MODEL_LR / 10)
         _train_on_chain(data, line, cfg)
 

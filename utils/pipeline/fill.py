@@ -98,11 +98,12 @@ def disabled_modules(dt: Darktable, operations: Sequence[str], image: Path,
 
 
 def probe(dt: Darktable, lines: Sequence[BlockLine], types: Mapping[str, ProxyType], image: Path,
-          settings: Settings) -> Render:
-    """One render of ``image`` with the lines' modules at their defaults, every operation dumped."""
+          settings: Settings, extra: Sequence[HistoryItem] = ()) -> Render:
+    """One render of ``image`` with the lines' modules at their defaults (and ``extra``),
+    every operation dumped."""
     operations = [types[line.name].operation for line in lines]
     items = [types[line.name].history_item(dt, {}) for line in lines if not exact_block(line)]
-    items += disabled_modules(dt, operations, image, settings.PIPELINE_DISABLED_MODULES)
+    items += [*disabled_modules(dt, operations, image, settings.PIPELINE_DISABLED_MODULES), *extra]
     return dt.render(image, items, OPERATIONS, 0, True, require=False)
 
 

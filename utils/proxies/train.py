@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from models.mosaic import network_channels
-from models.networks import FAMILIES, UNET_SIZES, ModelSpec
+from models.networks import FAMILIES, NEW_ACTIVATION, UNET_SIZES, ModelSpec
 from models.proxy import IncompatibleCheckpoint, Proxy, read_checkpoint, save_checkpoint
 from models.transform import to_network
 from utils.atomic import write_text_atomic
@@ -60,6 +60,7 @@ class TrainConfig:
     crop: int            # 0 = the family's default (Constants.PROXY_MODEL_CROP)
     save_every: int
     loss: str
+    activation: str = ""        # of the network ("": the family's NEW_ACTIVATION); a resumed run keeps its own
     grid_every: int = 10        # epochs between prediction grids (SAVE_OUTPUT_FREQ)
     grid_samples: int = 4       # validation samples in a grid (PREDICTION_SAMPLES)
     preload_mb: float = 4000    # datasets up to this size are held in memory (PRELOAD_MAX_MB)
@@ -154,7 +155,9 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
 
     spec = ModelSpec(cfg.family, cfg.size, *network_channels(train_set.layout, train_set.in_channels,
                                                              train_set.out_channels),
-                     len(sliders), layout=train_set.layout, extra_channels=train_set.extra_channels)
+                     len(sliders), layout=train_set.layout, extra_channels=train_set.extra_channels,
+                     activation=cfg.activation or _resumed_activation(paths.weights(name) / "last.pt")
+                     or NEW_ACTIVATION.get(cfg.family, "leaky"))
     dataset = read_spec(stage1)
     meta = {"proxy_type": proxy_type.name, "operation": proxy_type.operation, "name": name,
             "darktable_version": dataset.get("darktable_version", ""),
@@ -363,6 +366,17 @@ def _diverged(what: str, epoch: int, run: _Run) -> UserError:
                      f"keeps epoch {epoch - 1}); lower --lr (now {run.cfg.lr:g}) or check the dataset {run.stage1}")
 
 
+def _resumed_activation(path: Path) -> str:
+    """The activation of the checkpoint a run resumes ("" when there is none): a proxy
+    trained before SiLU became its family's default keeps LeakyReLU."""
+    if not path.exists():
+        return ""
+    try:
+        return ModelSpec(**read_checkpoint(path)["model"]).activation
+    except (IncompatibleCheckpoint, KeyError, TypeError):   # _resume names what is wrong
+        return ""
+
+
 def cosine_lr(lr: float, progress: float) -> float:
     """Cosine decay from ``lr`` to lr/100 as training progresses from 0 to 1."""
     return lr / 100 + (lr - lr / 100) * 0.5 * (1 + math.cos(math.pi * progress))
@@ -383,6 +397,10 @@ def _resume(path: Path, proxy: Proxy, optimizer, cfg: TrainConfig, device: torch
     except IncompatibleCheckpoint as e:
         raise UserError(f"{e}; move {path.parent} away (or use another -c NAME) to train anew") from None
     mine = proxy.describe()
+    try:   # a format-1 checkpoint from before ModelSpec.activation: its default
+        payload["model"] = ModelSpec(**payload["model"]).to_dict()
+    except (KeyError, TypeError):
+        pass
     for key in ("model", "sliders", "proxy_type"):
         if payload.get(key) != mine.get(key):
             raise UserError(f"{path} holds a proxy with another {key} ({payload.get(key)!r}, "
