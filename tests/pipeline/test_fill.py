@@ -61,6 +61,9 @@ def test_bad_configs_are_refused_from_the_probe():
         filled(lines_of("exposure", "vignette"))
     with pytest.raises(UserError, match="line 1: proxy nosuch is not trained, and cannot tell"):
         line_types(lines_of("nosuch"), lambda name: None)
+    types = line_types(lines_of("temperature"), lambda name: None)
+    with pytest.raises(UserError, match="line 1: temperature works on a raw mosaic"):
+        fill_in(lines_of("temperature"), types, fake_render(["colorin", "temperature", "colorout"]), False)
     with pytest.raises(UserError, match="no colorout"):
         filled(lines_of("exposure"), order=["exposure", "colorin"])
 

@@ -18,6 +18,7 @@ Training and evaluation scenes are disjoint. The set is built once into
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -33,6 +34,9 @@ from utils.darktable.runner import Darktable
 from utils.errors import UserError, cli_main
 from utils.proxies.registry import TEMPERATURE
 from utils.settings import DEFAULTS, Settings, configure
+
+# tifffile logs what it finds wrong in a damaged file; check_readable reports it in one line
+logging.getLogger("tifffile").setLevel(logging.ERROR)
 
 # XYZ(D65) -> camera matrices of real cameras (Adobe DNG converter values, x 1e-4).
 CAMERA_MATRICES = {

@@ -116,6 +116,9 @@ def fill_in(lines: Sequence[BlockLine], types: dict[str, ProxyType], render: Ren
     kind = "raw" if raw else "non-raw"
     order = render.order
     for op, line in by_op.items():
+        if types[line.name].mosaic_input and not raw:
+            raise UserError(f"line {line.lineno}: {line.name} works on a raw mosaic, and the input is not raw; "
+                            "remove the line or use raw images")
         if op not in order:
             raise UserError(f"line {line.lineno}: darktable does not run {op} on {kind} input "
                             f"(it runs {' -> '.join(order)}); remove the line or use other images")

@@ -131,6 +131,7 @@ def match_one(dt: Darktable, chain: Chain, job: MatchJob, folder: Path, device: 
         found = forward(x, rec.u[None].to(device)).cpu()
     sliders = chain.clamped_values([float(v) for v in chain_values(chain, rec.u)])
     items = history(dt, chain, sliders, job.raw, settings) + raw_items
+    job.xmp.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(job.xmp, build_xmp(list(items), is_raw(job.raw)))
     rendered = dt.render(job.raw, items, (), size, True, output=True).output
     rendered = np.clip(rendered, 0.0, 1.0)
