@@ -35,13 +35,14 @@ from utils.data.images import builtin_images, list_images
 from utils.devices import resolve_device
 from utils.errors import UserError, cli_main
 from utils.journal import run_lock
-from utils.pipeline.chain import Chain, build_blocks
+from utils.pipeline.chain import Chain, build_blocks, choose_conversions
 from utils.pipeline.chaindata import chain_lines
 from utils.pipeline.config import parse_config
 from utils.pipeline.fill import proxy_lines
+from utils.pipeline.finetune import fine_tune_chain, fine_tune_report
 from utils.pipeline.match import match_jobs, match_one, orientation_item, summary
 from utils.pipeline.regress import pipeline_report, run_regression
-from utils.pipeline.targets import generate_targets
+from utils.pipeline.targets import generate_targets, image_contexts
 from utils.proxies.trained import load_trained
 from utils.runs import RunPaths
 from utils.settings import DEFAULTS, Settings
@@ -64,9 +65,10 @@ def parse_args() -> tuple[argparse.Namespace, Settings, RunPaths]:
                         help="train every block whose proxy is not trained yet on the chain's own data "
                              "(else that is an error)")
     parser.add_argument("--fine-tune", action="store_true",
-                        help="continue the training of every trained block on the chain's own data")
+                        help="train the chain's proxies together on the chain's own data, against each "
+                             "block's and darktable's final output (--max-minutes M; default 10)")
     parser.add_argument("--max-minutes", type=float, metavar="M", default=0,
-                        help="training minutes per proxy (--train-missing, --fine-tune; 0 = no limit)")
+                        help="training minutes per missing proxy, and of --fine-tune (0 = no limit)")
     parser.add_argument("--match", type=Path, metavar="TARGET",
                         help="recover the edit that turns --image RAW into TARGET (an sRGB TIFF/PNG/JPEG "
                              "exported by darktable; or a folder of them, paired with --image DIR by name)")
@@ -107,12 +109,16 @@ def main() -> int:
 
     dt = Darktable(settings)
     extra = (orientation_item(dt),) if args.match is not None and is_raw(images[0]) else ()
-    lines = chain_lines(dt, listed, images[0], paths, settings, train_images, eval_images, args.train_missing,
-                        args.fine_tune, args.device, args.max_minutes, extra)
+    lines, probed, chain_data = chain_lines(dt, listed, images[0], paths, settings, train_images, eval_images,
+                                            args.train_missing, args.fine_tune, args.device, args.max_minutes, extra)
     blocks = build_blocks(lines, lambda name: load_trained(paths, name, device)[0])
-    chain = Chain(blocks, ["identity"] * (len(blocks) - 1))
+    chain = Chain(blocks, choose_conversions(blocks, probed))
     if not chain.n_sliders:
         raise UserError("the config recovers no slider: give at least one block with sliders")
+    if args.fine_tune:
+        contexts = image_contexts(dt, chain, train_images + eval_images, chain_data.final(1), settings)
+        print(fine_tune_report(fine_tune_chain(chain, chain_data, contexts, paths.weights, args.max_minutes,
+                                               device, settings)))
     if args.match is not None:
         results = []
         for job in jobs:

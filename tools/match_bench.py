@@ -56,7 +56,7 @@ def main() -> int:
     raws = list_images(builtin_images("eval", settings))
     listed = proxy_lines(parse_config(args.config), paths.is_trained)
     lines = chain_lines(dt, listed, raws[0], paths, settings, [], [], False, False, "cpu", 0,
-                        (orientation_item(dt),))
+                        (orientation_item(dt),))[0]
     chain = Chain(build_blocks(lines, lambda name: load_trained(paths, name, device)[0]),
                   ["identity"] * (len(lines) - 1))
     iterations = args.iters or settings.PIPELINE_REGRESSION_NUM_ITERS

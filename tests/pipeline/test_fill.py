@@ -124,3 +124,37 @@ def test_chain_data_holds_every_blocks_tapouts(dt, tmp_path):
     # a rerun renders nothing again
     data.generate(dt, images, 1, 1)
     assert len(read_manifest(data.folder("exposure"))) == len(images)
+
+
+@pytest.mark.darktable
+def test_end_to_end_fine_tuning_keeps_every_block_and_reports_it(dt, tmp_path):
+    """--fine-tune on tiny proxies: chain data with the display RGB, a few steps, the effect per
+    block, the fine-tuned weights as best.pt with the previous ones kept."""
+    from models.proxy import save_checkpoint
+    from tests.pipeline.test_pipeline import tiny_proxy
+    from utils.data.images import builtin_images, list_images
+    from utils.pipeline.chain import Chain, build_blocks
+    from utils.pipeline.chaindata import ChainData, sliders_of
+    from utils.pipeline.finetune import fine_tune_chain, fine_tune_report
+    from utils.pipeline.targets import image_contexts
+    from utils.proxies.trained import load_trained
+    paths = RunPaths(tmp_path)
+    for name, kind in (("exposure", "exposure"), ("colorbalancergb", "colorbalancergb")):
+        paths.weights(name).mkdir()
+        save_checkpoint(paths.weights(name) / "best.pt", tiny_proxy(PROXIES[kind].sliders, kind))
+    listed = lines_of("exposure", "colorbalancergb")
+    types = line_types(listed, lambda name: name)
+    lines = fill_in(listed, types, fake_render(RAW_ORDER), True)
+    data = ChainData(lines, types, lambda line: sliders_of(line, paths), paths, DEFAULTS, dt.install.version_string)
+    images = list_images(builtin_images("eval"))
+    data.make(dt, images[:1], images[1:], 1)
+    chain = Chain(build_blocks(lines, lambda name: load_trained(paths, name, torch.device("cpu"))[0]),
+                  ["identity", "lab_to_rgb", "rgb_to_lab"])
+    contexts = image_contexts(dt, chain, images, data.final(1), DEFAULTS)
+    before = {name: (paths.weights(name) / "best.pt").read_bytes() for name in ("exposure", "colorbalancergb")}
+    result = fine_tune_chain(chain, data, contexts, paths.weights, 0.05, torch.device("cpu"), DEFAULTS)
+    assert result["steps"] > 0 and set(result["before"]) == {"exposure", "colorbalancergb", "display RGB"}
+    assert "| display RGB |" in fine_tune_report(result)
+    for name, blob in before.items():
+        assert (paths.weights(name) / "before_chain.pt").read_bytes() == blob
+        assert (paths.weights(name) / "best.pt").read_bytes() != blob

@@ -130,18 +130,27 @@ class Chain(nn.Module):
         return torch.stack(cols, dim=1)
 
     def forward(self, x: torch.Tensor, u: torch.Tensor, keep: bool = False):
+        return self.run(x, [self.block_u(k, u) for k in range(len(self.blocks))], keep)
+
+    def run(self, x: torch.Tensor, block_u: Sequence[torch.Tensor], keep: bool = False):
+        """The chain with every block's full normalised slider vector given (``block_u[k]``
+        (B, S_k)), as training on chain data needs."""
         outputs = []
         for k, block in enumerate(self.blocks):
             if k:
                 x = CONVERSIONS[self.conversions[k - 1]](x)
-            if block.exact:
-                x = block.proxy(x, self.block_u(k, u), self.context)
-            elif block.proxy.layout == "rgb":
-                x = block.proxy(x, self.block_u(k, u))
-            else:
-                x = block.proxy(x, self.block_u(k, u), self.context.pattern)
+            x = self.block(k, x, block_u[k])
             outputs.append(x)
         return (x, outputs) if keep else x
+
+    def block(self, k: int, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Block k alone on its input ``x`` (in its own colour space) at sliders ``u``."""
+        block = self.blocks[k]
+        if block.exact:
+            return block.proxy(x, u, self.context)
+        if block.proxy.layout == "rgb":
+            return block.proxy(x, u)
+        return block.proxy(x, u, self.context.pattern)
 
     def values(self, u: torch.Tensor) -> dict[str, dict[str, float]]:
         """Normalised recovered sliders (S,) -> {block name: {slider: value}} (recovered only)."""

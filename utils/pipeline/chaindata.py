@@ -6,8 +6,9 @@ output in the same call. Each block's dataset is its own tap-outs from these ren
 manifest contract of a proxy's dataset (``input``, ``output``, its own sliders by name, then
 the upstream blocks' sliders as ``<type>.<slider>`` columns, ``image``, ``sample``), at
 ``ROOT/stage_1/<NAME>.chain-<digest>`` (training images) and its stage-2 twin (held-out
-images). ``Pipeline_regression.py --train-missing`` trains a missing block on it,
-``--fine-tune`` continues an existing proxy's training on it.
+images). ``Pipeline_regression.py --train-missing`` trains a missing block on it; ``--fine-tune``
+trains the chain's proxies together on it (utils/pipeline/finetune.py). Each sample's display
+RGB (the chain's last output) is kept in ``stage_<k>/chain-<digest>/<sample>.tif``.
 """
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from models.proxy import read_checkpoint
 from utils.atomic import write_text_atomic
 from utils.darktable.dumps import is_raw
-from utils.darktable.runner import Darktable, Job
+from utils.darktable.files import write_tiff_atomic
+from utils.darktable.runner import Darktable, Job, Render
 from utils.darktable.xmp import HistoryItem
 from utils.data.generate import Sample, SampleWriter, merge_manifest
 from utils.data.images import cfa_pattern
@@ -37,8 +38,8 @@ from utils.pipeline.config import BlockLine
 from utils.pipeline.fill import disabled_modules, exact_block, fill_in, line_types, probe
 from utils.proxies.registry import split_proxy_name
 from utils.proxies.schema import ProxyType, Slider
-from utils.proxies.trained import checkpoint_path, load_trained, missing_proxies, trained_type
-from utils.proxies.train import TrainConfig, default_config, train
+from utils.proxies.trained import load_trained, missing_proxies, trained_type
+from utils.proxies.train import default_config, train
 from utils.runs import RunPaths, held_out
 from utils.settings import Settings
 
@@ -52,6 +53,7 @@ class ChainData:
                  sliders_of: Callable[[BlockLine], tuple[Slider, ...]], paths: RunPaths, settings: Settings,
                  darktable_version: str):
         self.lines = [line for line in lines if not exact_block(line)]
+        self.end = types[lines[-1].name].operation if lines[-1].name in types else lines[-1].name
         self.types = {line.name: types[line.name] for line in self.lines}
         self.sliders = {line.name: tuple(sliders_of(line)) for line in self.lines}
         self.drawn = [(line.name, s) for line in self.lines for s in self.sliders[line.name]]
@@ -60,6 +62,10 @@ class ChainData:
                 "seed": settings.SEED, "darktable": darktable_version}
         self.digest = hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()[:8]
         self.version = darktable_version
+
+    def final(self, stage: int = 1) -> Path:
+        """The chain's display RGB (the last block's output) of each sample: ``<sample>.tif``."""
+        return self.paths.stage(stage, f"chain-{self.digest}")
 
     def folder(self, name: str, stage: int = 1) -> Path:
         """Block ``name``'s dataset of ``stage``."""
@@ -116,9 +122,11 @@ class ChainData:
         done = set(done_path.read_text().split()) if done_path.exists() else set()
         todo = [s for s in samples if s.key not in done]
         operations = [self.types[line.name].operation for line in self.lines]
+        self.final(stage).mkdir(parents=True, exist_ok=True)
         jobs = [Job(s.image, self.history(dt, s)) for s in todo]
         try:
-            results = dt.render_many(jobs, operations, 0, True, self.settings.DARKTABLE_BATCH_SIZE,
+            results = dt.render_many(jobs, list(dict.fromkeys([*operations, self.end])), 0, True,
+                                     self.settings.DARKTABLE_BATCH_SIZE,
                                      desc=f"chain data, stage {stage}")
             for sample, result in zip(todo, results):
                 if isinstance(result, Exception):
@@ -130,6 +138,7 @@ class ChainData:
                         raise UserError(f"darktable's {op} tap-out of chain sample {sample.key} holds NaN or Inf")
                     writer = writers[line.name]
                     writer.commit([writer.record(sample, tap_in, tap_out)])
+                write_tiff_atomic(self.final(stage) / f"{sample.key}.tif", result.tapouts[(self.end, "out")])
                 with open(done_path, "a") as f:
                     f.write(sample.key + "\n")
                     f.flush()
@@ -158,24 +167,28 @@ class ChainData:
 def chain_lines(dt: Darktable, listed: Sequence[BlockLine], probe_image: Path, paths: RunPaths,
                 settings: Settings, train_images: Sequence[Path], eval_images: Sequence[Path],
                 train_missing: bool, fine_tune: bool, device: str, max_minutes: float,
-                extra: Sequence[HistoryItem] = ()) -> list[BlockLine]:
+                extra: Sequence[HistoryItem] = ()) -> tuple[list[BlockLine], Render, ChainData | None]:
     """The filled-in chain of the config lines ``listed``, checked from one render of
-    ``probe_image`` (with ``extra`` history items) before any training; its missing proxies
-    trained (``train_missing``, else an error) and its trained ones fine-tuned (``fine_tune``)
-    on the chain's data."""
+    ``probe_image`` (with ``extra`` history items; returned) before any training; its missing
+    proxies trained on the chain's data (``train_missing``, else an error). With
+    ``train_missing`` or ``fine_tune``, the chain data (else None)."""
     types = line_types(listed, lambda name: trained_type(paths, name))
-    lines = fill_in(listed, types, probe(dt, listed, types, probe_image, settings, extra), is_raw(probe_image))
+    render = probe(dt, listed, types, probe_image, settings, extra)
+    lines = fill_in(listed, types, render, is_raw(probe_image))
     log.info("chain: %s", " -> ".join(line.name + ("" if line.lineno else " (filled in)") for line in lines))
-    proxies = [line for line in lines if not exact_block(line)]
-    missing = missing_proxies(proxies, paths, train_missing)
-    if missing or fine_tune:
-        data = ChainData(lines, types, lambda line: sliders_of(line, paths), paths, settings,
-                         dt.install.version_string)
-        data.make(dt, train_images, eval_images, settings.PIPELINE_TRAIN_SAMPLES)
-        tune = [line for line in proxies if line not in missing] if fine_tune else []
-        train_chain_proxies(data, missing, tune, lambda name: checkpoint_path(paths, name), settings, device,
-                            max_minutes)
-    return lines
+    missing = missing_proxies([line for line in lines if not exact_block(line)], paths, train_missing)
+    if not (missing or fine_tune):
+        return lines, render, None
+    data = ChainData(lines, types, lambda line: sliders_of(line, paths), paths, settings, dt.install.version_string)
+    data.make(dt, train_images, eval_images, settings.PIPELINE_TRAIN_SAMPLES)
+    for line in missing:
+        proxy_type = data.types[line.name]
+        log.info("training the missing proxy %s (%s: %s) on chain data", line.name, proxy_type.name,
+                 ", ".join(s.name for s in data.sliders[line.name]) or "no sliders")
+        stage1 = data.folder(line.name)
+        train(proxy_type, data.sliders[line.name], line.name, stage1, held_out(stage1), paths,
+              default_config(proxy_type, settings, device=device, max_minutes=max_minutes or None))
+    return lines, render, data
 
 
 def sliders_of(line: BlockLine, paths: RunPaths) -> tuple[Slider, ...]:
@@ -185,36 +198,3 @@ def sliders_of(line: BlockLine, paths: RunPaths) -> tuple[Slider, ...]:
         return tuple(load_trained(paths, line.name, torch.device("cpu"))[0].sliders)
     proxy_type, names = split_proxy_name(line.name)
     return tuple(proxy_type.slider(n) for n in names)
-
-
-def train_chain_proxies(data: ChainData, missing: Sequence[BlockLine], fine_tune: Sequence[BlockLine],
-                        checkpoint: Callable[[str], Path], settings: Settings, device: str,
-                        max_minutes: float) -> None:
-    """Train the ``missing`` blocks on their chain data, and continue the training of the
-    ``fine_tune`` ones on it (each ``max_minutes``, 0 = no limit; PROXY_MODEL_NUM_EPOCH
-    epochs at most)."""
-    for line in missing:
-        proxy_type = data.types[line.name]
-        log.info("training the missing proxy %s (%s: %s) on chain data", line.name, proxy_type.name,
-                 ", ".join(s.name for s in data.sliders[line.name]) or "no sliders")
-        cfg = default_config(proxy_type, settings, device=device, max_minutes=max_minutes or None)
-        _train_on_chain(data, line, cfg)
-    for line in fine_tune:
-        stage1 = data.folder(line.name)
-        path = checkpoint(line.name)
-        payload = read_checkpoint(path)
-        if payload.get("train_dataset") == str(stage1):
-            log.info("%s was already fine-tuned on this chain's data (%s)", line.name, stage1)
-            continue
-        model, done = payload.get("model", {}), int(payload.get("epoch", 0))
-        log.info("fine-tuning %s on chain data (from epoch %d)", line.name, done)
-        cfg = default_config(data.types[line.name], settings, device=device, max_minutes=max_minutes or None,
-                             resume=True, family=model.get("family"), size=model.get("size"),
-                             activation=model.get("activation", "leaky"),
-                             epochs=done + settings.PROXY_MODEL_NUM_EPOCH, lr=settings.PROXY_MODEL_LR / 10)
-        _train_on_chain(data, line, cfg)
-
-
-def _train_on_chain(data: ChainData, line: BlockLine, cfg: TrainConfig) -> None:
-    stage1 = data.folder(line.name)
-    train(data.types[line.name], data.sliders[line.name], line.name, stage1, held_out(stage1), data.paths, cfg)

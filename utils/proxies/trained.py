@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -39,12 +38,6 @@ def trained_type(paths: RunPaths, name: str) -> str | None:
             except IncompatibleCheckpoint as e:
                 raise UserError(f"{e}; retrain the proxy with this version") from None
     return None
-
-
-def checkpoint_path(paths: RunPaths, name: str) -> Path:
-    """The checkpoint a trained proxy NAME is loaded from (best.pt, else last.pt)."""
-    folder = paths.weights(name)
-    return folder / "best.pt" if (folder / "best.pt").exists() else folder / "last.pt"
 
 
 def missing_proxies(lines: Sequence[BlockLine], paths: RunPaths, train: bool) -> list[BlockLine]:
