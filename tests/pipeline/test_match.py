@@ -71,6 +71,10 @@ def test_match_writes_an_xmp_darktable_renders(match_root, dt):
     again = run_match(match_root, target, raw)
     assert again.returncode == 2 and "exists; pass --force" in again.stderr
     assert run_match(match_root, target, raw, "--force").returncode == 0
+    # folders: each target with the raw of its file name, XMPs in the --xmp folder
+    folders = run_match(match_root, match_root / "looks", match_root / "raws", "--xmp", str(match_root / "xmps"))
+    assert folders.returncode == 0, folders.stderr
+    assert (match_root / "xmps" / f"{raw.stem}.xmp").exists() and "darktable PSNR: " in folders.stdout
 
 
 def test_match_refuses_bad_input_in_one_line(match_root, tmp_path):
