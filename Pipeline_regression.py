@@ -40,7 +40,7 @@ from utils.pipeline.chaindata import chain_lines
 from utils.pipeline.config import parse_config
 from utils.pipeline.fill import proxy_lines
 from utils.pipeline.finetune import fine_tune_chain, fine_tune_report
-from utils.pipeline.match import match_jobs, match_one, orientation_item, summary
+from utils.pipeline.match import check_aspects, match_jobs, match_one, orientation_item, summary
 from utils.pipeline.regress import pipeline_report, run_regression
 from utils.pipeline.targets import generate_targets, image_contexts
 from utils.proxies.trained import load_trained
@@ -108,6 +108,8 @@ def main() -> int:
     eval_images = list_images(args.eval_images or builtin_images("eval", settings)) if training else []
 
     dt = Darktable(settings)
+    if args.match is not None:
+        check_aspects(dt, jobs)
     extra = (orientation_item(dt),) if args.match is not None and is_raw(images[0]) else ()
     lines, probed, chain_data = chain_lines(dt, listed, images[0], paths, settings, train_images, eval_images,
                                             args.train_missing, args.fine_tune, args.device, args.max_minutes, extra)

@@ -201,6 +201,16 @@ def match_jobs(target: Path, image: Path, xmp: Path | None, root: Path, force: b
     return jobs
 
 
+def check_aspects(dt: Darktable, jobs: Sequence[MatchJob]) -> None:
+    """Each target's aspect ratio against its raw's export, from one quick render of the raw
+    (before any training)."""
+    for job in jobs:
+        target = read_target(job.target)
+        items = (orientation_item(dt),) if is_raw(job.raw) else ()
+        export = dt.render(job.raw, items, (), max(target.shape[:2]), False, output=True).output
+        check_aspect(target, export.shape[:2], job)
+
+
 def summary(results: Sequence[dict]) -> str:
     scores = [r["darktable_psnr"] for r in results]
     if len(scores) == 1:
