@@ -90,6 +90,8 @@ def default_config(proxy: ProxyType, settings: Settings = DEFAULTS, **flags) -> 
     for key, value in flags.items():
         if value is not None:
             setattr(cfg, key, value)
+    if flags.get("lr") is None:
+        cfg.lr *= s.PROXY_MODEL_LR_FACTOR.get(cfg.family, 1)
     if cfg.family not in FAMILIES:
         raise UserError(f"--model {cfg.family!r}: choose one of {', '.join(FAMILIES)}")
     if not cfg.crop:
