@@ -29,6 +29,8 @@ PROXY_MODEL_LR = 1e-3             # Adam learning rate at the start of the cosin
 PROXY_MODEL_LR_FACTOR = {"multiscale": 10}
                                   # the learning rate is PROXY_MODEL_LR times this for these
                                   # model families, unless --lr is given
+PROXY_MODEL_EMA = 0.5             # epochs of steps the weights' moving average spans; the average is
+                                  # validated and saved (0 = the last weights, no average)
 PROXY_MODEL_SIZE = "base"         # network size preset: tiny, small, base, large
 PROXY_MODEL_CROP = {"unet": 128, "neighbourhood": 64, "pointwise": 16, "multiscale": 128}
                                   # pixels; side of the random training crops per model family
