@@ -26,8 +26,13 @@ PROXY_MODEL_BATCH_SIZE = 8        # samples per optimisation step (per process u
 PROXY_MODEL_NUM_EPOCH = 50        # epochs (one epoch = random crops covering every stage-1 sample once)
 SAVE_OUTPUT_FREQ = 10             # epochs between prediction grids in NAME_predictions/
 PROXY_MODEL_LR = 1e-3             # Adam learning rate at the start of the cosine schedule
+PROXY_MODEL_LR_FACTOR = {"multiscale": 10}
+                                  # the learning rate is PROXY_MODEL_LR times this for these
+                                  # model families, unless --lr is given
+PROXY_MODEL_EMA = 0.5             # epochs of steps the weights' moving average spans; the average is
+                                  # validated and saved (0 = the last weights, no average)
 PROXY_MODEL_SIZE = "base"         # network size preset: tiny, small, base, large
-PROXY_MODEL_CROP = {"unet": 128, "neighbourhood": 64, "pointwise": 16}
+PROXY_MODEL_CROP = {"unet": 128, "neighbourhood": 64, "pointwise": 16, "multiscale": 128}
                                   # pixels; side of the random training crops per model family
                                   # (a per-pixel net learns fastest from many small crops)
 PROXY_LOSS = {"default": "l1", "exposure": "mse"}

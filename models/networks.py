@@ -12,7 +12,10 @@ plus a learned residual (a module near identity starts near identity).
   use smooth SiLU activations (``ModelSpec.activation``): on an exposure-like law, the same
   9000 steps reach 53.8 dB with SiLU against 41-47 dB with LeakyReLU, whose piecewise-linear
   fit of a smooth curve is what limits it; checkpoints without the field keep LeakyReLU;
-- ``neighbourhood``: a stack of 3x3 convolutions, for modules with a small spatial support.
+- ``neighbourhood``: a stack of 3x3 convolutions, for modules with a small spatial support;
+- ``multiscale``: fixed Gaussian blurs at two scales per octave, mixed by weights the sliders
+  give, then a slider-conditioned per-pixel MLP (``models.multiscale``): for modules that
+  blur at a size set by a slider (lowpass, soften, bloom, ...).
 """
 from __future__ import annotations
 
@@ -23,12 +26,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.blocks import ConvBlock, ConvStack, slider_planes
+from models.multiscale import SliderMultiscale
 
 # widths of the UNet levels; (width, depth) of the convolution stacks
 UNET_SIZES = {"tiny": (8, 16), "small": (16, 32, 64), "base": (32, 64, 128, 256),
               "large": (32, 64, 128, 256, 512)}
 STACK_SIZES = {"tiny": (8, 2), "small": (32, 3), "base": (64, 4), "large": (128, 6)}
-FAMILIES = ("unet", "pointwise", "neighbourhood")
+# (hidden width, learned channels to blur, mixes, pyramid levels) of the multiscale family
+MULTISCALE_SIZES = {"tiny": (8, 2, 1, 2), "small": (16, 4, 2, 6), "base": (32, 4, 2, 7),
+                    "large": (64, 8, 3, 8)}
+FAMILIES = ("unet", "pointwise", "neighbourhood", "multiscale")
 ACTIVATIONS = {"leaky": lambda: nn.LeakyReLU(0.2, inplace=True), "silu": nn.SiLU}
 # the activation new proxies of a family are trained with (older checkpoints name theirs)
 NEW_ACTIVATION = {"pointwise": "silu"}
@@ -39,7 +46,7 @@ class ModelSpec:
     """Everything needed to rebuild a proxy network (stored in every checkpoint)."""
 
     family: str         # one of FAMILIES
-    size: str           # key of UNET_SIZES / STACK_SIZES
+    size: str           # key of UNET_SIZES / STACK_SIZES / MULTISCALE_SIZES
     in_channels: int    # channels the network sees (4 packed mosaic planes, 12 for demosaic)
     out_channels: int
     n_sliders: int
@@ -138,4 +145,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
         return SliderPointwise(spec)
     if spec.family == "neighbourhood":
         return SliderConvStack(spec, 3)
+    if spec.family == "multiscale":
+        return SliderMultiscale(spec.in_channels, spec.out_channels, spec.n_sliders, spec.extra_channels,
+                                *MULTISCALE_SIZES[spec.size])
     raise ValueError(f"unknown model family {spec.family!r}; choose one of {FAMILIES}")

@@ -143,22 +143,24 @@ def test_run_lock_refuses_a_second_holder(tmp_path):
 
 # ------------------------------------------------------------------ training
 
-def test_killed_training_resumes_with_nothing_lost_or_duplicated(synthetic_root, tmp_path):
-    """kill -9 mid-training, then the same command: the result equals an uninterrupted run."""
+@pytest.mark.parametrize("extra", [("--set", "PROXY_MODEL_EMA=0"), ()], ids=["last", "average"])
+def test_killed_training_resumes_with_nothing_lost_or_duplicated(synthetic_root, tmp_path, extra):
+    """kill -9 mid-training, then the same command: the result equals an uninterrupted run
+    (with a moving average of the weights too: it and the training weights are both resumed)."""
     epochs = 6
     reference = tmp_path / "reference"
     reference.mkdir()
     for stage in ("stage_1", "stage_2"):
         os.symlink(synthetic_root / stage, reference / stage)
-    uninterrupted_run = start(train_cmd(reference, epochs))
-    proc = start(train_cmd(synthetic_root, epochs))
+    uninterrupted_run = start(train_cmd(reference, epochs, *extra))
+    proc = start(train_cmd(synthetic_root, epochs, *extra))
     weights = synthetic_root / f"{NAME}_model_weights"
     wait_for(lambda: (weights / "log.csv").exists() and len(epochs_logged(synthetic_root)) >= 2)
     kill9(proc)
     killed_at = load_proxy(weights / "last.pt")[1]["epoch"]
     assert 2 <= killed_at < epochs
 
-    again = run(train_cmd(synthetic_root, epochs))           # the same command, no --resume
+    again = run(train_cmd(synthetic_root, epochs, *extra))   # the same command, no --resume
     assert again.returncode == 0, again.stderr
     assert f"after epoch {killed_at}" in again.stderr
     assert epochs_logged(synthetic_root) == list(range(1, epochs + 1))
@@ -168,6 +170,10 @@ def test_killed_training_resumes_with_nothing_lost_or_duplicated(synthetic_root,
     assert payload["epoch"] == expected["epoch"] == epochs
     for key, tensor in uninterrupted.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], tensor, rtol=0, atol=0)
+    if not extra:                                            # the default: an average is kept
+        assert "training_state_dict" in payload and payload["ema_steps"] == expected["ema_steps"] > 0
+        for key, tensor in expected["training_state_dict"].items():
+            torch.testing.assert_close(payload["training_state_dict"][key], tensor, rtol=0, atol=0)
     assert [h["train_loss"] for h in payload["history"]] == [h["train_loss"] for h in expected["history"]]
 
 

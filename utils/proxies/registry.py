@@ -280,7 +280,7 @@ LOWPASS = ProxyType(
     name="lowpass",
     operation="lowpass",
     gui_name="lowpass",
-    model="unet",
+    model="multiscale",     # blurs at a slider-set size (docs/proxies.md, spatial modules)
     value_scale=1.0,
     doc="lowpass: gaussian blur of Lab with contrast, brightness and saturation",
     sliders=(
@@ -334,7 +334,7 @@ SOFTEN = ProxyType(
     name="soften",
     operation="soften",
     gui_name="soften",
-    model="unet",
+    model="multiscale",     # blurs at a slider-set size (docs/proxies.md, spatial modules)
     doc="soften: a brightened, saturated blur (Orton effect) mixed in",
     sliders=(
         Slider("size", 5.0, 100.0, 50.0, scale="log", doc="% blur size"),

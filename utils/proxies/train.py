@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -64,6 +64,7 @@ class TrainConfig:
     grid_every: int = 10        # epochs between prediction grids (SAVE_OUTPUT_FREQ)
     grid_samples: int = 4       # validation samples in a grid (PREDICTION_SAMPLES)
     preload_mb: float = 4000    # datasets up to this size are held in memory (PRELOAD_MAX_MB)
+    ema: float = 0.0            # the weights' moving average's horizon in epochs (PROXY_MODEL_EMA; 0 = none)
     settings: dict = field(default_factory=dict)   # the run's settings and command line (snapshot)
 
 
@@ -87,10 +88,12 @@ def default_config(proxy: ProxyType, settings: Settings = DEFAULTS, **flags) -> 
                       save_every=s.SAVE_CHECKPOINT_FREQ,
                       loss=losses.get(proxy.name, losses.get("default", "l1")),
                       grid_every=s.SAVE_OUTPUT_FREQ, grid_samples=s.PREDICTION_SAMPLES,
-                      preload_mb=s.PRELOAD_MAX_MB, settings=s.snapshot())
+                      preload_mb=s.PRELOAD_MAX_MB, ema=s.PROXY_MODEL_EMA, settings=s.snapshot())
     for key, value in flags.items():
         if value is not None:
             setattr(cfg, key, value)
+    if flags.get("lr") is None:
+        cfg.lr *= s.PROXY_MODEL_LR_FACTOR.get(cfg.family, 1)
     if cfg.family not in FAMILIES:
         raise UserError(f"--model {cfg.family!r}: choose one of {', '.join(FAMILIES)}")
     if not cfg.crop:
@@ -102,6 +105,8 @@ def default_config(proxy: ProxyType, settings: Settings = DEFAULTS, **flags) -> 
             raise UserError(f"--{name.replace('_', '-')} must be 1 or more")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0) or not (math.isfinite(cfg.max_minutes) and cfg.max_minutes >= 0):
         raise UserError("--lr must be a positive number and --max-minutes 0 or more")
+    if not (math.isfinite(cfg.ema) and cfg.ema >= 0):
+        raise UserError(f"PROXY_MODEL_EMA {cfg.ema!r}: epochs the weights are averaged over, 0 or more")
     parse_loss(cfg.loss)   # refuse a bad spec before any work
     return cfg
 
@@ -202,6 +207,9 @@ class _Run:
     started: float = 0.0            # time.monotonic() from which the time budget counts
     stopped: bool = False           # the time budget is spent
     seconds: list[float] = field(default_factory=list)    # per epoch of this process
+    ema: dict[str, torch.Tensor] | None = None   # moving average of the weights (cfg.ema > 0)
+    steps: int = 0                  # optimiser steps done (the average's warm-up)
+    steps_per_epoch: int = 1
 
     @property
     def budget(self) -> float:
@@ -211,9 +219,7 @@ class _Run:
 
 def _train(run: _Run) -> TrainResult:
     cfg, world = run.cfg, run.world
-    start_epoch, run.best, run.history, completed = _resume(run.weights / "last.pt", run.proxy,
-                                                            run.optimizer, cfg, run.device,
-                                                            str(run.stage2) if run.val_set is not None else "")
+    start_epoch, run.best, run.history, completed = _resume(run.weights / "last.pt", run, cfg)
     last_psnr = run.history[-1]["val_psnr"] if run.history else float("nan")
     if completed and not cfg.resume:
         log.info("training of %s is complete (%d epochs, validation PSNR %.2f dB); --resume "
@@ -251,6 +257,7 @@ def _train_epoch(run: _Run, model: nn.Module, loss_fn: Callable, epoch: int) -> 
     model.train()
     total, count = 0.0, 0
     steps_per_epoch = max(1, len(data) * data.crops_per_sample // world.size // cfg.batch_size)
+    run.steps_per_epoch = steps_per_epoch
     shuffle = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)   # same order on every rank
     # crops drawn per epoch from its own seed: a resumed run trains exactly as an uninterrupted one
     torch.manual_seed((cfg.seed * 100003 + epoch) * 1009 + world.rank)
@@ -286,7 +293,37 @@ def _step(run: _Run, model: nn.Module, loss_fn: Callable, batch: Sequence[torch.
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.optimizer.step()
+    _update_average(run)
     return loss.item()
+
+
+@torch.no_grad()
+def _update_average(run: _Run) -> None:
+    """The weights' exponential moving average after a step, over about ``cfg.ema`` epochs
+    of steps whatever the family's steps per epoch (decay 1 - 1 / steps), over fewer during
+    the first steps ((1 + n) / (10 + n) after n steps), so that it does not lag far behind a
+    short training."""
+    if run.ema is None:
+        return
+    run.steps += 1
+    decay = min(1 - 1 / max(run.cfg.ema * run.steps_per_epoch, 1), (1 + run.steps) / (10 + run.steps))
+    params = dict(run.proxy.named_parameters())   # one fused update (a loop costs ms per step)
+    torch._foreach_lerp_([run.ema[n] for n in params], [p.detach() for p in params.values()], 1 - decay)
+
+
+@contextmanager
+def _averaged(run: _Run):
+    """The proxy holds the averaged weights inside (validation, checkpoints, grids), its
+    training weights again after."""
+    if run.ema is None:
+        yield None
+        return
+    training = {k: v.clone() for k, v in run.proxy.state_dict().items()}
+    run.proxy.load_state_dict(run.ema)
+    try:
+        yield training
+    finally:
+        run.proxy.load_state_dict(training)
 
 
 def _end_epoch(run: _Run, epoch: int, train_loss: float, t0: float, writer) -> float:
@@ -295,24 +332,29 @@ def _end_epoch(run: _Run, epoch: int, train_loss: float, t0: float, writer) -> f
     bad = [n for n, p in run.proxy.named_parameters() if not torch.isfinite(p).all()]
     if bad:
         raise _diverged(f"weights {bad[0]} hold NaN or Inf", epoch, run)
-    val_psnr = _validate(run.proxy, run.val_set, run.device, run.world) if run.val_set is not None else float("nan")
-    if run.val_set is not None and math.isnan(val_psnr):
-        raise _diverged("the validation PSNR is NaN", epoch, run)
-    run.seconds.append(time.monotonic() - t0)
-    improved = run.val_set is None or math.isnan(run.best) or val_psnr > run.best
-    run.best = val_psnr if improved else run.best
-    run.history.append({"epoch": epoch, "train_loss": train_loss, "val_psnr": val_psnr,
-                        "seconds": run.seconds[-1], "lr": run.optimizer.param_groups[0]["lr"]})
-    if run.world.main:
-        _save_epoch(run, epoch, improved)
-        _log_epoch(run, epoch, writer)
+    with _averaged(run) as training:
+        val_psnr = (_validate(run.proxy, run.val_set, run.device, run.world) if run.val_set is not None
+                    else float("nan"))
+        if run.val_set is not None and math.isnan(val_psnr):
+            raise _diverged("the validation PSNR is NaN", epoch, run)
+        run.seconds.append(time.monotonic() - t0)
+        improved = run.val_set is None or math.isnan(run.best) or val_psnr > run.best
+        run.best = val_psnr if improved else run.best
+        run.history.append({"epoch": epoch, "train_loss": train_loss, "val_psnr": val_psnr,
+                            "seconds": run.seconds[-1], "lr": run.optimizer.param_groups[0]["lr"]})
+        if run.world.main:
+            _save_epoch(run, epoch, improved, training)
+            _log_epoch(run, epoch, writer)
     return val_psnr
 
 
-def _save_epoch(run: _Run, epoch: int, improved: bool) -> None:
-    """The checkpoints of an epoch: last.pt, best.pt when it improved, every ``save_every`` epochs."""
+def _save_epoch(run: _Run, epoch: int, improved: bool, training: dict | None) -> None:
+    """The checkpoints of an epoch: last.pt, best.pt when it improved, every ``save_every`` epochs;
+    the proxy holds the weights a checkpoint serves (the average, when one is kept), ``training``
+    the weights training continues from (None: the same)."""
     cfg = run.cfg
-    state = {"epoch": epoch, "best_psnr": run.best, "val_psnr": run.history[-1]["val_psnr"],
+    resume = {} if training is None else {"training_state_dict": training, "ema_steps": run.steps}
+    state = {**resume, "epoch": epoch, "best_psnr": run.best, "val_psnr": run.history[-1]["val_psnr"],
              "history": run.history, "completed": epoch == cfg.epochs or run.stopped,
              "optimizer": run.optimizer.state_dict(),
              "train_config": {k: v for k, v in vars(cfg).items() if k != "settings"}, "settings": cfg.settings,
@@ -382,18 +424,21 @@ def cosine_lr(lr: float, progress: float) -> float:
     return lr / 100 + (lr - lr / 100) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _resume(path: Path, proxy: Proxy, optimizer, cfg: TrainConfig, device: torch.device,
-            val_dataset: str = "") -> tuple[int, float, list[dict], bool]:
+def _resume(path: Path, run: _Run, cfg: TrainConfig) -> tuple[int, float, list[dict], bool]:
     """Continue from ``path`` when it exists and fits: (epoch done, best PSNR, history,
-    whether that run completed: it reached its epochs or spent its time budget). A best PSNR
-    measured on another validation set than ``val_dataset`` (a proxy fine-tuned on new data)
-    is forgotten: the first epoch on the new data becomes the best."""
+    whether that run completed: it reached its epochs or spent its time budget). The
+    weights' average (``cfg.ema``) starts from the checkpoint's weights, or the initial ones.
+    A best PSNR measured on another validation set than this run's (a proxy fine-tuned on new
+    data) is forgotten: the first epoch on the new data becomes the best."""
+    proxy, optimizer = run.proxy, run.optimizer
+    val_dataset = str(run.stage2) if run.val_set is not None else ""
     if not path.exists():
         if cfg.resume:
             raise UserError(f"--resume: no checkpoint {path}; train without --resume first")
+        run.ema = _copy_weights(proxy) if cfg.ema > 0 else None
         return 0, float("nan"), [], False
     try:
-        payload = read_checkpoint(path, device)
+        payload = read_checkpoint(path, run.device)
     except IncompatibleCheckpoint as e:
         raise UserError(f"{e}; move {path.parent} away (or use another -c NAME) to train anew") from None
     mine = proxy.describe()
@@ -406,7 +451,11 @@ def _resume(path: Path, proxy: Proxy, optimizer, cfg: TrainConfig, device: torch
             raise UserError(f"{path} holds a proxy with another {key} ({payload.get(key)!r}, "
                             f"now {mine.get(key)!r}); use another -c NAME or remove {path.parent}")
     try:
-        proxy.load_weights(payload["state_dict"])
+        proxy.load_weights(payload["state_dict"])            # the average, when one was kept
+        run.ema = _copy_weights(proxy) if cfg.ema > 0 else None
+        if "training_state_dict" in payload:
+            proxy.load_state_dict(payload["training_state_dict"])
+            run.steps = int(payload.get("ema_steps", 0))
         optimizer.load_state_dict(payload["optimizer"])
         best = payload["best_psnr"] if payload.get("val_dataset", "") == val_dataset else float("nan")
         done = payload["epoch"], best, list(payload["history"]), bool(payload.get("completed"))
@@ -417,6 +466,10 @@ def _resume(path: Path, proxy: Proxy, optimizer, cfg: TrainConfig, device: torch
     if not done[3] or cfg.resume:
         log.info("resuming %s after epoch %d", path, done[0])
     return done
+
+
+def _copy_weights(proxy: Proxy) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in proxy.state_dict().items()}
 
 
 @torch.no_grad()

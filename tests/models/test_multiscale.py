@@ -1,0 +1,79 @@
+"""The multiscale family's fixed blurs, scale weights and start (tiny tensors, fast)."""
+import torch
+
+from models.multiscale import (
+    BINOMIAL3,
+    BINOMIAL5,
+    SliderMultiscale,
+    mix_scales,
+    pyramid_scales,
+    scale_weights,
+    separable_blur,
+)
+from models.networks import ModelSpec, build_model
+
+
+def test_blur_keeps_constants_and_decimates_rounding_up():
+    x = torch.full((2, 3, 9, 6), 2.5)
+    torch.testing.assert_close(separable_blur(x, BINOMIAL3), x)
+    assert separable_blur(x, BINOMIAL5, stride=2).shape == (2, 3, 5, 3)
+
+
+def test_pyramid_goes_down_to_one_pixel():
+    scales = pyramid_scales(torch.rand(1, 2, 12, 7), levels=5)
+    assert len(scales) == 6 and scales[-1][0].shape[-2:] == (1, 1)
+    assert all(g.shape == g3.shape for g, g3 in scales)
+
+
+def test_scale_weights_sum_to_one_and_follow_the_position():
+    w = scale_weights(torch.tensor([[-6.0, 0.0, 6.0]]), 8)            # (1, 3, 8)
+    torch.testing.assert_close(w.sum(-1), torch.ones(1, 3))
+    assert w[0, 0].argmax() == 0 and w[0, 2].argmax() == 7 and w[0, 1, 3] == w[0, 1, 4]   # centre 3.5
+
+
+def test_mix_of_the_finest_scale_is_the_input_and_of_the_coarsest_the_mean():
+    x = torch.rand(1, 2, 16, 16)
+    scales = pyramid_scales(x, levels=4)
+    finest = torch.zeros(1, 2, 10)
+    finest[..., 0] = 1
+    torch.testing.assert_close(mix_scales(scales, finest, 1), x)
+    coarsest = torch.zeros(1, 2, 10)
+    coarsest[..., -1] = 1
+    flat = mix_scales(scales, coarsest, 1)
+    assert flat.std(dim=(2, 3)).max() < 0.02                            # about constant
+    assert (flat.mean(dim=(2, 3)) - x.mean(dim=(2, 3))).abs().max() < 0.05
+
+
+def test_starts_at_the_identity_with_coordinates_and_without_sliders():
+    torch.manual_seed(0)
+    net = build_model(ModelSpec("multiscale", "tiny", 3, 3, 0, extra_channels=2))
+    assert isinstance(net, SliderMultiscale)
+    x = torch.randn(2, 5, 11, 8)
+    torch.testing.assert_close(net(x, torch.zeros(2, 0)), x[:, :3], atol=1e-5, rtol=1e-5)
+
+
+def test_blur_size_moves_with_the_sliders():
+    """Once the slider heads say so, one slider setting blurs and another does not."""
+    torch.manual_seed(0)
+    net = build_model(ModelSpec("multiscale", "tiny", 1, 1, 1))
+    with torch.no_grad():          # the linear map: output = the first mix of the input
+        net.heads.weight.zero_()
+        net.heads.bias.zero_()
+        sizes = net._head_sizes()
+        start = sum(sizes[:4])
+        net.heads.bias[start] = -1.0                        # minus the input ...
+        net.heads.bias[start + 1] = 1.0                     # ... plus its first mix
+        position = sizes[0]                                 # that mix's blur size: the slider
+        net.cond[0].weight.zero_()
+        net.cond[0].bias.zero_()
+        net.cond[0].weight[0, 0] = 1.0
+        net.cond[2].weight.zero_()
+        net.cond[2].bias.zero_()
+        net.cond[2].weight[0, 0] = 1.0
+        net.heads.weight[position, 0] = 40.0
+        net.heads.bias[position] = -20.0
+    x = torch.zeros(2, 1, 16, 16)
+    x[:, :, 8, 8] = 1.0                                      # an impulse in the network domain
+    out = net(x, torch.tensor([[0.0], [1.0]]))
+    assert out[0, 0, 8, 8] > 0.9 * out[0].max() and out[0, 0, 8, 8] > 0.5   # slider 0: sharp
+    assert out[1, 0, 8, 8] < 0.1 and out[1].sum() > 0.3                     # slider 1: spread out
