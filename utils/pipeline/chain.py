@@ -27,6 +27,7 @@ from utils.data.tapouts import to_chw
 from utils.errors import UserError
 from utils.evaluation.metrics import psnr
 from utils.pipeline.config import BlockLine
+from utils.pipeline.fill import exact_block
 from utils.proxies.registry import PROXIES, get_proxy, split_proxy_name
 from utils.proxies.schema import ProxyType, Slider
 
@@ -71,7 +72,7 @@ def build_blocks(lines: Sequence[BlockLine], load: Callable[[str], Proxy]) -> li
     (``utils.pipeline.fill.exact_block``), and its sliders."""
     blocks = []
     for line in lines:
-        if line.name in EXACT and not PROXIES[line.name].sliders:
+        if exact_block(line):
             blocks.append(Block(line, EXACT[line.name](), PROXIES[line.name], []))
             continue
         proxy = load(line.name)
@@ -111,6 +112,11 @@ class Chain(nn.Module):
     def mosaic(self) -> bool:
         """Whether the chain starts on a raw mosaic (before demosaic)."""
         return self.blocks[0].proxy.layout != "rgb"
+
+    @property
+    def exact_colorin(self) -> bool:
+        """Whether colorin is computed exactly, so the context needs the image's matrix."""
+        return any(b.exact and b.operation == "colorin" for b in self.blocks)
 
     @property
     def scale(self) -> float:

@@ -111,7 +111,7 @@ def match_one(dt: Darktable, chain: Chain, job: MatchJob, folder: Path, device: 
     probe = dt.render(job.raw, defaults, OPERATIONS, size, chain.mosaic, require=False)
     check_aspect(target, probe.tapouts[("colorout", "out")].shape[:2], job)
     chain.conversions = choose_conversions(chain.blocks, probe)
-    chain.context = image_context(dt, job.raw, probe, any(b.exact and b.operation == "colorin" for b in chain.blocks))
+    chain.context = image_context(dt, job.raw, probe, chain.exact_colorin)
     x = even_crop(torch.from_numpy(to_chw(probe.tapouts[(chain.blocks[0].operation, "in")]))[None]).to(device)
     goal = torch.from_numpy(to_chw(target))[None].to(device)
     extra = (goal.shape[-2] - x.shape[-2], goal.shape[-1] - x.shape[-1])

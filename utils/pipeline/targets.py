@@ -127,11 +127,10 @@ def image_contexts(dt: Darktable, chain: Chain, images: Sequence[Path], folder: 
     path = folder / "contexts.json"
     known = json.loads(path.read_text()) if path.exists() else {}
     lines, types = [b.line for b in chain.blocks], {b.name: b.proxy_type for b in chain.blocks}
-    colorin = any(b.exact and b.operation == "colorin" for b in chain.blocks)
     for image in images:
         if image.name not in known:
             render = probe(dt, lines, types, image, settings)
-            known[image.name] = image_context(dt, image, render, colorin).to_dict()
+            known[image.name] = image_context(dt, image, render, chain.exact_colorin).to_dict()
             write_text_atomic(path, json.dumps(known, indent=1) + "\n")
     return {name: ImageContext.from_dict(d) for name, d in known.items()}
 
