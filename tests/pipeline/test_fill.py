@@ -11,7 +11,8 @@ from utils.data.tapouts import to_chw
 from utils.errors import UserError
 from utils.evaluation.metrics import psnr
 from utils.pipeline.config import BlockLine
-from utils.pipeline.fill import exact_block, fill_in, image_context, line_types, probe, proxy_lines
+from utils.pipeline.fill import (disabled_modules, exact_block, fill_in, image_context, line_types, probe,
+                                 proxy_lines, redundant_sliders)
 from utils.proxies.registry import PROXIES
 from utils.runs import RunPaths
 from utils.settings import DEFAULTS
@@ -79,6 +80,25 @@ def test_a_slider_subset_of_a_bare_type_names_its_own_proxy(tmp_path):
 
 
 # ------------------------------------------------------------------ with darktable
+
+def test_interchangeable_sliders_are_named():
+    [warning] = redundant_sliders({"temperature": ["red", "green", "blue"], "exposure": ["exposure", "black"]})
+    assert "temperature.green" in warning and "exposure.exposure" in warning and "temperature red,blue" in warning
+    assert not redundant_sliders({"temperature": ["red", "blue"], "exposure": ["exposure"]})
+    assert not redundant_sliders({"temperature": ["red", "green", "blue"], "colorbalancergb": ["contrast"]})
+
+
+@pytest.mark.darktable
+def test_white_balance_gain_is_an_exposure_change(dt, raw_image):
+    """Why REDUNDANT names them: all multipliers times 2 with exposure 1 EV lower (and its black
+    level times 2) renders byte-identically."""
+    def render(k):
+        items = [PROXIES["temperature"].history_item(dt, {"red": 1.6 * k, "green": 0.8 * k, "blue": 1.4 * k}),
+                 PROXIES["exposure"].history_item(dt, {"exposure": 0.5 - np.log2(k), "black": 0.004 * k}),
+                 *disabled_modules(dt, ["temperature", "exposure"], raw_image, DEFAULTS.PIPELINE_DISABLED_MODULES)]
+        return dt.render(raw_image, items, ["colorout"], 0, True).tapouts[("colorout", "out")]
+    assert np.array_equal(render(1.0), render(2.0))
+
 
 @pytest.mark.darktable
 def test_fixed_blocks_reproduce_darktable(dt, raw_image):

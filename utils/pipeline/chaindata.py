@@ -35,7 +35,7 @@ from utils.data.manifest import DatasetSpec, columns, read_rows, save_dataset_pr
 from utils.data.sampling import latin_hypercube
 from utils.errors import StorageError, UserError
 from utils.pipeline.config import BlockLine
-from utils.pipeline.fill import disabled_modules, exact_block, fill_in, line_types, probe
+from utils.pipeline.fill import disabled_modules, exact_block, fill_in, line_types, probe, redundant_sliders
 from utils.proxies.registry import split_proxy_name
 from utils.proxies.schema import ProxyType, Slider
 from utils.proxies.trained import load_trained, missing_proxies, trained_type
@@ -176,6 +176,9 @@ def chain_lines(dt: Darktable, listed: Sequence[BlockLine], probe_image: Path, p
     render = probe(dt, listed, types, probe_image, settings, extra)
     lines = fill_in(listed, types, render, is_raw(probe_image))
     log.info("chain: %s", " -> ".join(line.name + ("" if line.lineno else " (filled in)") for line in lines))
+    for warning in redundant_sliders({types[line.name].operation: [s.name for s in sliders_of(line, paths)]
+                                      if line.sliders is None else line.sliders for line in listed}):
+        log.warning(warning)
     missing = missing_proxies([line for line in lines if not exact_block(line)], paths, train_missing)
     if not (missing or fine_tune):
         return lines, render, None

@@ -180,3 +180,23 @@ def image_context(dt: Darktable, image: Path, render: Render, colorin: bool = Tr
                         f"project can compute exactly ({score:.1f} dB); use a camera or file with one")
     context.colorin_matrix, context.colorin_encoded = matrix.tolist(), encoded
     return context
+
+
+# Sliders that darktable's maths makes interchangeable: a chain recovering all of them cannot
+# tell the truth from an equivalent edit, so their errors measure a choice, not a fault.
+# Scaling all white-balance multipliers by k renders exactly as exposure - log2(k) (with
+# exposure's black level times k): byte-identical renders, tests/pipeline/test_fill.py.
+REDUNDANT = (
+    (("temperature.red", "temperature.green", "temperature.blue"), "exposure.exposure",
+     "scaling all white-balance multipliers by k renders exactly as exposure - log2(k)",
+     "recover 'temperature red,blue' (green stays 1, as darktable's white balance keeps it)"),
+)
+
+
+def redundant_sliders(recovered: Mapping[str, Sequence[str]]) -> list[str]:
+    """Warnings for the REDUNDANT groups a chain recovers entirely; ``recovered`` maps each
+    block's operation to the sliders it recovers."""
+    have = {f"{op}.{s}" for op, names in recovered.items() for s in names}
+    return [f"{', '.join(group)} and {other} are interchangeable ({why}): recovered values are one of "
+            f"many equivalent edits; to recover a unique one, {fix}"
+            for group, other, why, fix in REDUNDANT if have.issuperset((*group, other))]
