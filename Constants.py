@@ -60,6 +60,8 @@ SAVE_ALL_OUTPUTS = True           # save every block's output at the recovered s
 PIPELINE_TRAIN_SAMPLES = 50       # -n of Darktable_proxies.py for the proxies --train-missing trains
 PIPELINE_DISABLED_MODULES = ("highlights",)
                                   # default modules turned off in pipeline renders unless they are blocks
+MATCH_POLISH_STEPS = 4            # --match: Levenberg-Marquardt steps on darktable's own renders after the
+                                  # proxy chain's answer (0 = the chain's answer as it is)
 
 # ---------------------------------------------------------------- darktable
 DARKTABLE_PATH = ""               # darktable-cli to use; "" = DARKTABLE_CLI env, then PATH, then our own install

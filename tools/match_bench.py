@@ -76,18 +76,27 @@ def main() -> int:
         job = MatchJob(raw, target, folder / f"{raw.stem}_{k:03d}.xmp")
         t0 = time.monotonic()
         metrics = match_one(dt, chain, job, folder / target.stem, device, iterations, settings)
-        errors = {f"{b}.{s}": abs(metrics["sliders"][b][s] - v) for b, sl in true.items() for s, v in sl.items()}
+        errors, chain_errors = (
+            {f"{b}.{s}": abs(found[b][s] - v) for b, sl in true.items() for s, v in sl.items()}
+            for found in (metrics["sliders"], metrics["chain_sliders"]))
         rows.append({"target": target.name, "true": true, "found": metrics["sliders"], "errors": errors,
-                     "darktable_psnr": metrics["darktable_psnr"], "proxy_psnr": metrics["proxy_psnr"],
-                     "seconds": round(time.monotonic() - t0, 1)})
-        log.info("%s: darktable PSNR %.2f dB, errors %s", target.name, metrics["darktable_psnr"],
+                     "chain_errors": chain_errors, "darktable_psnr": metrics["darktable_psnr"],
+                     "chain_edit_darktable_psnr": metrics["chain_edit_darktable_psnr"],
+                     "proxy_psnr": metrics["proxy_psnr"], "seconds": round(time.monotonic() - t0, 1)})
+        log.info("%s: darktable PSNR %.2f dB (chain's edit %s dB), errors %s", target.name,
+                 metrics["darktable_psnr"], _dB(metrics["chain_edit_darktable_psnr"]),
                  ", ".join(f"{n} {e:.4f}" for n, e in errors.items()))
     scores = [r["darktable_psnr"] for r in rows]
     names = list(rows[0]["errors"])
+    chain_scores = [r["chain_edit_darktable_psnr"] for r in rows if r["chain_edit_darktable_psnr"] is not None]
     result = {"config": args.config.read_text(), "targets": args.n, "size": args.size, "iterations": iterations,
+              "polish_steps": settings.MATCH_POLISH_STEPS,
               "darktable_psnr_mean": float(np.mean(scores)), "darktable_psnr_min": float(np.min(scores)),
+              "chain_edit_psnr_mean": float(np.mean(chain_scores)) if chain_scores else None,
+              "chain_edit_psnr_min": float(np.min(chain_scores)) if chain_scores else None,
               "slider_error_mean": {n: float(np.mean([r["errors"][n] for r in rows])) for n in names},
               "slider_error_max": {n: float(np.max([r["errors"][n] for r in rows])) for n in names},
+              "chain_slider_error_mean": {n: float(np.mean([r["chain_errors"][n] for r in rows])) for n in names},
               "seconds_per_target": float(np.mean([r["seconds"] for r in rows])),
               "wall_seconds": round(time.monotonic() - start, 1), "threads": torch.get_num_threads(),
               "machine": platform.processor() or platform.machine(), "rows": rows}
@@ -95,9 +104,17 @@ def main() -> int:
     print(f"darktable PSNR of the written XMPs: mean {result['darktable_psnr_mean']:.2f} dB, worst "
           f"{result['darktable_psnr_min']:.2f} dB over {args.n} targets; {result['seconds_per_target']:.0f} s "
           "per target")
+    if chain_scores:
+        print(f"the proxy chain's edits before the darktable polish: mean {result['chain_edit_psnr_mean']:.2f} dB, "
+              f"worst {result['chain_edit_psnr_min']:.2f} dB")
     for n in names:
-        print(f"  {n}: error mean {result['slider_error_mean'][n]:.4f}, max {result['slider_error_max'][n]:.4f}")
+        print(f"  {n}: error mean {result['slider_error_mean'][n]:.4f}, max {result['slider_error_max'][n]:.4f} "
+              f"(chain's edit: mean {result['chain_slider_error_mean'][n]:.4f})")
     return 0
+
+
+def _dB(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ input, the image's context (its colour matrix) and the conversions between block
 sliders of the listed blocks are regressed through the filled-in chain to the target (the
 chain's display RGB clipped to [0, 1], as an export is); the recovered sliders are written
 as an XMP and rendered by darktable, which is the result that counts: ``darktable PSNR``.
+Before it is written, darktable itself polishes the chain's answer (utils/pipeline/polish.py):
+the chain finds the neighbourhood, darktable's own renders remove the proxies' error.
 """
 from __future__ import annotations
 
@@ -25,15 +27,16 @@ import torch.nn.functional as F
 from models.mosaic import even_crop
 from utils.atomic import write_text_atomic
 from utils.darktable.dumps import OPERATIONS, is_raw
-from utils.darktable.runner import Darktable
+from utils.darktable.runner import Darktable, Job, Render
 from utils.darktable.xmp import HistoryItem, build_xmp
 from utils.data.images import check_readable
 from utils.data.tapouts import to_chw
-from utils.errors import UserError
+from utils.errors import DarktableError, UserError
 from utils.evaluation.metrics import psnr
 from utils.evaluation.regress import freeze, regress
 from utils.pipeline.chain import Chain, choose_conversions
 from utils.pipeline.fill import image_context
+from utils.pipeline.polish import polish
 from utils.pipeline.targets import history
 from utils.settings import Settings
 from utils.visual import contact_sheet, save_png, to_display
@@ -129,17 +132,27 @@ def match_one(dt: Darktable, chain: Chain, job: MatchJob, folder: Path, device: 
                   torch.Generator().manual_seed(settings.SEED), crop=settings.REGRESSION_CROP if same_size else 0)
     with torch.no_grad():
         found = forward(x, rec.u[None].to(device)).cpu()
-    sliders = chain.clamped_values([float(v) for v in chain_values(chain, rec.u)])
-    items = history(dt, chain, sliders, job.raw, settings) + raw_items
+
+    def edit(u: np.ndarray | torch.Tensor) -> tuple[dict[str, dict[str, float]], tuple[HistoryItem, ...]]:
+        sliders = chain.clamped_values([float(v) for v in chain_values(chain, torch.as_tensor(u).float())])
+        return sliders, history(dt, chain, sliders, job.raw, settings) + raw_items
+
+    def render(points: Sequence[np.ndarray]) -> list[np.ndarray]:
+        results = dt.render_batch([Job(job.raw, edit(p)[1]) for p in points], (), size, True, output=True)
+        return [exported_file(r, target.shape[:2]) for r in results]
+
+    polished = polish(render, rec.u.double().numpy(), target, settings.MATCH_POLISH_STEPS)
+    chain_sliders = edit(rec.u)[0]
+    sliders, items = edit(polished.u)
     job.xmp.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(job.xmp, build_xmp(list(items), is_raw(job.raw)))
-    rendered = dt.render(job.raw, items, (), size, True, output=True).output
-    rendered = np.clip(rendered, 0.0, 1.0)
-    if rendered.shape[:2] != target.shape[:2]:   # darktable may round a side differently
-        rendered = resize(rendered, target.shape[:2])
+    rendered = exported_file(dt.render(job.raw, items, (), size, True, output=True), target.shape[:2])
     darktable_psnr = float(psnr(torch.from_numpy(to_chw(rendered))[None], torch.from_numpy(to_chw(target))[None])[0])
     metrics = {"target": str(job.target), "image": str(job.raw), "xmp": str(job.xmp), "sliders": sliders,
                "proxy_psnr": float(psnr(found.float(), goal.cpu().float())[0]), "darktable_psnr": darktable_psnr,
+               "chain_sliders": chain_sliders,
+               "chain_edit_darktable_psnr": polished.psnr[0] if polished.psnr else None,
+               "polish_psnr": polished.psnr, "polish_renders": polished.renders,
                "blocks": [b.name for b in chain.blocks], "iterations": iterations,
                "seconds": round(time.monotonic() - start, 1)}
     folder.mkdir(parents=True, exist_ok=True)
@@ -164,6 +177,15 @@ def exported(image: torch.Tensor, size: Sequence[int] | None) -> torch.Tensor:
     if size is not None and tuple(image.shape[-2:]) != tuple(size):
         image = F.interpolate(image, size=tuple(size), mode="area")
     return image
+
+
+def exported_file(result: Render | DarktableError, shape: Sequence[int]) -> np.ndarray:
+    """A darktable render's exported image as the target holds it: clipped to [0, 1], at
+    ``shape`` (darktable may round a side differently)."""
+    if isinstance(result, DarktableError):
+        raise result
+    image = np.clip(result.output, 0.0, 1.0)
+    return image if image.shape[:2] == tuple(shape) else resize(image, shape)
 
 
 def resize(image: np.ndarray, shape: Sequence[int]) -> np.ndarray:
