@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.fixed import ColorIn, ColorOut
+from models.fixed import ColorIn, ColorOut, Demosaic
 from utils.darktable.runner import Render
 from utils.data.manifest import read_manifest, read_spec
 from utils.data.tapouts import to_chw
@@ -41,11 +41,11 @@ def filled(lines, order=RAW_ORDER, **kw):
 
 def test_listed_modules_are_filled_in_to_colorout():
     assert filled(lines_of("exposure", "colorbalancergb")) == ["exposure", "colorin", "colorbalancergb", "colorout"]
-    # the seed's format: every module listed; colorin and colorout are exact
+    # the seed's format: every module listed; demosaic, colorin and colorout are exact
     seed = lines_of("temperature", "demosaic", "exposure", "colorin", "colorbalancergb", "colorout")
     assert filled(seed) == [line.name for line in seed]
-    assert [exact_block(line) for line in seed] == [False, False, False, True, False, True]
-    # from temperature on, demosaic (a slider-less proxy type) is filled in
+    assert [exact_block(line) for line in seed] == [False, True, False, True, False, True]
+    # from temperature on, demosaic (exact) is filled in
     without_balance = [op for op in RAW_ORDER if op != "colorbalancergb"]
     assert filled(lines_of("temperature", "exposure"), order=without_balance) == \
         ["temperature", "demosaic", "exposure", "colorin", "colorout"]
@@ -103,7 +103,8 @@ def test_white_balance_gain_is_an_exposure_change(dt, raw_image):
 @pytest.mark.darktable
 def test_fixed_blocks_reproduce_darktable(dt, raw_image):
     """colorin (with the matrix fitted to a default render) and colorout, computed exactly,
-    against darktable's tap-outs at other slider values."""
+    against darktable's tap-outs at other slider values; demosaic with the processed maximum
+    measured from the same render."""
     lines = lines_of("exposure", "colorbalancergb")
     types = line_types(lines, lambda name: None)
     render = probe(dt, lines, types, raw_image, DEFAULTS)
@@ -111,6 +112,9 @@ def test_fixed_blocks_reproduce_darktable(dt, raw_image):
         ["exposure", "colorin", "colorbalancergb", "colorout"]
     context = image_context(dt, raw_image, render)
     assert context.pattern in ("RGGB", "BGGR", "GRBG", "GBRG") and not context.colorin_encoded
+    mosaic, rgb = (torch.from_numpy(a) for a in render.io("demosaic"))
+    demosaiced = Demosaic()(mosaic[None, None], torch.zeros(1, 0), context)[0].permute(1, 2, 0)
+    assert context.processed_maximum > 1 and 10 * np.log10(1 / float((demosaiced - rgb).square().mean())) > 140
     other = dt.render(raw_image, [PROXIES["exposure"].history_item(dt, {"exposure": 2.5}),
                                   PROXIES["colorbalancergb"].history_item(dt, {"contrast": 0.6})],
                       ["colorin", "colorout"], 0, True)

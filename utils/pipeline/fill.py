@@ -6,15 +6,16 @@ runs from the first listed block to the end of the pipe, colorout's display RGB 
 export writes):
 
 - listed blocks run as given;
-- colorin and colorout run at darktable's defaults, computed exactly (models/fixed.py) from
-  the image's context (:func:`image_context`);
+- demosaic, colorin and colorout run at darktable's defaults, computed exactly
+  (models/fixed.py) from the image's context (:func:`image_context`);
 - a module whose output equals its input in the probe (finalscale at full size) is left out;
-- a module this project has a proxy type for (demosaic) is a trained proxy at its defaults,
-  with no slider recovered;
+- a slider-less module with a proxy type but no exact stand-in would be a trained proxy at
+  its defaults, with no slider recovered (there is none today);
 - anything else is an error naming the module, before any training.
 
-The seed's format, which lists colorin, colorout and the others explicitly, still works: a
-listed slider-less module that has an exact stand-in uses it.
+The seed's format, which lists demosaic, colorin, colorout and the others explicitly, still
+works: a listed slider-less module that has an exact stand-in uses it. A trained demosaic
+proxy (``Darktable_proxies.py demosaic -c NAME``) is used where the config lists its NAME.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from models.colorspace import lab_to_xyz, xyz_to_lab
+from models.demosaic_exact import colour_map
 from models.fixed import EXACT, ImageContext, srgb_decode
 from utils.darktable.dumps import OPERATIONS, is_raw
 from utils.darktable.runner import Darktable, Render
@@ -49,7 +51,7 @@ NO_OP_TOLERANCE = 1e-6        # a module whose output is its input this closely 
 
 def exact_block(line: BlockLine) -> bool:
     """Whether a config line is a module computed exactly: a bare type name of a slider-less
-    module with an exact stand-in (colorin, colorout)."""
+    module with an exact stand-in (demosaic, colorin, colorout)."""
     return line.name in EXACT and not PROXIES[line.name].sliders
 
 
@@ -155,11 +157,24 @@ def _no_op(render: Render, op: str) -> bool:
         float(np.abs(a.astype(np.float64) - b).max(initial=0.0)) <= NO_OP_TOLERANCE
 
 
+def measured_processed_maximum(mosaic_in: np.ndarray, mosaic_out: np.ndarray, pattern: str) -> float:
+    """darktable's processed maximum after white balance, from its tap-outs: the largest of
+    its per-colour multipliers (least squares over each colour's photosites), at least 1."""
+    colours = colour_map(pattern, *mosaic_in.shape[:2]).numpy()
+    a, b = mosaic_in.astype(np.float64), mosaic_out.astype(np.float64)
+    gains = [float((a[colours == k] * b[colours == k]).sum() / max((a[colours == k] ** 2).sum(), 1e-30))
+             for k in range(3)]
+    return max(1.0, *gains)
+
+
 def image_context(dt: Darktable, image: Path, render: Render, colorin: bool = True) -> ImageContext:
     """What the fixed blocks need to know about ``image``, from a render that dumped colorin:
-    the CFA pattern (raw) and, with ``colorin``, colorin's matrix, fitted by least squares from
-    colorin's input to its output in XYZ (checked to reproduce darktable's Lab to EXACT_MIN_PSNR)."""
+    the CFA pattern and the processed maximum at demosaic (raw) and, with ``colorin``,
+    colorin's matrix, fitted by least squares from colorin's input to its output in XYZ
+    (checked to reproduce darktable's Lab to EXACT_MIN_PSNR)."""
     context = ImageContext(pattern=cfa_pattern(image, dt) if is_raw(image) else "")
+    if context.pattern and ("temperature", "out") in render.tapouts:
+        context.processed_maximum = measured_processed_maximum(*render.io("temperature"), context.pattern)
     if not colorin or ("colorin", "in") not in render.tapouts:
         return context
     rgb = torch.from_numpy(to_chw(render.tapouts[("colorin", "in")])).double()
