@@ -246,6 +246,33 @@ def test_gradient_crosses_mosaic_blocks(pattern):
     assert (u.grad.abs() > 0).all()
 
 
+def test_exact_demosaic_follows_the_white_balance_block_and_passes_gradient():
+    """temperature-like mosaic block -> exact demosaic -> exposure: demosaic's processed
+    maximum is the white-balance block's largest multiplier, and the white-balance sliders get
+    gradient through it."""
+    from models.demosaic_exact import rcd_demosaic
+    from models.fixed import Demosaic
+    from models.mosaic import network_channels
+    from utils.proxies.registry import get_proxy
+    wb = [Slider(n, 0.25, 4.0, 1.0, scale="log") for n in ("red", "blue")]
+    cin, cout = network_channels("mosaic", 1, 1)
+    temperature = Proxy(ModelSpec("pointwise", "tiny", cin, cout, 2, "mosaic"), wb, 0.01, {"proxy_type": "temperature"})
+    blocks = [Block(BlockLine(1, "temperature", None, True), temperature, get_proxy("temperature"), ["red", "blue"]),
+              Block(BlockLine(0, "demosaic", (), True), Demosaic(), get_proxy("demosaic"), []),
+              Block(BlockLine(3, "exposure", None, True), tiny_proxy(EXPOSURE.sliders, "exposure"), EXPOSURE,
+                    ["exposure"])]
+    chain = Chain(blocks, ["identity", "identity"])
+    chain.context = ImageContext("GBRG")
+    freeze(chain)
+    u = torch.tensor([[0.9, 0.2, 0.5]], requires_grad=True)     # red 3.0, blue 0.44 (green: 1)
+    x = torch.rand(1, 1, 24, 30) * 0.5
+    out, (balanced, rgb, _) = chain(x, u, keep=True)
+    red = float(temperature.from_unit(u.detach()[:, :2])[0, 0])
+    assert red > 3 and torch.equal(rgb, rcd_demosaic(balanced, "GBRG", red))
+    out.square().mean().backward()
+    assert torch.isfinite(u.grad).all() and (u.grad.abs() > 0).all()
+
+
 def test_regression_survives_a_start_that_overflows():
     """A start whose output is not finite neither poisons the others nor wins (with this seed
     five of the eight starts begin in the region where the output is NaN)."""

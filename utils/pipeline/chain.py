@@ -1,8 +1,9 @@
 """Chained proxies: a differentiable replica of a stretch of darktable's pipe.
 
-Blocks are trained proxies or, for modules darktable runs at their defaults with simple maths
-(colorin, colorout), exact differentiable stand-ins (models/fixed.py) conditioned on the
-image's context (``Chain.context``: its CFA pattern and colour matrix, never regressed).
+Blocks are trained proxies or, for modules darktable runs at their defaults (demosaic,
+colorin, colorout), exact differentiable stand-ins (models/fixed.py) conditioned on the
+image's context (``Chain.context``: its CFA pattern and colour matrix, never regressed; after
+a white-balance block, demosaic's processed maximum follows that block's multipliers).
 
 Between two blocks the chain applies exactly the conversion darktable's pipe applies between
 those modules (identity, Lab -> linear Rec.2020 or the reverse; models/colorspace.py): it is
@@ -13,7 +14,7 @@ skipped silently. Gradients flow through every block and every conversion.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -106,7 +107,7 @@ class Chain(nn.Module):
             self.slices.append(slice(start, start + len(b.recovered)))
             start += len(b.recovered)
         self.n_sliders = start
-        self.context = ImageContext()   # the current image's (CFA pattern, colour matrix)
+        self.context = ImageContext()   # the current image's (CFA pattern, colour matrix, ...)
 
     @property
     def mosaic(self) -> bool:
@@ -140,20 +141,25 @@ class Chain(nn.Module):
 
     def run(self, x: torch.Tensor, block_u: Sequence[torch.Tensor], keep: bool = False):
         """The chain with every block's full normalised slider vector given (``block_u[k]``
-        (B, S_k)), as training on chain data needs."""
+        (B, S_k)), as training on chain data needs. Downstream of a white-balance block the
+        exact blocks see the processed maximum its multipliers give (as darktable's pipe)."""
         outputs = []
+        context = self.context
         for k, block in enumerate(self.blocks):
             if k:
                 x = CONVERSIONS[self.conversions[k - 1]](x)
-            x = self.block(k, x, block_u[k])
+            x = self.block(k, x, block_u[k], context)
+            if block.operation == "temperature":
+                context = replace(self.context, processed_maximum=white_balance_maximum(block, block_u[k]))
             outputs.append(x)
         return (x, outputs) if keep else x
 
-    def block(self, k: int, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """Block k alone on its input ``x`` (in its own colour space) at sliders ``u``."""
+    def block(self, k: int, x: torch.Tensor, u: torch.Tensor, context: ImageContext | None = None) -> torch.Tensor:
+        """Block k alone on its input ``x`` (in its own colour space) at sliders ``u``;
+        ``context``: the image's as the pipe has it there (default ``self.context``)."""
         block = self.blocks[k]
         if block.exact:
-            return block.proxy(x, u, self.context)
+            return block.proxy(x, u, self.context if context is None else context)
         if block.proxy.layout == "rgb":
             return block.proxy(x, u)
         return block.proxy(x, u, self.context.pattern)
@@ -178,6 +184,17 @@ class Chain(nn.Module):
     def ranges(self) -> list[float]:
         """Each recovered slider's range (hi - lo), in u order."""
         return [s.hi - s.lo for b in self.blocks for s in b.sliders]
+
+
+def white_balance_maximum(block: Block, u: torch.Tensor) -> torch.Tensor:
+    """(B,) darktable's processed maximum after a white-balance block at normalised sliders
+    ``u`` (B, S): its largest multiplier (a slider the proxy lacks is at its type's default).
+    A constant of the pipe, not differentiated."""
+    values = block.proxy.from_unit(u.detach())
+    names = block.proxy.slider_names
+    columns = [values[:, names.index(n)] if n in names else
+               torch.full_like(values[:, 0], block.proxy_type.slider(n).default) for n in ("red", "green", "blue")]
+    return torch.stack(columns, 1).amax(1).float()
 
 
 def choose_conversions(blocks: Sequence[Block], render: Render) -> list[str]:
