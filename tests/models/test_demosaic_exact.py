@@ -68,6 +68,25 @@ def test_a_crop_demosaics_with_its_own_pattern():
         rcd_demosaic(whole[..., :5, :8], "RGGB")
 
 
+def test_a_crop_with_its_context_margin_is_the_whole_images_demosaic():
+    """Without context a crop's outer 7 px are darktable's border interpolation; with
+    Demosaic.context_margin px around it, the crop is the whole image's demosaic up to where
+    RCD's tiles fall (their grid starts at the image's corner)."""
+    from utils.evaluation.regress import with_margin
+    torch.manual_seed(0)
+    y, x = torch.meshgrid(torch.linspace(0, 6, 150), torch.linspace(0, 8, 230), indexing="ij")
+    mosaic = (0.4 + 0.3 * torch.sin(x) * torch.cos(y) + 0.02 * torch.rand(150, 230))[None, None]
+    whole = rcd_demosaic(mosaic, "GRBG", 1.5)
+    m = Demosaic.context_margin
+    for top, left in ((0, 0), (40, 60), (86, 166), (50, 2)):
+        (rows, inner_rows), (cols, inner_cols) = with_margin(top, 64, 150, m), with_margin(left, 64, 230, m)
+        widened = rcd_demosaic(mosaic[..., rows, cols], "GRBG", 1.5)[..., inner_rows, inner_cols]
+        bare = rcd_demosaic(mosaic[..., top:top + 64, left:left + 64], "GRBG", 1.5)
+        truth = whole[..., top:top + 64, left:left + 64]
+        assert (widened - truth).abs().max() < 2e-4
+        assert top == left == 0 or (bare - truth).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("size", [(8, 8), (20, 22)])
 def test_gradients_reach_every_photosite_and_are_finite(size):
     torch.manual_seed(1)

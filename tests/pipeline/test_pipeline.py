@@ -263,6 +263,7 @@ def test_exact_demosaic_follows_the_white_balance_block_and_passes_gradient():
                     ["exposure"])]
     chain = Chain(blocks, ["identity", "identity"])
     chain.context = ImageContext("GBRG")
+    assert chain.context_margin == 10 and Chain(blocks[2:], []).context_margin == 0
     freeze(chain)
     u = torch.tensor([[0.9, 0.2, 0.5]], requires_grad=True)     # red 3.0, blue 0.44 (green: 1)
     x = torch.rand(1, 1, 24, 30) * 0.5
@@ -271,6 +272,20 @@ def test_exact_demosaic_follows_the_white_balance_block_and_passes_gradient():
     assert red > 3 and torch.equal(rgb, rcd_demosaic(balanced, "GBRG", red))
     out.square().mean().backward()
     assert torch.isfinite(u.grad).all() and (u.grad.abs() > 0).all()
+
+
+def test_regression_crops_carry_the_margin_of_context_asked_for():
+    from utils.evaluation.regress import with_margin
+    assert with_margin(10, 8, 32, 4) == (slice(6, 22), slice(4, 12))
+    assert with_margin(2, 8, 12, 4) == (slice(0, 12), slice(2, 10))     # clipped at both ends
+    seen = []
+
+    def forward(x, u):
+        seen.append(tuple(x.shape[-2:]))
+        return x * u[:, :1, None, None]
+    x = torch.rand(1, 3, 32, 32) + 0.1
+    rec = regress(forward, 1, 0.01, x, x * 0.5, 30, 2, torch.Generator().manual_seed(0), lr=0.2, crop=8, margin=4)
+    assert abs(float(rec.u[0]) - 0.5) < 0.02 and max(seen[:-1]) == (16, 16) and min(seen) >= (8, 8)
 
 
 def test_regression_survives_a_start_that_overflows():

@@ -45,7 +45,7 @@ def freeze(module: torch.nn.Module) -> None:
 def regress(forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], n_sliders: int,
             scale: float, x: torch.Tensor, target: torch.Tensor, iterations: int, restarts: int,
             generator: torch.Generator, lr: float = 0.05, frame_every: int = 0,
-            crop: int = DEFAULTS.REGRESSION_CROP) -> Recovery:
+            crop: int = DEFAULTS.REGRESSION_CROP, margin: int = 0) -> Recovery:
     """Recover the ``n_sliders`` normalised sliders ``u`` that make ``forward(x, u)`` match
     ``target`` (x and target (1, C, H, W); forward is a proxy, or a chain of proxies).
 
@@ -54,6 +54,8 @@ def regress(forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], n_sli
     REGRESSION_CROP setting, even offsets so a mosaic keeps its phase; the sliders are
     global, so any part of the image constrains them), which makes an iteration several times
     cheaper (``crop=0``: the whole image); the winning start is chosen on the whole image.
+    ``forward`` runs on the crop widened by ``margin`` (even) px of context where the image
+    has them (a chain's ``context_margin``), and the loss is taken on the crop.
     """
     if isinstance(forward, torch.nn.Module):
         freeze(forward)
@@ -71,7 +73,8 @@ def regress(forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], n_sli
                 frames.append((it, torch.sigmoid(theta).cpu(), forward(xs, torch.sigmoid(theta)).cpu()))
         top = 2 * int(torch.randint(0, (h - ch) // 2 + 1, (), generator=generator))
         left = 2 * int(torch.randint(0, (w - cw) // 2 + 1, (), generator=generator))
-        pred = forward(xs[..., top:top + ch, left:left + cw], torch.sigmoid(theta))
+        (rows, inner_rows), (cols, inner_cols) = with_margin(top, ch, h, margin), with_margin(left, cw, w, margin)
+        pred = forward(xs[..., rows, cols], torch.sigmoid(theta))[..., inner_rows, inner_cols]
         err = to_network(pred, scale) - goal[..., top:top + ch, left:left + cw]
         optimizer.zero_grad(set_to_none=True)
         (err ** 2).mean(dim=(1, 2, 3)).sum().backward()
@@ -89,6 +92,13 @@ def regress(forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], n_sli
     best = int(torch.argmin(losses))
     return Recovery(u[best].cpu(), float(losses[best]), [(it, fu[best], fp[best]) for it, fu, fp in frames],
                     start[best].cpu())
+
+
+def with_margin(start: int, length: int, size: int, margin: int) -> tuple[slice, slice]:
+    """The window [start, start + length) of an axis of ``size`` widened by ``margin`` on
+    both sides as far as the axis goes, and the slice that takes the window back out of it."""
+    lo, hi = max(0, start - margin), min(size, start + length + margin)
+    return slice(lo, hi), slice(start - lo, start - lo + length)
 
 
 def _values(proxy: Proxy, u: torch.Tensor) -> list[float]:

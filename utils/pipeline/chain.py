@@ -115,6 +115,12 @@ class Chain(nn.Module):
         return self.blocks[0].proxy.layout != "rgb"
 
     @property
+    def context_margin(self) -> int:
+        """Pixels of context a crop of the chain's input needs on each side for the exact blocks
+        to compute on it what darktable computes on the whole image (``Fixed.context_margin``)."""
+        return max((getattr(b.proxy, "context_margin", 0) for b in self.blocks), default=0)
+
+    @property
     def exact_colorin(self) -> bool:
         """Whether colorin is computed exactly, so the context needs the image's matrix."""
         return any(b.exact and b.operation == "colorin" for b in self.blocks)

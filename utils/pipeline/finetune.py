@@ -34,6 +34,7 @@ from utils.darktable.files import read_tiff
 from utils.data.manifest import read_manifest
 from utils.data.tapouts import to_chw
 from utils.evaluation.metrics import psnr
+from utils.evaluation.regress import with_margin
 from utils.pipeline.chain import Chain
 from utils.pipeline.chaindata import ChainData
 from utils.settings import Settings
@@ -167,6 +168,8 @@ def _sample_loss(chain: Chain, s: ChainSample, contexts: dict[str, ImageContext]
     top = 2 * int(torch.randint(0, max(1, (h - CROP) // 2 + 1), (1,), generator=generator))
     left = 2 * int(torch.randint(0, max(1, (w - CROP) // 2 + 1), (1,), generator=generator))
     crop = lambda t: t[..., top:top + CROP, left:left + CROP].to(device)
+    (rows, inner_rows), (cols, inner_cols) = (with_margin(top, CROP, h, chain.context_margin),
+                                              with_margin(left, CROP, w, chain.context_margin))
     block_u = _block_u(chain, s, device)
     loss = torch.zeros((), device=device)
     for k, b in enumerate(chain.blocks):
@@ -174,7 +177,7 @@ def _sample_loss(chain: Chain, s: ChainSample, contexts: dict[str, ImageContext]
             tap_in, tap_out = (load(p) for p in s.taps[b.name])
             pred = chain.block(k, crop(tap_in), block_u[k])
             loss = loss + (to_network(pred, b.proxy.scale) - to_network(crop(tap_out), b.proxy.scale)).abs().mean()
-    out = chain.run(crop(load(s.taps[first][0])), block_u)
+    out = chain.run(load(s.taps[first][0])[..., rows, cols].to(device), block_u)[..., inner_rows, inner_cols]
     return loss + (to_network(out, chain.scale) - to_network(crop(final), chain.scale)).abs().mean()
 
 

@@ -60,7 +60,7 @@ def regress_target(chain: Chain, target: Target, device: torch.device, iteration
     generator = torch.Generator().manual_seed(seed)
     chain.context = target.context
     rec = regress(chain, chain.n_sliders, chain.scale, x, y, iterations, restarts, generator,
-                  frame_every=frame_every, crop=crop)
+                  frame_every=frame_every, crop=crop, margin=chain.context_margin)
     with torch.no_grad():
         score = _psnr(chain(x, rec.u[None].to(device)).cpu(), y.cpu())
     ranges = chain.ranges()
