@@ -227,16 +227,3 @@ def choose_conversions(blocks: Sequence[Block], render: Render) -> list[str]:
                             f"conversion{hint}; add the module(s) in between as blocks")
         chosen.append(best)
     return chosen
-
-
-def check_order(blocks: Sequence[Block], render: Render, raw: bool) -> None:
-    """The config's order must be darktable's processing order for this input type."""
-    order = [op for op in render.order if op in {b.operation for b in blocks}]
-    mine = [b.operation for b in blocks]
-    if order != mine:
-        for k, (have, want) in enumerate(zip(mine, order)):
-            if have != want:
-                raise UserError(
-                    f"line {blocks[k].line.lineno}: {blocks[k].name} ({have}) is out of darktable's "
-                    f"order for {'raw' if raw else 'non-raw'} input; darktable runs "
-                    f"{' -> '.join(order)}: reorder the config lines")

@@ -125,12 +125,7 @@ def fill_in(lines: Sequence[BlockLine], types: dict[str, ProxyType], render: Ren
             raise UserError(f"line {line.lineno}: darktable does not run {op} on {kind} input "
                             f"(it runs {' -> '.join(order)}); remove the line or use other images")
     mine = list(by_op)
-    theirs = [op for op in order if op in by_op]
-    for have, want in zip(mine, theirs):
-        if have != want:
-            raise UserError(f"line {by_op[have].lineno}: {by_op[have].name} ({have}) is out of darktable's "
-                            f"order for {kind} input; darktable runs {' -> '.join(theirs)}: reorder the "
-                            "config lines")
+    check_order(list(by_op.values()), mine, order, raw)
     if END not in order:
         raise UserError(f"darktable ran no {END} on {kind} input; the chain ends at its display RGB")
     span = order[order.index(mine[0]):order.index(END) + 1]
@@ -149,6 +144,17 @@ def fill_in(lines: Sequence[BlockLine], types: dict[str, ProxyType], render: Ren
                             f"has no stand-in for it at its defaults; add '{op} <sliders> 1' to the config "
                             "if it is a proxy type, or turn the module off")
     return chain
+
+
+def check_order(lines: Sequence[BlockLine], operations: Sequence[str], order: Sequence[str], raw: bool) -> None:
+    """The lines (of ``operations``) must come in darktable's processing ``order`` for this
+    input type; the first out of place is a UserError naming its line."""
+    theirs = [op for op in order if op in set(operations)]
+    for line, have, want in zip(lines, operations, theirs):
+        if have != want:
+            raise UserError(f"line {line.lineno}: {line.name} ({have}) is out of darktable's order for "
+                            f"{'raw' if raw else 'non-raw'} input; darktable runs {' -> '.join(theirs)}: "
+                            "reorder the config lines")
 
 
 def _no_op(render: Render, op: str) -> bool:

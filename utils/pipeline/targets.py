@@ -27,8 +27,8 @@ from utils.data.manifest import read_rows
 from utils.data.sampling import latin_hypercube
 from utils.data.tapouts import to_chw
 from utils.errors import UserError
-from utils.pipeline.chain import Chain, check_order, choose_conversions
-from utils.pipeline.fill import disabled_modules, image_context, probe
+from utils.pipeline.chain import Chain, choose_conversions
+from utils.pipeline.fill import check_order, disabled_modules, image_context, probe
 from utils.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,8 @@ def _render_targets(dt: Darktable, chain: Chain, todo: Sequence[tuple[str, Path,
             if isinstance(result, Exception):
                 log.warning("pipeline target %s failed: %s", key, result)
                 continue
-            check_order(chain.blocks, result, is_raw(image))
+            check_order([b.line for b in chain.blocks], [b.operation for b in chain.blocks], result.order,
+                        is_raw(image))
             if not spec.conversions:
                 spec.conversions = choose_conversions(chain.blocks, result)
             for (op, kind), array in result.tapouts.items():
