@@ -35,7 +35,7 @@ from utils.proxies.registry import PROXIES, get_proxy, proxy_name  # noqa: E402
 from utils.proxies.schema import ProxyType  # noqa: E402
 from utils.runs import RunPaths  # noqa: E402
 
-COMMAND = "python Darktable_proxies.py {type} -n 20 --size 128 --max-minutes 2 --no-eval"
+COMMAND = "python Darktable_proxies.py {type} -n 20 --size 128 --max-minutes 10 --epochs 1000 --no-eval"
 HEADER = ("| type | darktable operation | sliders (range, scale) | model | val_psnr dB best (last), epochs "
           "| identity dB |\n|---|---|---|---|---|---|")
 

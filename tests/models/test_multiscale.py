@@ -32,6 +32,7 @@ def test_scale_weights_sum_to_one_and_follow_the_position():
 
 
 def test_mix_of_the_finest_scale_is_the_input_and_of_the_coarsest_the_mean():
+    torch.manual_seed(0)        # edge replication weights the edges: the mean is met to ~0.1 at worst
     x = torch.rand(1, 2, 16, 16)
     scales = pyramid_scales(x, levels=4)
     finest = torch.zeros(1, 2, 10)

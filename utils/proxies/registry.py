@@ -281,7 +281,7 @@ LOWPASS = ProxyType(
     operation="lowpass",
     gui_name="lowpass",
     model="multiscale",     # blurs at a slider-set size (docs/proxies.md, spatial modules)
-    value_scale=1.0,
+    value_scale=100.0,      # L's range: bright errors count as dark ones (docs/proxies.md)
     doc="lowpass: gaussian blur of Lab with contrast, brightness and saturation",
     sliders=(
         Slider("radius", 1.0, 50.0, 10.0, scale="log", doc="blur radius"),
@@ -299,8 +299,8 @@ BLOOM = ProxyType(
     name="bloom",
     operation="bloom",
     gui_name="bloom",
-    model="unet",
-    value_scale=1.0,
+    model="multiscale",     # blurs at a slider-set size (docs/proxies.md, spatial modules)
+    value_scale=100.0,      # L's range: bright errors count as dark ones (docs/proxies.md)
     doc="bloom: blurred highlights added to Lab lightness",
     sliders=(
         Slider("size", 5.0, 60.0, 20.0, scale="log", doc="% size of the glow"),
