@@ -31,9 +31,10 @@ from torch import nn
 
 BINOMIAL5 = (1.0, 4.0, 6.0, 4.0, 1.0)   # sigma 1 px
 BINOMIAL3 = (1.0, 2.0, 1.0)             # sigma 0.71 px
-# the linear map's unit, in the module's values / value scale (Lab L 0..100, linear RGB 0..1 at
-# scale 0.01 alike): its inputs are divided, its output multiplied by it, so that its offsets
-# and coefficients are numbers of order one for Adam
+# the linear map's unit, in the module's values / value scale (Lab L 0..100 at scale 1, linear
+# RGB 0..1 at scale 0.01 alike; Lab types at scale 100 see 0..1, so their coefficients are 10x
+# larger): its inputs are divided, its output multiplied by it, so that its offsets and
+# coefficients are numbers of order one for Adam
 VALUE_UNIT = 10.0
 
 
