@@ -6,12 +6,16 @@ normalised to [0, 1] (B, S); it returns (B, C_out, H, W) in the same domain, as 
 plus a learned residual (a module near identity starts near identity).
 
 - ``unet``: a UNet in the spirit of Learning-to-See-in-the-Dark, the sliders entering as
-  constant planes at the input and again after every downsampling;
+  constant planes at the input and again after every downsampling. New full-resolution
+  proxies pack 2x2 pixels into channels first (``ModelSpec.stem``): 3.6x faster, measured
+  0.3-0.6 dB below the unpacked UNet in the same 10 minutes (docs/performance.md);
 - ``pointwise``: a stack of 1x1 convolutions (a per-pixel MLP), as Neural Photo-Finishing uses
   for pointwise blocks: for modules that act pixel by pixel (exposure, colour). New proxies
   use smooth SiLU activations (``ModelSpec.activation``): on an exposure-like law, the same
   9000 steps reach 53.8 dB with SiLU against 41-47 dB with LeakyReLU, whose piecewise-linear
-  fit of a smooth curve is what limits it; checkpoints without the field keep LeakyReLU;
+  fit of a smooth curve is what limits it; checkpoints without the field keep LeakyReLU.
+  New proxies also start with a per-image affine map of the module's values whose
+  coefficients the sliders give (``ModelSpec.affine``);
 - ``neighbourhood``: a stack of 3x3 convolutions, for modules with a small spatial support;
 - ``multiscale``: fixed Gaussian blurs at two scales per octave, mixed by weights the sliders
   give, then a slider-conditioned per-pixel MLP (``models.multiscale``): for modules that
@@ -26,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.blocks import ConvBlock, ConvStack, slider_planes
-from models.multiscale import SliderMultiscale
+from models.multiscale import VALUE_UNIT, SliderMultiscale
 
 # widths of the UNet levels; (width, depth) of the convolution stacks
 UNET_SIZES = {"tiny": (8, 16), "small": (16, 32, 64), "base": (32, 64, 128, 256),
@@ -39,6 +43,11 @@ FAMILIES = ("unet", "pointwise", "neighbourhood", "multiscale")
 ACTIVATIONS = {"leaky": lambda: nn.LeakyReLU(0.2, inplace=True), "silu": nn.SiLU}
 # the activation new proxies of a family are trained with (older checkpoints name theirs)
 NEW_ACTIVATION = {"pointwise": "silu"}
+# the stem new proxies of a family are trained with on full-resolution images (the rgb layout;
+# mosaic layouts are packed 2x2 already)
+NEW_STEM = {"unet": 2}
+# whether new proxies of a family start with a per-image affine map of the module's values
+NEW_AFFINE = {"pointwise": True}
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,11 @@ class ModelSpec:
     extra_channels: int = 0
 
     activation: str = "leaky"   # of the pointwise MLP: "leaky" (LeakyReLU 0.2) or "silu"
+    # unet: blocks of stem x stem pixels packed into channels before the first level, unpacked
+    # after the head (1: none; checkpoints without the field); 2 runs the UNet on a quarter of the pixels
+    stem: int = 1
+    # pointwise: a per-image affine map of the module's values first (False: checkpoints without the field)
+    affine: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,8 +79,9 @@ class SliderUNet(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         widths, s = UNET_SIZES[spec.size], spec.n_sliders
+        self.stem = spec.stem
         self.down = nn.ModuleList()
-        cin = spec.in_channels + spec.extra_channels
+        cin = (spec.in_channels + spec.extra_channels) * self.stem ** 2
         for w in widths:
             self.down.append(ConvBlock(cin + s, w))
             cin = w
@@ -75,14 +90,16 @@ class SliderUNet(nn.Module):
         for w_hi, w_lo in zip(reversed(widths[:-1]), reversed(widths[1:])):
             self.up.append(nn.ConvTranspose2d(w_lo, w_hi, 2, stride=2))
             self.merge.append(ConvBlock(2 * w_hi, w_hi))
-        self.head = nn.Conv2d(widths[0], spec.out_channels, 1)
-        self.multiple = 2 ** (len(widths) - 1)
+        self.head = nn.Conv2d(widths[0], spec.out_channels * self.stem ** 2, 1)
+        self.multiple = 2 ** (len(widths) - 1) * self.stem
         self.image_channels = spec.in_channels
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor, sliders: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         pad = (0, -w % self.multiple, 0, -h % self.multiple)
         y = F.pad(x, pad, mode="replicate") if any(pad) else x          # (B, C, H', W')
+        y = _pixel_major(F.pixel_unshuffle(y, self.stem) if self.stem > 1 else y)   # (B, C s^2, H'/s, W'/s)
         skips = []
         for i, block in enumerate(self.down):
             if i:
@@ -91,7 +108,8 @@ class SliderUNet(nn.Module):
             skips.append(y)
         for up, merge, skip in zip(self.up, self.merge, reversed(skips[:-1])):
             y = merge(torch.cat([up(y), skip], 1))
-        y = self.head(y)[..., :h, :w]                                   # (B, C_out, H, W)
+        y = self.head(y)
+        y = (F.pixel_shuffle(y, self.stem) if self.stem > 1 else y)[..., :h, :w].contiguous()   # (B, C_out, H, W)
         return _residual(x[:, :self.image_channels], y)
 
 
@@ -104,33 +122,75 @@ class SliderConvStack(nn.Module):
         self.net = ConvStack(spec.in_channels + spec.extra_channels + spec.n_sliders,
                              spec.out_channels, width, depth, kernel)
         self.image_channels = spec.in_channels
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor, sliders: torch.Tensor) -> torch.Tensor:
-        y = self.net(torch.cat([x, slider_planes(sliders, x)], 1))      # (B, C_out, H, W)
+        y = self.net(_pixel_major(torch.cat([x, slider_planes(sliders, x)], 1))).contiguous()   # (B, C_out, H, W)
         return _residual(x[:, :self.image_channels], y)
 
 
 class SliderPointwise(nn.Module):
-    """A per-pixel MLP over [x, sliders]: 1x1 convolutions, run as Linear layers on a
-    (pixels, channels) table, which is several times faster on a CPU."""
+    """A per-pixel MLP over [x, sliders] (1x1 convolutions), run as matrix products on each
+    image's (channels, pixels) table: no copy into a pixel-major layout, and the sliders'
+    share of the first layer folded into a per-image bias rather than broadcast to planes.
+
+    With ``spec.affine``, a per-image affine map of the module's values, its coefficients
+    given by the sliders (zero at the start: the identity), comes first: ``base`` = asinh(v +
+    A v + b), v = sinh(x), exact for a gain or a colour matrix (exposure, channel mixing),
+    which a residual MLP in the network domain only approximates; the MLP then sees
+    [x, sliders, base] and its output is added to ``base``."""
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
         width, depth = STACK_SIZES[spec.size]
-        sizes = ([spec.in_channels + spec.extra_channels + spec.n_sliders] + [width] * (depth - 1)
-                 + [spec.out_channels])
+        c, o = spec.in_channels, spec.out_channels
+        self.image_channels, self.affine = c, spec.affine
+        if spec.affine:   # registered before the MLP: its last layer stays the network's last
+            self.coefficients = nn.Sequential(nn.Linear(spec.n_sliders + 1, width), nn.SiLU(),
+                                              nn.Linear(width, width), nn.SiLU(), nn.Linear(width, (c + 1) * o))
+            nn.init.zeros_(self.coefficients[-1].weight)
+            nn.init.zeros_(self.coefficients[-1].bias)
+        sizes = ([c + spec.extra_channels + spec.n_sliders + (o if spec.affine else 0)]
+                 + [width] * (depth - 1) + [o])
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
             layers.append(nn.Linear(a, b))
             if i < depth - 1:
                 layers.append(ACTIVATIONS[spec.activation]())
         self.mlp = nn.Sequential(*layers)
-        self.image_channels = spec.in_channels
 
     def forward(self, x: torch.Tensor, sliders: torch.Tensor) -> torch.Tensor:
-        table = torch.cat([x, slider_planes(sliders, x)], 1).permute(0, 2, 3, 1)   # (B, H, W, C+S)
-        y = self.mlp(table).permute(0, 3, 1, 2)                                 # (B, C_out, H, W)
-        return _residual(x[:, :self.image_channels], y)
+        b, k, h, w = x.shape                                    # k: image channels, then extra planes
+        sliders = sliders.to(x.dtype)
+        first, *rest = (m for m in self.mlp if isinstance(m, nn.Linear))
+        s = sliders.shape[1]
+        bias = torch.addmm(first.bias, sliders, first.weight[:, k:k + s].t())   # (B, width)
+        y = torch.baddbmm(bias[:, :, None], first.weight[:, :k].expand(b, -1, -1), x.flatten(2))
+        if self.affine:
+            base = self._affine(x[:, :self.image_channels].flatten(2), sliders)   # (B, C_out, HW)
+            y = torch.baddbmm(y, first.weight[:, k + s:].expand(b, -1, -1), base)
+        for layer, act in zip(rest, (m for m in self.mlp if not isinstance(m, nn.Linear))):
+            y = torch.baddbmm(layer.bias[None, :, None], layer.weight.expand(b, -1, -1), act(y))
+        if self.affine:
+            return (base + y).view(b, -1, h, w)
+        return _residual(x[:, :self.image_channels], y.view(b, -1, h, w))   # (B, C_out, H, W)
+
+    def _affine(self, t: torch.Tensor, sliders: torch.Tensor) -> torch.Tensor:
+        """asinh(v + A v + b) of the image's network-domain values ``t`` (B, C, HW), v = sinh(t),
+        A and b from the sliders, in VALUE_UNIT (their inputs divided, output multiplied by it)."""
+        b, c, _ = t.shape
+        ones = torch.ones(b, 1, dtype=t.dtype, device=t.device)
+        a = self.coefficients(torch.cat([sliders, ones], 1)).view(b, -1, c + 1)   # (B, C_out, C + 1)
+        v = torch.sinh(t)
+        lin = torch.baddbmm(a[:, :, -1:], a[:, :, :-1], v / VALUE_UNIT) * VALUE_UNIT
+        return torch.asinh(lin + (v if a.shape[1] == c else v.mean(1, keepdim=True)))
+
+
+def _pixel_major(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels-last memory order, as the convolution families keep their weights:
+    on a CPU, oneDNN's convolutions run 1.4-5x faster that way, forward and backward
+    (docs/proxies.md, speed)."""
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def _residual(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

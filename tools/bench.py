@@ -45,11 +45,12 @@ import numpy as np
 import torch
 
 import Constants as C
-from models.networks import FAMILIES, NEW_ACTIVATION, ModelSpec
+from models.networks import FAMILIES, NEW_ACTIVATION, NEW_AFFINE, NEW_STEM, ModelSpec
 from models.proxy import Proxy
 from models.transform import to_network
 from utils.atomic import write_text_atomic
 from utils.darktable.runner import Darktable
+from utils.devices import keep_freed_memory
 from utils.data.generate import generate
 from utils.data.images import builtin_images, list_images
 from utils.data.tapouts import to_chw
@@ -153,9 +154,11 @@ def bench_darktable_render(dt, image: Path, repeats: int, size: int = 512):
 # ------------------------------------------------------------------ proxy figures
 
 def make_proxy(family: str, size: str, device: torch.device, seed: int = 0) -> Proxy:
-    """An exposure proxy of ``family`` with random weights (speed does not depend on them)."""
+    """An exposure proxy of ``family`` with random weights (speed does not depend on them), as
+    new proxies of the family are built (activation, stem, affine map)."""
     torch.manual_seed(seed)
-    spec = ModelSpec(family, size, 3, 3, len(EXPOSURE.sliders), activation=NEW_ACTIVATION.get(family, "leaky"))
+    spec = ModelSpec(family, size, 3, 3, len(EXPOSURE.sliders), activation=NEW_ACTIVATION.get(family, "leaky"),
+                     stem=NEW_STEM.get(family, 1), affine=NEW_AFFINE.get(family, False))
     return Proxy(spec, EXPOSURE.sliders, EXPOSURE.value_scale).to(device).eval()
 
 
@@ -174,9 +177,9 @@ def variants(device: torch.device, only: str = "") -> list[dict[str, Any]]:
 
 def inference_runner(proxy: Proxy, x: torch.Tensor, u: torch.Tensor, variant: dict[str, Any]):
     """A no-argument function running ``proxy(x, u)`` as ``variant`` says."""
-    memory = torch.channels_last if variant.get("channels_last") else torch.contiguous_format
-    net = proxy.to(memory_format=memory)
-    x = x.contiguous(memory_format=memory)
+    if variant.get("channels_last"):   # otherwise as the proxy keeps itself (models.networks)
+        proxy, x = proxy.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    net = proxy
     if variant.get("compile"):
         net = torch.compile(net)
     dtype = variant.get("dtype")
@@ -266,10 +269,10 @@ def bench_regression(family: str, size: str, device: torch.device, iterations: i
            "full_frame_iterations_measured": full_iterations,
            "published_seconds_per_200_iterations": PUBLISHED_REGRESSION_S}
     for variant in tried:
-        memory = torch.channels_last if variant.get("channels_last") else torch.contiguous_format
-        proxy = make_proxy(family, size, device).to(memory_format=memory)
+        proxy = make_proxy(family, size, device)
         x = (ramp * torch.tensor([0.9, 1.0, 0.8])[None, :, None, None]).to(device)   # (1, 3, H, W)
-        x = x.contiguous(memory_format=memory)
+        if variant.get("channels_last"):
+            proxy, x = proxy.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             target = proxy(x, torch.tensor([[0.6, 0.3]], device=device))
         dtype = variant.get("dtype")
@@ -319,6 +322,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = resolve_devices(args.device)
+    keep_freed_memory()   # as every script that resolves its device (utils.devices)
     families = args.families.split(",")
     for f in families:
         if f not in FAMILIES:
@@ -357,7 +361,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                                            args.train_crop)
         save(results, args.out)
         full_iters = args.full_frame_iterations or (200 if device.type == "cuda" else 2)
-        chosen = args.regression_families or ("pointwise" if device.type == "cpu" else ",".join(families))
+        chosen = args.regression_families or ",".join(families)
         entry["regression"] = {
             f: bench_regression(f, args.model_size, device, args.regression_iterations, full_iters,
                                 tuple(args.regression_size),
@@ -482,7 +486,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-crop", type=int, default=0, metavar="PX",
                    help="side of the training crops (default: each family's PROXY_MODEL_CROP)")
     p.add_argument("--regression-families", default="", metavar="FAMILIES",
-                   help="families timed in slider regression (default: pointwise on CPU, all on CUDA)")
+                   help="families timed in slider regression (default: every timed family)")
     p.add_argument("--regression-iterations", type=int, default=C.PARAM_TUNING_NUM_ITER)
     p.add_argument("--full-frame-iterations", type=int, default=0,
                    help="full-frame regression iterations (default 200 on CUDA, 2 on CPU)")

@@ -1,6 +1,9 @@
 """Where networks run: ``--device auto|cpu|cuda|mps``, resolved once per script."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import os
 
 import torch
@@ -8,6 +11,24 @@ import torch
 from utils.errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# glibc's mallopt parameters
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+KEEP_FREED_BYTES = 1 << 30
+INT_MAX = (1 << 31) - 1
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc reuse freed memory for tensors of up to ``KEEP_FREED_BYTES`` rather
+    than map fresh pages from the kernel for each (its default above 32 MB): every fresh page
+    faults when first written, which made a 512x512 forward pass on a CPU 1.4-3x slower
+    (docs/performance.md). Freed memory stays with the process (up to 2 GB more is kept
+    than returned). Once per process; False where the C library has no mallopt (not glibc)."""
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, KEEP_FREED_BYTES) and mallopt(M_TRIM_THRESHOLD, INT_MAX))
 
 
 def mps_available() -> bool:
@@ -19,6 +40,7 @@ def resolve_device(choice: str) -> torch.device:
     UserError. Under torchrun each process takes the CUDA device of its LOCAL_RANK."""
     if choice not in DEVICES:
         raise UserError(f"--device {choice!r}: use one of {', '.join(DEVICES)}")
+    keep_freed_memory()
     if choice == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available; use --device cpu or auto")
     if choice == "mps" and not mps_available():

@@ -120,3 +120,65 @@ def test_pointwise_activation_is_recorded_and_old_checkpoints_keep_leaky_relu():
     new = ModelSpec(**old, activation=NEW_ACTIVATION["pointwise"])
     assert any(isinstance(m, nn.SiLU) for m in build_model(new).modules())
     assert ModelSpec(**new.to_dict()) == new
+
+
+@pytest.mark.parametrize("activation", ["leaky", "silu"])
+def test_pointwise_is_the_per_pixel_mlp_its_weights_hold(activation):
+    """The matrix-product form (sliders folded into a bias) computes what the stored
+    Sequential computes on a (pixels, channels) table: checkpoints keep their meaning."""
+    from models.networks import build_model
+    torch.manual_seed(1)
+    net = build_model(ModelSpec("pointwise", "small", 3, 3, 2, activation=activation)).double()
+    x, u = torch.randn(2, 3, 5, 7, dtype=torch.float64), torch.rand(2, 2, dtype=torch.float64)
+    table = torch.cat([x, u[:, :, None, None].expand(2, 2, 5, 7)], 1).permute(0, 2, 3, 1)
+    expected = net.mlp(table).permute(0, 3, 1, 2) + x
+    torch.testing.assert_close(net(x, u), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("family", ["unet", "neighbourhood"])
+def test_convolution_families_run_pixel_major_and_answer_alike_for_any_input_layout(family, tmp_path):
+    proxy = make(family).eval()
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in proxy.parameters() if p.dim() == 4)
+    x, u = torch.rand(1, 3, 12, 10), torch.rand(1, 2)
+    out = proxy(x, u)
+    assert out.is_contiguous()
+    torch.testing.assert_close(proxy(x.contiguous(memory_format=torch.channels_last), u), out)
+    save_checkpoint(tmp_path / "last.pt", proxy)
+    torch.testing.assert_close(load_proxy(tmp_path / "last.pt")[0](x, u), out)
+
+
+def test_pointwise_affine_map_makes_a_colour_matrix_exact_and_is_differentiable():
+    """With the MLP's output at zero, the affine form is asinh(v + A v + b) of the values:
+    coefficients that say v -> M v give a channel mixer exactly; gradients reach the sliders."""
+    from models.multiscale import VALUE_UNIT
+    from models.networks import build_model
+    torch.manual_seed(2)
+    net = build_model(ModelSpec("pointwise", "tiny", 3, 3, 2, affine=True)).double()
+    m = torch.tensor([[1.2, -0.3, 0.1], [0.0, 0.9, 0.2], [-0.1, 0.4, 1.1]], dtype=torch.float64)
+    offset = torch.tensor([0.5, -0.2, 0.0], dtype=torch.float64)
+    with torch.no_grad():   # coefficients (C_out, C_in + 1): M - I and the offset in VALUE_UNIT
+        net.coefficients[-1].bias.copy_(torch.cat([m - torch.eye(3), offset[:, None] / VALUE_UNIT], 1).flatten())
+        net.mlp[-1].weight.zero_()
+        net.mlp[-1].bias.zero_()
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64) * 3
+    v = torch.sinh(x)
+    expected = torch.asinh(torch.einsum("oc,bchw->bohw", m, v) + offset[None, :, None, None])
+    torch.testing.assert_close(net(x, torch.rand(2, 2, dtype=torch.float64)), expected)
+    u = torch.tensor([[0.3, 0.6]], dtype=torch.float64, requires_grad=True)
+    torch.nn.init.normal_(net.coefficients[-1].weight, std=0.1)
+    torch.nn.init.normal_(net.mlp[-1].weight, std=0.1)
+    assert torch.autograd.gradcheck(lambda s: net(x[:1], s), (u,))
+
+
+@pytest.mark.parametrize("family, option", [("unet", {"stem": 2}), ("pointwise", {"affine": True})])
+@pytest.mark.parametrize("cin, cout", [(3, 3), (1, 3), (4, 4)])
+def test_new_network_options_any_size_and_through_a_checkpoint(family, option, cin, cout, tmp_path):
+    torch.manual_seed(0)
+    proxy = Proxy(ModelSpec(family, "tiny", cin, cout, len(SLIDERS), **option), SLIDERS, 0.01).eval()
+    x, u = torch.rand(2, cin, 13, 10) * 5, torch.rand(2, 2)   # odd sizes: the stem pads and crops
+    out = proxy(x, u)
+    assert out.shape == (2, cout, 13, 10) and torch.isfinite(out).all()
+    save_checkpoint(tmp_path / "last.pt", proxy)
+    loaded, payload = load_proxy(tmp_path / "last.pt")
+    assert ModelSpec(**payload["model"]) == proxy.spec
+    torch.testing.assert_close(loaded(x, u), out)

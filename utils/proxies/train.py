@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from models.mosaic import network_channels
-from models.networks import FAMILIES, NEW_ACTIVATION, UNET_SIZES, ModelSpec
+from models.networks import FAMILIES, NEW_ACTIVATION, NEW_AFFINE, NEW_STEM, UNET_SIZES, ModelSpec
 from models.proxy import IncompatibleCheckpoint, Proxy, read_checkpoint, save_checkpoint
 from models.transform import to_network
 from utils.atomic import write_text_atomic
@@ -158,11 +158,15 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
     if val_set is None:
         log.warning("no stage-2 dataset at %s: no validation PSNR; 'best' is the last epoch", stage2)
 
+    resumed = _resumed_spec(paths.weights(name) / "last.pt")
     spec = ModelSpec(cfg.family, cfg.size, *network_channels(train_set.layout, train_set.in_channels,
                                                              train_set.out_channels),
                      len(sliders), layout=train_set.layout, extra_channels=train_set.extra_channels,
-                     activation=cfg.activation or _resumed_activation(paths.weights(name) / "last.pt")
-                     or NEW_ACTIVATION.get(cfg.family, "leaky"))
+                     activation=cfg.activation or (resumed.activation if resumed else
+                                                   NEW_ACTIVATION.get(cfg.family, "leaky")),
+                     stem=(resumed.stem if resumed else
+                           NEW_STEM.get(cfg.family, 1) if train_set.layout == "rgb" else 1),
+                     affine=resumed.affine if resumed else NEW_AFFINE.get(cfg.family, False))
     dataset = read_spec(stage1)
     meta = {"proxy_type": proxy_type.name, "operation": proxy_type.operation, "name": name,
             "darktable_version": dataset.get("darktable_version", ""),
@@ -408,15 +412,15 @@ def _diverged(what: str, epoch: int, run: _Run) -> UserError:
                      f"keeps epoch {epoch - 1}); lower --lr (now {run.cfg.lr:g}) or check the dataset {run.stage1}")
 
 
-def _resumed_activation(path: Path) -> str:
-    """The activation of the checkpoint a run resumes ("" when there is none): a proxy
-    trained before SiLU became its family's default keeps LeakyReLU."""
+def _resumed_spec(path: Path) -> ModelSpec | None:
+    """The network of the checkpoint a run resumes (None when there is none): a proxy trained
+    before SiLU, the UNet stem or the affine map became its family's default keeps its own."""
     if not path.exists():
-        return ""
+        return None
     try:
-        return ModelSpec(**read_checkpoint(path)["model"]).activation
+        return ModelSpec(**read_checkpoint(path)["model"])
     except (IncompatibleCheckpoint, KeyError, TypeError):   # _resume names what is wrong
-        return ""
+        return None
 
 
 def cosine_lr(lr: float, progress: float) -> float:
@@ -442,7 +446,7 @@ def _resume(path: Path, run: _Run, cfg: TrainConfig) -> tuple[int, float, list[d
     except IncompatibleCheckpoint as e:
         raise UserError(f"{e}; move {path.parent} away (or use another -c NAME) to train anew") from None
     mine = proxy.describe()
-    try:   # a format-1 checkpoint from before ModelSpec.activation: its default
+    try:   # a format-1 checkpoint from before ModelSpec.activation, .stem, .affine: their defaults
         payload["model"] = ModelSpec(**payload["model"]).to_dict()
     except (KeyError, TypeError):
         pass
