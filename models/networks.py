@@ -48,6 +48,14 @@ NEW_ACTIVATION = {"pointwise": "silu"}
 NEW_STEM = {"unet": 2}
 # whether new proxies of a family start with a per-image affine map of the module's values
 NEW_AFFINE = {"pointwise": True}
+NETWORK_OPTIONS = ("activation", "stem", "affine")   # the ModelSpec fields the three above choose
+
+
+def new_network_options(family: str, layout: str = "rgb") -> dict:
+    """The NETWORK_OPTIONS a new proxy of ``family`` on tap-outs of ``layout`` is built with."""
+    return {"activation": NEW_ACTIVATION.get(family, "leaky"),
+            "stem": NEW_STEM.get(family, 1) if layout == "rgb" else 1,
+            "affine": NEW_AFFINE.get(family, False)}
 
 
 @dataclass(frozen=True)
@@ -183,13 +191,13 @@ class SliderPointwise(nn.Module):
         a = self.coefficients(torch.cat([sliders, ones], 1)).view(b, -1, c + 1)   # (B, C_out, C + 1)
         v = torch.sinh(t)
         lin = torch.baddbmm(a[:, :, -1:], a[:, :, :-1], v / VALUE_UNIT) * VALUE_UNIT
-        return torch.asinh(lin + (v if a.shape[1] == c else v.mean(1, keepdim=True)))
+        return torch.asinh(_residual(v, lin))
 
 
 def _pixel_major(x: torch.Tensor) -> torch.Tensor:
     """``x`` in channels-last memory order, as the convolution families keep their weights:
     on a CPU, oneDNN's convolutions run 1.4-5x faster that way, forward and backward
-    (docs/proxies.md, speed)."""
+    (docs/performance.md)."""
     return x.contiguous(memory_format=torch.channels_last)
 
 

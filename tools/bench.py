@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 import Constants as C
-from models.networks import FAMILIES, NEW_ACTIVATION, NEW_AFFINE, NEW_STEM, ModelSpec
+from models.networks import FAMILIES, ModelSpec, new_network_options
 from models.proxy import Proxy
 from models.transform import to_network
 from utils.atomic import write_text_atomic
@@ -157,8 +157,7 @@ def make_proxy(family: str, size: str, device: torch.device, seed: int = 0) -> P
     """An exposure proxy of ``family`` with random weights (speed does not depend on them), as
     new proxies of the family are built (activation, stem, affine map)."""
     torch.manual_seed(seed)
-    spec = ModelSpec(family, size, 3, 3, len(EXPOSURE.sliders), activation=NEW_ACTIVATION.get(family, "leaky"),
-                     stem=NEW_STEM.get(family, 1), affine=NEW_AFFINE.get(family, False))
+    spec = ModelSpec(family, size, 3, 3, len(EXPOSURE.sliders), **new_network_options(family))
     return Proxy(spec, EXPOSURE.sliders, EXPOSURE.value_scale).to(device).eval()
 
 
@@ -175,10 +174,17 @@ def variants(device: torch.device, only: str = "") -> list[dict[str, Any]]:
     return [v for v in out if v["name"] in only.split(",")] if only else out
 
 
+def in_variant_layout(proxy: Proxy, x: torch.Tensor, variant: dict[str, Any]) -> tuple[Proxy, torch.Tensor]:
+    """``proxy`` and ``x`` in channels-last memory order if ``variant`` asks for it, otherwise
+    as they are (the convolution families keep channels-last weights themselves, models.networks)."""
+    if not variant.get("channels_last"):
+        return proxy, x
+    return proxy.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+
+
 def inference_runner(proxy: Proxy, x: torch.Tensor, u: torch.Tensor, variant: dict[str, Any]):
     """A no-argument function running ``proxy(x, u)`` as ``variant`` says."""
-    if variant.get("channels_last"):   # otherwise as the proxy keeps itself (models.networks)
-        proxy, x = proxy.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    proxy, x = in_variant_layout(proxy, x, variant)
     net = proxy
     if variant.get("compile"):
         net = torch.compile(net)
@@ -271,8 +277,7 @@ def bench_regression(family: str, size: str, device: torch.device, iterations: i
     for variant in tried:
         proxy = make_proxy(family, size, device)
         x = (ramp * torch.tensor([0.9, 1.0, 0.8])[None, :, None, None]).to(device)   # (1, 3, H, W)
-        if variant.get("channels_last"):
-            proxy, x = proxy.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        proxy, x = in_variant_layout(proxy, x, variant)
         with torch.no_grad():
             target = proxy(x, torch.tensor([[0.6, 0.3]], device=device))
         dtype = variant.get("dtype")

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from models.mosaic import network_channels
-from models.networks import FAMILIES, NEW_ACTIVATION, NEW_AFFINE, NEW_STEM, UNET_SIZES, ModelSpec
+from models.networks import FAMILIES, NETWORK_OPTIONS, UNET_SIZES, ModelSpec, new_network_options
 from models.proxy import IncompatibleCheckpoint, Proxy, read_checkpoint, save_checkpoint
 from models.transform import to_network
 from utils.atomic import write_text_atomic
@@ -159,14 +159,12 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
         log.warning("no stage-2 dataset at %s: no validation PSNR; 'best' is the last epoch", stage2)
 
     resumed = _resumed_spec(paths.weights(name) / "last.pt")
+    options = ({k: getattr(resumed, k) for k in NETWORK_OPTIONS} if resumed
+               else new_network_options(cfg.family, train_set.layout))
     spec = ModelSpec(cfg.family, cfg.size, *network_channels(train_set.layout, train_set.in_channels,
                                                              train_set.out_channels),
                      len(sliders), layout=train_set.layout, extra_channels=train_set.extra_channels,
-                     activation=cfg.activation or (resumed.activation if resumed else
-                                                   NEW_ACTIVATION.get(cfg.family, "leaky")),
-                     stem=(resumed.stem if resumed else
-                           NEW_STEM.get(cfg.family, 1) if train_set.layout == "rgb" else 1),
-                     affine=resumed.affine if resumed else NEW_AFFINE.get(cfg.family, False))
+                     **{**options, "activation": cfg.activation or options["activation"]})
     dataset = read_spec(stage1)
     meta = {"proxy_type": proxy_type.name, "operation": proxy_type.operation, "name": name,
             "darktable_version": dataset.get("darktable_version", ""),
