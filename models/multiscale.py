@@ -15,6 +15,12 @@ pixel. Scale is built in rather than learned:
    upsampled to full resolution on its own; the blurs of the linear channels are taken
    back to the network domain (asinh) after mixing, so they are blurs of the module's own
    values;
+   With ``fine`` blurs (new proxies), each image also gets that many Gaussian blurs of its
+   values at a sigma the sliders set continuously (0.2-2.4 px, taps out to FINE_RADIUS),
+   where the pyramid has only its two finest scales; their details (value minus blur, in
+   the module's units) join the linear map and the MLP: an unsharp mask, or a threshold
+   on local contrast, is then a function of one input, not a difference of two asinh
+   values the MLP would have to form;
 4. the output, in the network domain: asinh of [the module's values plus a per-image
    linear map of them and of the mixes, whose coefficients the sliders give] (an affine
    map of a blur, as lowpass is, is exact there; all zero at the start: the identity),
@@ -36,6 +42,8 @@ BINOMIAL3 = (1.0, 2.0, 1.0)             # sigma 0.71 px
 # larger): its inputs are divided, its output multiplied by it, so that its offsets and
 # coefficients are numbers of order one for Adam
 VALUE_UNIT = 10.0
+FINE_RADIUS = 6                         # taps each side of the fine blurs' kernels
+FINE_SIGMA = (0.2, FINE_RADIUS / 2.5)   # their sigma's range, px (2.5 sigma inside the kernel)
 
 
 def separable_blur(x: torch.Tensor, taps: tuple[float, ...], stride: int = 1) -> torch.Tensor:
@@ -80,6 +88,18 @@ def mix_scales(scales: list[tuple[torch.Tensor, torch.Tensor]], weights: torch.T
     return acc
 
 
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int = FINE_RADIUS) -> torch.Tensor:
+    """Separable Gaussian blur of (B, C, H, W), one ``sigma`` (B,) per image (differentiable in
+    it), taps -radius..radius normalised, edges replicated."""
+    b, c, h, w = x.shape
+    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = (-offsets ** 2 / (2 * sigma[:, None] ** 2)).softmax(-1)              # (B, taps)
+    k = k.repeat_interleave(c, 0)                                             # (B C, taps)
+    y = F.pad(x.reshape(1, b * c, h, w), (radius, radius, radius, radius), mode="replicate")
+    y = F.conv2d(y, k.view(b * c, 1, 1, -1), groups=b * c)
+    return F.conv2d(y, k.view(b * c, 1, -1, 1), groups=b * c).view(b, c, h, w)
+
+
 def scale_weights(position: torch.Tensor, n_scales: int, width: float = 0.6) -> torch.Tensor:
     """Weights (..., n_scales) over the scales, summing to 1: a Gaussian bump of ``width``
     scale steps centred at sigmoid(``position``) of the way from the finest to the coarsest
@@ -91,15 +111,16 @@ def scale_weights(position: torch.Tensor, n_scales: int, width: float = 0.6) -> 
 
 class SliderMultiscale(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, n_sliders: int, extra_channels: int,
-                 hidden: int, learned: int, mixes: int, levels: int, cond: int = 64):
+                 hidden: int, learned: int, mixes: int, levels: int, fine: int = 0, cond: int = 64):
         super().__init__()
         c, e = in_channels, extra_channels
         self.image_channels, self.out_channels = c, out_channels
         self.learned, self.mixes, self.levels, self.hidden = learned, mixes, levels, hidden
+        self.fine = fine
         self.q = c + learned                                # blurred channels: sinh(t), learned
         self.n_scales = 2 * (levels + 1)
-        self.n_linear = c + mixes * self.q                  # the per-image linear map's inputs
-        self.n_features = c + learned + mixes * self.q + e  # per pixel: what the linear map's result joins
+        self.n_linear = c + mixes * self.q + fine * c       # the per-image linear map's inputs
+        self.n_features = c + learned + mixes * self.q + fine * c + e   # per pixel: what the linear map's result joins
         # the per-pixel MLP sees those features and the linear map's result
         self.cond = nn.Sequential(nn.Linear(n_sliders + 1, cond), nn.LeakyReLU(0.2),
                                   nn.Linear(cond, cond), nn.LeakyReLU(0.2))
@@ -117,25 +138,27 @@ class SliderMultiscale(nn.Module):
         """What the sliders give: the learned channels' bias, the mix logits, the MLP's FiLM
         gain and shift, the per-image linear map and its bias."""
         return [self.learned, self.mixes * self.q, self.hidden, self.hidden,
-                (self.n_linear + 1) * self.out_channels]
+                (self.n_linear + 1) * self.out_channels, self.fine]
 
     def forward(self, x: torch.Tensor, sliders: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         c, m, q = self.image_channels, self.mixes, self.q
         ones = torch.ones(b, 1, dtype=x.dtype, device=x.device)
         z = self.heads(self.cond(torch.cat([sliders.to(x.dtype), ones], 1)))   # (B, heads)
-        pre_bias, position, gain, shift, linear = torch.split(z, self._head_sizes(), 1)
+        pre_bias, position, gain, shift, linear, fine = torch.split(z, self._head_sizes(), 1)
         t, extra = x[:, :c], x[:, c:]
         v = torch.sinh(t)                                                     # the module's values / scale
         learned = F.leaky_relu(_pixels(self.pre, x) + pre_bias[:, :, None, None], 0.2)
         weights = scale_weights(position, self.n_scales)                     # (B, mixes * q, scales)
         blurred = mix_scales(pyramid_scales(torch.cat([v, learned], 1), self.levels), weights, m)
         blurred = blurred.view(b, m, q, h, w)                                 # (B, mixes, q, H, W)
+        details = [(v - gaussian_blur(v, sigma)) / VALUE_UNIT for sigma in self._fine_sigmas(fine)]
         table = torch.cat([t, learned, torch.asinh(blurred[:, :, :c]).flatten(1, 2),
-                           blurred[:, :, c:].flatten(1, 2), extra], 1).permute(0, 2, 3, 1)
+                           blurred[:, :, c:].flatten(1, 2), *details, extra], 1).permute(0, 2, 3, 1)
         table = table.reshape(b, h * w, self.n_features)                      # (B, HW, F)
         lin_in = torch.cat([v.flatten(2) / VALUE_UNIT, blurred[:, :, :c].flatten(1, 2).flatten(2) / VALUE_UNIT,
-                            blurred[:, :, c:].flatten(1, 2).flatten(2)], 1)   # (B, n_linear, HW)
+                            blurred[:, :, c:].flatten(1, 2).flatten(2),
+                            *(d.flatten(2) for d in details)], 1)             # (B, n_linear, HW)
         a = linear.view(b, self.n_linear + 1, self.out_channels)
         lin = torch.baddbmm(a[:, -1:], lin_in.transpose(1, 2), a[:, :-1]) * VALUE_UNIT   # (B, HW, C_out)
         base = v.flatten(2).transpose(1, 2)
@@ -145,6 +168,14 @@ class SliderMultiscale(nn.Module):
         hid = F.leaky_relu(hid * (1 + gain[:, None]) + shift[:, None], 0.2)
         y = lin + self.out(F.leaky_relu(self.hidden2(hid), 0.2))                  # (B, HW, C_out)
         return y.view(b, h, w, self.out_channels).permute(0, 3, 1, 2)
+
+
+    def _fine_sigmas(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """The fine blurs' sigmas (B,) from their heads: spread over FINE_SIGMA at the start
+        (the heads are zero), anywhere in it after."""
+        lo, hi = FINE_SIGMA
+        start = torch.linspace(-1.5, 1.5, self.fine, dtype=z.dtype, device=z.device) if self.fine > 1 else z.new_zeros(1)
+        return [lo + (hi - lo) * torch.sigmoid(z[:, i] + start[i]) for i in range(self.fine)]
 
 
 def _pixels(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:

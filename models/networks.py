@@ -15,11 +15,13 @@ plus a learned residual (a module near identity starts near identity).
   9000 steps reach 53.8 dB with SiLU against 41-47 dB with LeakyReLU, whose piecewise-linear
   fit of a smooth curve is what limits it; checkpoints without the field keep LeakyReLU.
   New proxies also start with a per-image affine map of the module's values whose
-  coefficients the sliders give (``ModelSpec.affine``);
+  coefficients the sliders give (``ModelSpec.affine``), and new positional ones get
+  per-image quadratic polynomials of the pixel coordinates (``ModelSpec.fields``);
 - ``neighbourhood``: a stack of 3x3 convolutions, for modules with a small spatial support;
 - ``multiscale``: fixed Gaussian blurs at two scales per octave, mixed by weights the sliders
   give, then a slider-conditioned per-pixel MLP (``models.multiscale``): for modules that
-  blur at a size set by a slider (lowpass, soften, bloom, ...).
+  blur at a size set by a slider (lowpass, soften, bloom, ...). New proxies also get
+  Gaussian blurs of a fine sigma the sliders set (``ModelSpec.fine``: sharpen's).
 """
 from __future__ import annotations
 
@@ -48,14 +50,21 @@ NEW_ACTIVATION = {"pointwise": "silu"}
 NEW_STEM = {"unet": 2}
 # whether new proxies of a family start with a per-image affine map of the module's values
 NEW_AFFINE = {"pointwise": True}
-NETWORK_OPTIONS = ("activation", "stem", "affine")   # the ModelSpec fields the three above choose
+# the per-image fields of pixel position new positional proxies of a family get
+NEW_FIELDS = {"pointwise": 8}
+# the Gaussian blurs of slider-set fine sigma new proxies of a family get
+NEW_FINE = {"multiscale": 2}
+NETWORK_OPTIONS = ("activation", "stem", "affine", "fields", "fine")   # the ModelSpec fields the tables above choose
 
 
-def new_network_options(family: str, layout: str = "rgb") -> dict:
-    """The NETWORK_OPTIONS a new proxy of ``family`` on tap-outs of ``layout`` is built with."""
+def new_network_options(family: str, layout: str = "rgb", positional: bool = False) -> dict:
+    """The NETWORK_OPTIONS a new proxy of ``family`` on tap-outs of ``layout`` is built with
+    (``positional``: its type depends on pixel position, its networks get coordinate planes)."""
     return {"activation": NEW_ACTIVATION.get(family, "leaky"),
             "stem": NEW_STEM.get(family, 1) if layout == "rgb" else 1,
-            "affine": NEW_AFFINE.get(family, False)}
+            "affine": NEW_AFFINE.get(family, False),
+            "fields": NEW_FIELDS.get(family, 0) if positional else 0,
+            "fine": NEW_FINE.get(family, 0)}
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,11 @@ class ModelSpec:
     stem: int = 1
     # pointwise: a per-image affine map of the module's values first (False: checkpoints without the field)
     affine: bool = False
+    # pointwise, with coordinate planes: per-image quadratic polynomials of them, their
+    # coefficients given by the sliders, as more inputs of the MLP (0: none; checkpoints without the field)
+    fields: int = 0
+    # multiscale: Gaussian blurs at a fine sigma the sliders set (0: none; checkpoints without the field)
+    fine: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -146,7 +160,13 @@ class SliderPointwise(nn.Module):
     given by the sliders (zero at the start: the identity), comes first: ``base`` = asinh(v +
     A v + b), v = sinh(x), exact for a gain or a colour matrix (exposure, channel mixing),
     which a residual MLP in the network domain only approximates; the MLP then sees
-    [x, sliders, base] and its output is added to ``base``."""
+    [x, sliders, base] and its output is added to ``base``.
+
+    With ``spec.fields`` (a positional type), that many per-image quadratic polynomials of the
+    coordinate planes, their coefficients given by the sliders, are more inputs of the MLP:
+    a graduated filter's ramp along a line the sliders turn and move, a vignette's radius
+    about a centre they set, are then one input each, where the MLP over the raw coordinates
+    would have to build every direction and centre from its units."""
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
@@ -158,7 +178,15 @@ class SliderPointwise(nn.Module):
                                               nn.Linear(width, width), nn.SiLU(), nn.Linear(width, (c + 1) * o))
             nn.init.zeros_(self.coefficients[-1].weight)
             nn.init.zeros_(self.coefficients[-1].bias)
-        sizes = ([c + spec.extra_channels + spec.n_sliders + (o if spec.affine else 0)]
+        self.fields = spec.fields if spec.extra_channels else 0
+        if self.fields:   # registered before the MLP, as the affine map
+            n_terms = quadratic_terms(torch.zeros(1, spec.extra_channels, 1)).shape[1]
+            self.field_coefficients = nn.Sequential(
+                nn.Linear(spec.n_sliders + 1, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
+                nn.Linear(width, self.fields * n_terms))
+            nn.init.zeros_(self.field_coefficients[-1].weight)   # at the start: fixed random polynomials
+            nn.init.normal_(self.field_coefficients[-1].bias, std=n_terms ** -0.5)
+        sizes = ([c + spec.extra_channels + spec.n_sliders + (o if spec.affine else 0) + self.fields]
                  + [width] * (depth - 1) + [o])
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -174,9 +202,16 @@ class SliderPointwise(nn.Module):
         s = sliders.shape[1]
         bias = torch.addmm(first.bias, sliders, first.weight[:, k:k + s].t())   # (B, width)
         y = torch.baddbmm(bias[:, :, None], first.weight[:, :k].expand(b, -1, -1), x.flatten(2))
+        j = k + s
         if self.affine:
             base = self._affine(x[:, :self.image_channels].flatten(2), sliders)   # (B, C_out, HW)
-            y = torch.baddbmm(y, first.weight[:, k + s:].expand(b, -1, -1), base)
+            j += base.shape[1]
+            y = torch.baddbmm(y, first.weight[:, k + s:j].expand(b, -1, -1), base)
+        if self.fields:
+            terms = quadratic_terms(x[:, self.image_channels:].flatten(2))        # (B, T, HW)
+            ones = torch.ones(b, 1, dtype=x.dtype, device=x.device)
+            a = self.field_coefficients(torch.cat([sliders, ones], 1)).view(b, self.fields, -1)
+            y = torch.baddbmm(y, first.weight[:, j:].expand(b, -1, -1), torch.bmm(a, terms))
         for layer, act in zip(rest, (m for m in self.mlp if not isinstance(m, nn.Linear))):
             y = torch.baddbmm(layer.bias[None, :, None], layer.weight.expand(b, -1, -1), act(y))
         if self.affine:
@@ -192,6 +227,13 @@ class SliderPointwise(nn.Module):
         v = torch.sinh(t)
         lin = torch.baddbmm(a[:, :, -1:], a[:, :, :-1], v / VALUE_UNIT) * VALUE_UNIT
         return torch.asinh(_residual(v, lin))
+
+
+def quadratic_terms(p: torch.Tensor) -> torch.Tensor:
+    """[1, every plane, every product of two planes (squares included)] of planes (B, P, N):
+    (B, 1 + P + P(P+1)/2, N), the terms of a quadratic polynomial of them."""
+    i, j = torch.triu_indices(p.shape[1], p.shape[1], device=p.device)
+    return torch.cat([torch.ones_like(p[:, :1]), p, p[:, i] * p[:, j]], 1)
 
 
 def _pixel_major(x: torch.Tensor) -> torch.Tensor:
@@ -215,5 +257,5 @@ def build_model(spec: ModelSpec) -> nn.Module:
         return SliderConvStack(spec, 3)
     if spec.family == "multiscale":
         return SliderMultiscale(spec.in_channels, spec.out_channels, spec.n_sliders, spec.extra_channels,
-                                *MULTISCALE_SIZES[spec.size])
+                                *MULTISCALE_SIZES[spec.size], fine=spec.fine)
     raise ValueError(f"unknown model family {spec.family!r}; choose one of {FAMILIES}")

@@ -26,7 +26,7 @@ from models.mosaic import nearest_rgb, pack, unpack, unpack_rgb
 from models.networks import ModelSpec, build_model
 from models.transform import from_network, to_network
 from utils.atomic import write_atomic
-from utils.proxies.slider import Slider
+from utils.proxies.slider import Slider, conditioning
 
 CHECKPOINT_FORMAT = 1   # bump when the checkpoint layout changes incompatibly
 RANGE_KEYS = ("lo", "hi", "log")   # the slider ranges a format-1 state_dict also holds
@@ -60,16 +60,17 @@ class Proxy(nn.Module):
     def forward(self, x: torch.Tensor, u: torch.Tensor, pattern: str | Sequence[str] = "RGGB") -> torch.Tensor:
         """For the ``rgb`` layout ``x`` holds the image channels, then ``spec.extra_channels``
         coordinate planes; mosaic layouts take the mosaic and its CFA ``pattern``."""
+        c = conditioning(self.sliders, u)                  # (B, spec.n_sliders)
         if self.spec.layout == "rgb":
-            c = self.spec.in_channels
-            t = to_network(x[:, :c], self.scale)                # (B, C_in, H, W)
+            k = self.spec.in_channels
+            t = to_network(x[:, :k], self.scale)                # (B, C_in, H, W)
             if self.spec.extra_channels:
-                t = torch.cat([t, x[:, c:c + self.spec.extra_channels].to(t.dtype)], 1)
-            return from_network(self.net(t, u).float(), self.scale)   # (B, C_out, H, W)
+                t = torch.cat([t, x[:, k:k + self.spec.extra_channels].to(t.dtype)], 1)
+            return from_network(self.net(t, c).float(), self.scale)   # (B, C_out, H, W)
         planes = pack(to_network(x, self.scale), pattern)  # (B, 4, H/2, W/2): R, G1, G2, B
         if self.spec.layout == "mosaic":
-            return from_network(unpack(self.net(planes, u).float(), pattern), self.scale)   # (B, 1, H, W)
-        rgb = self.net(nearest_rgb(planes), u).float()      # (B, 12, H/2, W/2)
+            return from_network(unpack(self.net(planes, c).float(), pattern), self.scale)   # (B, 1, H, W)
+        rgb = self.net(nearest_rgb(planes), c).float()      # (B, 12, H/2, W/2)
         return from_network(unpack_rgb(rgb, pattern), self.scale)                   # (B, 3, H, W)
 
     def to_unit(self, values: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,7 @@ HEADER = ("| type | darktable operation | sliders (range, scale) | model | val_p
 
 
 def sliders_cell(proxy: ProxyType) -> str:
-    return ", ".join(f"`{s.name}` {s.lo:g}..{s.hi:g}{' log' if s.scale == 'log' else ''}"
+    return ", ".join(f"`{s.name}` {s.lo:g}..{s.hi:g}{'' if s.scale == 'linear' else ' ' + s.scale}"
                      for s in proxy.sliders) or "none"
 
 

@@ -78,3 +78,36 @@ def test_blur_size_moves_with_the_sliders():
     out = net(x, torch.tensor([[0.0], [1.0]]))
     assert out[0, 0, 8, 8] > 0.9 * out[0].max() and out[0, 0, 8, 8] > 0.5   # slider 0: sharp
     assert out[1, 0, 8, 8] < 0.1 and out[1].sum() > 0.3                     # slider 1: spread out
+
+
+def test_gaussian_blur_is_the_sampled_kernel_and_differentiable_in_sigma():
+    from models.multiscale import gaussian_blur
+    x = torch.zeros(2, 1, 15, 15, dtype=torch.float64)
+    x[:, 0, 7, 7] = 1
+    sigma = torch.tensor([0.7, 1.9], dtype=torch.float64, requires_grad=True)
+    y = gaussian_blur(x, sigma, radius=4)
+    for i, s in enumerate((0.7, 1.9)):
+        taps = torch.exp(-torch.arange(-4, 5, dtype=torch.float64) ** 2 / (2 * s * s))
+        taps = taps / taps.sum()
+        torch.testing.assert_close(y[i, 0, 3:12, 3:12], taps[:, None] * taps[None, :])
+    assert torch.allclose(gaussian_blur(torch.ones(1, 3, 6, 5), torch.tensor([2.0])), torch.ones(1, 3, 6, 5))
+    assert torch.autograd.gradcheck(lambda s: gaussian_blur(x[:, :, 5:10, 5:10], s, radius=2), (sigma,))
+
+
+def test_fine_blurs_start_at_the_identity_and_make_an_unsharp_mask_exact():
+    """With fine blurs the linear map takes the details v - G_sigma v: coefficients that say
+    'v + 0.8 (v - G v)' give an unsharp mask exactly, at the sigma the sliders set."""
+    from models.multiscale import gaussian_blur
+    torch.manual_seed(0)
+    net = build_model(ModelSpec("multiscale", "tiny", 1, 1, 1, fine=1)).double()
+    x = torch.randn(2, 1, 12, 9, dtype=torch.float64)
+    u = torch.rand(2, 1, dtype=torch.float64)
+    torch.testing.assert_close(net(x, u), x)
+    sizes = net._head_sizes()
+    with torch.no_grad():
+        net.heads.weight.zero_()
+        net.heads.bias.zero_()
+        net.heads.bias[sum(sizes[:4]) + net.n_linear - 1] = 0.8     # the detail's coefficient
+    v = torch.sinh(x)
+    sigma = net._fine_sigmas(torch.zeros(2, 1, dtype=torch.float64))[0]
+    torch.testing.assert_close(net(x, u), torch.asinh(v + 0.8 * (v - gaussian_blur(v, sigma))))

@@ -75,6 +75,20 @@ def test_loss_specs():
         parse_loss("l1+perceptual")
 
 
+def test_log_mse_weighs_every_image_alike():
+    """logmse is the mean over images of their MSE in dB: halving the error of the image with
+    the smaller one lowers it as much as halving the larger one (mse would barely move)."""
+    target = torch.zeros(2, 1, 2, 2)
+    pred = torch.stack([torch.full((1, 2, 2), 1e-3), torch.full((1, 2, 2), 1.0)])
+    loss = parse_loss("logmse")
+    assert loss(pred, target).item() == pytest.approx((10 * math.log10(1e-6) + 0.0) / 2, abs=1e-4)
+    finer, coarser = pred.clone(), pred.clone()
+    finer[0] /= 2
+    coarser[1] /= 2
+    assert loss(finer, target).item() == pytest.approx(loss(coarser, target).item(), abs=1e-4)
+    assert math.isfinite(loss(target, target).item())                 # an exact image: the floor
+
+
 def test_psnr_definition():
     target = torch.tensor([[[[4.0, 0.0], [0.0, 0.0]]]])   # peak 4, not 1
     pred = target + torch.tensor([[[[0.0, 0.4], [0.0, 0.0]]]])
@@ -170,7 +184,8 @@ def test_pointwise_affine_map_makes_a_colour_matrix_exact_and_is_differentiable(
     assert torch.autograd.gradcheck(lambda s: net(x[:1], s), (u,))
 
 
-@pytest.mark.parametrize("family, option", [("unet", {"stem": 2}), ("pointwise", {"affine": True})])
+@pytest.mark.parametrize("family, option", [("unet", {"stem": 2}), ("pointwise", {"affine": True}),
+                                            ("multiscale", {"fine": 2})])
 @pytest.mark.parametrize("cin, cout", [(3, 3), (1, 3), (4, 4)])
 def test_new_network_options_any_size_and_through_a_checkpoint(family, option, cin, cout, tmp_path):
     torch.manual_seed(0)

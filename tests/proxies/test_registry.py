@@ -75,7 +75,7 @@ def test_log_sampling_space():
 def test_describe_format():
     for proxy in PROXIES.values():
         assert proxy.gui_name, proxy.name
-        assert re.fullmatch(r"[a-z0-9_]+ +([a-zA-Z0-9_:.]+=-?[\d.e+-]+\.\.-?[\d.e+-]+(\(log\))? ?)+"
+        assert re.fullmatch(r"[a-z0-9_]+ +([a-zA-Z0-9_:.]+=-?[\d.e+-]+\.\.-?[\d.e+-]+(\((log|circular)\))? ?)+"
                             r" # [a-z() ]+(; see also [a-z0-9_, ]+)?", describe(proxy))
     assert describe(EXPOSURE) == "exposure         exposure=-3..4 black=-0.02..0.02  # exposure"
     assert "grey_fulcrum=0.05..0.5(log)" in describe(COLORBALANCERGB)
@@ -112,3 +112,9 @@ def test_see_also_pairs_names_that_prefix_each_other():
     assert see_also(COLORBALANCERGB) == ["colorbalance"]
     assert see_also(EXPOSURE) == []
     assert describe(COLORBALANCE).endswith("  # color balance; see also colorbalancergb")
+
+
+def test_network_options_of_a_type_are_network_options():
+    from models.networks import NETWORK_OPTIONS
+    for proxy in PROXIES.values():
+        assert set(proxy.network) <= set(NETWORK_OPTIONS), proxy.name

@@ -9,7 +9,7 @@ from models.proxy import Proxy, load_proxy, save_checkpoint
 from utils.data.generate import drawn_sliders
 from utils.data.manifest import columns
 from utils.proxies.registry import COLORIN, EXPOSURE, sampler_of
-from utils.proxies.slider import CHECKPOINT_KEYS, Slider
+from utils.proxies.slider import CHECKPOINT_KEYS, Slider, conditioning, conditioning_width
 
 LINEAR = Slider("a", -3.0, 4.0, 0.0)
 LOG = Slider("b", 0.05, 0.5, 0.18, scale="log")
@@ -89,3 +89,25 @@ def test_sliders_know_their_owner_and_sampler_columns_keep_their_name():
     assert drawn_sliders(COLORIN, []) == [slider]
     assert columns("colorin", [slider]) == ["input", "output", "exposure.exposure", "image", "sample"]
     assert columns("exposure", EXPOSURE.sliders) == ["input", "output", "exposure", "black", "image", "sample"]
+
+
+def test_a_circular_slider_conditions_networks_on_its_angle_too(tmp_path):
+    hue = Slider("hue", 0.0, 1.0, 0.0, scale="circular")
+    gain = Slider("gain", 0.5, 4.0, 1.0, scale="log")
+    assert hue.to_unit(0.25) == 0.25 and hue.from_unit(0.75) == 0.75     # sampled linearly
+    assert conditioning_width([gain, hue]) == 4 and conditioning_width([gain]) == 1
+    u = torch.tensor([[0.3, 0.0], [0.3, 1.0], [0.3, 0.25]], requires_grad=True)
+    c = conditioning([gain, hue], u)
+    torch.testing.assert_close(c[:, :2], u)
+    torch.testing.assert_close(c[0, 2:], c[1, 2:], atol=1e-6, rtol=0)    # its two ends: one angle
+    torch.testing.assert_close(c[2, 2:], torch.tensor([math.sin(math.pi / 2), math.cos(math.pi / 2)]))
+    c.sum().backward()
+    assert u.grad[:, 1].abs().sum() > 0                                   # regression moves it
+    proxy = Proxy(ModelSpec("pointwise", "tiny", 3, 3, conditioning_width([gain, hue])), [gain, hue], 0.01)
+    x = torch.rand(3, 3, 4, 4)
+    out = proxy(x, u.detach())
+    assert out.shape == (3, 3, 4, 4)
+    save_checkpoint(tmp_path / "p.pt", proxy)
+    loaded, _ = load_proxy(tmp_path / "p.pt")
+    assert loaded.sliders[1].scale == "circular"
+    torch.testing.assert_close(loaded(x, u.detach()), out)

@@ -86,3 +86,16 @@ def test_torchrun_two_processes_on_cpu(tiny_dataset, tmp_path):
     assert [int(r["epoch"]) for r in history(tmp_path)] == [1, 2]
     proxy, payload = load_proxy(weights / "last.pt")
     assert payload["epoch"] == 2
+
+
+def test_new_positional_proxies_get_four_coordinate_planes_and_resumed_ones_keep_theirs():
+    from models.networks import ModelSpec, new_network_options
+    from utils.proxies.registry import PROXIES
+    from utils.proxies.train import coordinate_planes_of
+    vignette = PROXIES["vignette"]
+    assert coordinate_planes_of(EXPOSURE, None) == 0
+    assert coordinate_planes_of(vignette, None) == 4
+    older = ModelSpec("pointwise", "base", 3, 3, 4, extra_channels=2)
+    assert coordinate_planes_of(vignette, older) == 2
+    assert new_network_options("pointwise", positional=True)["fields"] > 0
+    assert new_network_options("pointwise")["fields"] == 0       # no planes, no fields of them

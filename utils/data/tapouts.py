@@ -25,21 +25,33 @@ def to_chw(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
 
 
-def coordinate_planes(height: int, width: int) -> torch.Tensor:
-    """(2, H, W): the x and y of every pixel centre, from -1 to 1 across the whole image.
+COORDINATE_PLANES = 4   # what new positional proxies get (checkpoints with 2 keep theirs)
+
+
+def coordinate_planes(height: int, width: int, planes: int = COORDINATE_PLANES) -> torch.Tensor:
+    """(planes, H, W): the x and y of every pixel centre, from -1 to 1 across the whole image;
+    with 4 planes then x and y again, in units of half the image's longest side (the image's
+    shape kept: a circle in pixels is a circle there).
 
     Positional proxy types (``ProxyType.positional``: vignette, graduated filter, ...) depend
-    on where a pixel is in the image; their networks get these planes after the image
-    channels, so a random crop still knows where it lies.
+    on where a pixel is in the image, some in coordinates relative to each side (graduatednd's
+    line), some in pixels (vignette's circle); their networks get these planes after the image
+    channels, so a random crop still knows where it lies and what shape its image has.
     """
+    if planes not in (2, 4):
+        raise ValueError(f"coordinate planes are 2 or 4, not {planes}")
     ys = (torch.arange(height, dtype=torch.float32) + 0.5) / height * 2 - 1
     xs = (torch.arange(width, dtype=torch.float32) + 0.5) / width * 2 - 1
-    return torch.stack([xs[None, :].expand(height, width), ys[:, None].expand(height, width)])
+    xy = torch.stack([xs[None, :].expand(height, width), ys[:, None].expand(height, width)])
+    if planes == 2:
+        return xy
+    shape = torch.tensor([width, height], dtype=torch.float32)[:, None, None] / max(height, width)
+    return torch.cat([xy, xy * shape])
 
 
-def with_coordinates(x: torch.Tensor) -> torch.Tensor:
-    """A whole tap-out (C, H, W) -> (C + 2, H, W) with its coordinate planes appended."""
-    return torch.cat([x, coordinate_planes(*x.shape[-2:]).to(x.dtype)], 0)
+def with_coordinates(x: torch.Tensor, planes: int = COORDINATE_PLANES) -> torch.Tensor:
+    """A whole tap-out (C, H, W) -> (C + planes, H, W) with its coordinate planes appended."""
+    return torch.cat([x, coordinate_planes(*x.shape[-2:], planes).to(x.dtype)], 0)
 
 
 class TapoutDataset(Dataset):
@@ -52,14 +64,14 @@ class TapoutDataset(Dataset):
     not change under mirroring. Images are loaded once and kept in memory when the dataset is smaller
     than ``Constants.PRELOAD_MAX_MB``; an input shared by many samples is loaded once.
     Every image is checked for NaN/Inf when it is first read (at construction when preloaded).
-    ``positional``: inputs get their coordinate planes in the whole image (``with_coordinates``)
-    before cropping.
+    ``positional``: inputs get that many coordinate planes (True: ``COORDINATE_PLANES``) in the
+    whole image (``with_coordinates``) before cropping.
     """
 
     def __init__(self, folder: str | Path, sliders: Sequence[Slider], crop: int | None = None,
-                 positional: bool = False, preload_mb: float = DEFAULTS.PRELOAD_MAX_MB):
+                 positional: bool | int = False, preload_mb: float = DEFAULTS.PRELOAD_MAX_MB):
         self.folder = Path(folder)
-        self.extra_channels = 2 if positional else 0
+        self.extra_channels = (COORDINATE_PLANES if positional is True else int(positional))
         self.rows = self._read_manifest(sliders)
         self.sliders = list(sliders)
         self.layout, self.patterns = self._read_spec()
@@ -152,7 +164,7 @@ class TapoutDataset(Dataset):
         if x.shape[1:] != y.shape[1:]:
             raise UserError(f"{row['input']} and {row['output']} differ in size")
         if self.extra_channels:
-            x = with_coordinates(x)
+            x = with_coordinates(x, self.extra_channels)
         if self.crop is not None:
             h, w = y.shape[1:]
             top = 2 * int(torch.randint(0, (h - self.crop) // 2 + 1, ()))

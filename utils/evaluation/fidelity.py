@@ -37,7 +37,7 @@ def proxy_on_render(proxy: Proxy, tap_in: np.ndarray, values: Sequence[float],
     A mosaic needs its CFA ``pattern`` (utils.darktable.cfa.image_pattern); it is cropped to even size
     (compare with ``chw(tap_out, proxy.layout)``). A positional proxy gets its coordinate planes."""
     x = chw(tap_in, proxy.layout)
-    x = (with_coordinates(x) if proxy.spec.extra_channels else x)[None].to(device)
+    x = (with_coordinates(x, proxy.spec.extra_channels) if proxy.spec.extra_channels else x)[None].to(device)
     u = proxy.to_unit(torch.tensor([list(values)], dtype=torch.float64, device=device))
     return proxy(x, u, pattern)[0].cpu()
 

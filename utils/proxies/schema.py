@@ -40,6 +40,9 @@ class ProxyType:
     layout: str = "rgb"             # "rgb", "mosaic" (1ch -> 1ch) or "mosaic_rgb" (1ch -> 3ch)
     # (proxy type, slider) varied upstream for a module without sliders of its own
     sampler: tuple[str, str] | None = None
+    # options of its new networks that differ from what its family's new proxies get
+    # (models.networks.new_network_options), where the type measured better with them
+    network: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # each slider knows its owner: a sampler's slider drawn for another type keeps it

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 import torch
 
@@ -17,6 +17,7 @@ Value = TypeVar("Value", float, torch.Tensor)
 LOG_FLOOR = 1e-30
 
 CHECKPOINT_KEYS = ("name", "lo", "hi", "default", "scale")   # a slider in a checkpoint
+SCALES = ("linear", "log", "circular")
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,9 @@ class Slider:
     lo: float          # range sampled, learned and regressed (darktable's soft slider range)
     hi: float
     default: float     # darktable's default
-    scale: str = "linear"   # sampling space: "linear" or "log" (log needs lo > 0)
+    # sampling space: "linear", "log" (needs lo > 0) or "circular": linear, its two ends the
+    # same setting (an angle, a hue); the networks also get the sine and cosine of its position
+    scale: str = "linear"
     doc: str = ""
     # the proxy type whose module the slider sets (utils.proxies.schema.ProxyType fills it in);
     # a module without sliders draws a slider of another type, which keeps its owner
@@ -36,7 +39,7 @@ class Slider:
     def __post_init__(self) -> None:
         if not self.lo < self.hi or not self.lo <= self.default <= self.hi:
             raise ValueError(f"slider {self.name}: bad range {self.lo}..{self.hi} / {self.default}")
-        if self.scale not in ("linear", "log") or (self.scale == "log" and self.lo <= 0):
+        if self.scale not in SCALES or (self.scale == "log" and self.lo <= 0):
             raise ValueError(f"slider {self.name}: bad scale {self.scale}")
 
     @property
@@ -75,6 +78,21 @@ class Slider:
     def from_dict(cls, data: Mapping[str, Any], owner: str = "") -> "Slider":
         """The slider a checkpoint stored (:meth:`to_dict`)."""
         return cls(**{key: data[key] for key in CHECKPOINT_KEYS}, owner=owner)
+
+
+def conditioning(sliders: Sequence[Slider], u: torch.Tensor) -> torch.Tensor:
+    """What a proxy's network is conditioned on, from the positions ``u`` (B, S) of
+    ``sliders``: ``u``, then sin and cos of 2 pi u for each circular slider (B,
+    :func:`conditioning_width`): a hue of 0.99 is then next to one of 0.01, as in darktable."""
+    turns = [2 * math.pi * u[:, j] for j, s in enumerate(sliders) if s.scale == "circular"]
+    if not turns:
+        return u
+    return torch.cat([u, *(torch.stack([torch.sin(a), torch.cos(a)], 1) for a in turns)], 1)
+
+
+def conditioning_width(sliders: Sequence[Slider]) -> int:
+    """The number of inputs :func:`conditioning` gives a network for ``sliders``."""
+    return len(sliders) + 2 * sum(s.scale == "circular" for s in sliders)
 
 
 def _log(x: Value) -> Value:

@@ -32,13 +32,14 @@ from models.proxy import IncompatibleCheckpoint, Proxy, read_checkpoint, save_ch
 from models.transform import to_network
 from utils.atomic import write_text_atomic
 from utils.data.manifest import read_spec
-from utils.data.tapouts import TapoutDataset
+from utils.data.tapouts import COORDINATE_PLANES, TapoutDataset
 from utils.devices import resolve_device
 from utils.errors import UserError
 from utils.evaluation.metrics import psnr
 from utils.journal import run_lock
 from utils.proxies.losses import parse_loss
 from utils.proxies.schema import ProxyType, Slider
+from utils.proxies.slider import conditioning_width
 from utils.runs import RunPaths
 from utils.settings import DEFAULTS, Settings
 from utils.visual import contact_sheet, save_png, to_display
@@ -151,19 +152,20 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
     torch.manual_seed(cfg.seed + world.rank)
     np.random.seed(cfg.seed + world.rank)
 
-    positional = proxy_type.positional
+    resumed = _resumed_spec(paths.weights(name) / "last.pt")
+    positional = coordinate_planes_of(proxy_type, resumed)
     train_set = TapoutDataset(stage1, sliders, crop=cfg.crop, positional=positional, preload_mb=cfg.preload_mb)
     val_set = (TapoutDataset(stage2, sliders, positional=positional, preload_mb=cfg.preload_mb)
                if stage2 is not None and (stage2 / "manifest.csv").exists() else None)
     if val_set is None:
         log.warning("no stage-2 dataset at %s: no validation PSNR; 'best' is the last epoch", stage2)
 
-    resumed = _resumed_spec(paths.weights(name) / "last.pt")
     options = ({k: getattr(resumed, k) for k in NETWORK_OPTIONS} if resumed
-               else new_network_options(cfg.family, train_set.layout))
+               else {**new_network_options(cfg.family, train_set.layout, positional=bool(positional)),
+                     **proxy_type.network})
     spec = ModelSpec(cfg.family, cfg.size, *network_channels(train_set.layout, train_set.in_channels,
                                                              train_set.out_channels),
-                     len(sliders), layout=train_set.layout, extra_channels=train_set.extra_channels,
+                     conditioning_width(sliders), layout=train_set.layout, extra_channels=train_set.extra_channels,
                      **{**options, "activation": cfg.activation or options["activation"]})
     dataset = read_spec(stage1)
     meta = {"proxy_type": proxy_type.name, "operation": proxy_type.operation, "name": name,
@@ -421,6 +423,14 @@ def _resumed_spec(path: Path) -> ModelSpec | None:
         return None
 
 
+def coordinate_planes_of(proxy_type: ProxyType, resumed: ModelSpec | None) -> int:
+    """How many coordinate planes the networks of a ``proxy_type`` proxy get: none unless the
+    type is positional; a resumed proxy keeps its own (checkpoints before the 4 planes have 2)."""
+    if not proxy_type.positional:
+        return 0
+    return resumed.extra_channels if resumed else COORDINATE_PLANES
+
+
 def cosine_lr(lr: float, progress: float) -> float:
     """Cosine decay from ``lr`` to lr/100 as training progresses from 0 to 1."""
     return lr / 100 + (lr - lr / 100) * 0.5 * (1 + math.cos(math.pi * progress))
@@ -514,7 +524,8 @@ def _write_log(folder: Path, history: list[dict]) -> None:
     import matplotlib.pyplot as plt
     epochs = [h["epoch"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
-    a.semilogy(epochs, [h["train_loss"] for h in history])
+    losses = [h["train_loss"] for h in history]
+    (a.semilogy if min(losses) > 0 else a.plot)(epochs, losses)   # a loss in dB (logmse) is negative
     a.set(xlabel="epoch", ylabel="training loss")
     b.plot(epochs, [h["val_psnr"] for h in history], color="tab:orange")
     b.set(xlabel="epoch", ylabel="validation PSNR (dB)")
