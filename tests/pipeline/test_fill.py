@@ -58,8 +58,10 @@ def test_listed_modules_are_filled_in_to_colorout():
 def test_bad_configs_are_refused_from_the_probe():
     with pytest.raises(UserError, match="line 1: colorbalancergb .* out of darktable's order"):
         filled(lines_of("colorbalancergb", "exposure"))
-    with pytest.raises(UserError, match="line 2: darktable does not run vignette"):
-        filled(lines_of("exposure", "vignette"))
+    with pytest.raises(UserError, match="line 2: darktable does not run velvia"):
+        filled(lines_of("exposure", "velvia"))
+    with pytest.raises(UserError, match="line 2: vignette depends on where a pixel lies"):
+        line_types(lines_of("exposure", "vignette"), lambda name: None)
     with pytest.raises(UserError, match="line 1: proxy nosuch is not trained, and cannot tell"):
         line_types(lines_of("nosuch"), lambda name: None)
     types = line_types(lines_of("temperature"), lambda name: None)
