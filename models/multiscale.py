@@ -169,7 +169,6 @@ class SliderMultiscale(nn.Module):
         y = lin + self.out(F.leaky_relu(self.hidden2(hid), 0.2))                  # (B, HW, C_out)
         return y.view(b, h, w, self.out_channels).permute(0, 3, 1, 2)
 
-
     def _fine_sigmas(self, z: torch.Tensor) -> list[torch.Tensor]:
         """The fine blurs' sigmas (B,) from their heads: spread over FINE_SIGMA at the start
         (the heads are zero), anywhere in it after."""

@@ -174,16 +174,13 @@ class SliderPointwise(nn.Module):
         c, o = spec.in_channels, spec.out_channels
         self.image_channels, self.affine = c, spec.affine
         if spec.affine:   # registered before the MLP: its last layer stays the network's last
-            self.coefficients = nn.Sequential(nn.Linear(spec.n_sliders + 1, width), nn.SiLU(),
-                                              nn.Linear(width, width), nn.SiLU(), nn.Linear(width, (c + 1) * o))
+            self.coefficients = _slider_head(spec.n_sliders, width, (c + 1) * o)
             nn.init.zeros_(self.coefficients[-1].weight)
             nn.init.zeros_(self.coefficients[-1].bias)
         self.fields = spec.fields if spec.extra_channels else 0
         if self.fields:   # registered before the MLP, as the affine map
             n_terms = quadratic_terms(torch.zeros(1, spec.extra_channels, 1)).shape[1]
-            self.field_coefficients = nn.Sequential(
-                nn.Linear(spec.n_sliders + 1, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
-                nn.Linear(width, self.fields * n_terms))
+            self.field_coefficients = _slider_head(spec.n_sliders, width, self.fields * n_terms)
             nn.init.zeros_(self.field_coefficients[-1].weight)   # at the start: fixed random polynomials
             nn.init.normal_(self.field_coefficients[-1].bias, std=n_terms ** -0.5)
         sizes = ([c + spec.extra_channels + spec.n_sliders + (o if spec.affine else 0) + self.fields]
@@ -209,8 +206,7 @@ class SliderPointwise(nn.Module):
             y = torch.baddbmm(y, first.weight[:, k + s:j].expand(b, -1, -1), base)
         if self.fields:
             terms = quadratic_terms(x[:, self.image_channels:].flatten(2))        # (B, T, HW)
-            ones = torch.ones(b, 1, dtype=x.dtype, device=x.device)
-            a = self.field_coefficients(torch.cat([sliders, ones], 1)).view(b, self.fields, -1)
+            a = self.field_coefficients(_and_one(sliders)).view(b, self.fields, -1)
             y = torch.baddbmm(y, first.weight[:, j:].expand(b, -1, -1), torch.bmm(a, terms))
         for layer, act in zip(rest, (m for m in self.mlp if not isinstance(m, nn.Linear))):
             y = torch.baddbmm(layer.bias[None, :, None], layer.weight.expand(b, -1, -1), act(y))
@@ -222,11 +218,22 @@ class SliderPointwise(nn.Module):
         """asinh(v + A v + b) of the image's network-domain values ``t`` (B, C, HW), v = sinh(t),
         A and b from the sliders, in VALUE_UNIT (their inputs divided, output multiplied by it)."""
         b, c, _ = t.shape
-        ones = torch.ones(b, 1, dtype=t.dtype, device=t.device)
-        a = self.coefficients(torch.cat([sliders, ones], 1)).view(b, -1, c + 1)   # (B, C_out, C + 1)
+        a = self.coefficients(_and_one(sliders)).view(b, -1, c + 1)   # (B, C_out, C + 1)
         v = torch.sinh(t)
         lin = torch.baddbmm(a[:, :, -1:], a[:, :, :-1], v / VALUE_UNIT) * VALUE_UNIT
         return torch.asinh(_residual(v, lin))
+
+
+def _slider_head(n_sliders: int, width: int, out: int) -> nn.Sequential:
+    """A small SiLU MLP from [sliders, 1] to ``out`` per-image numbers (coefficients of a map
+    the pointwise family applies to every pixel); its last layer is the caller's to initialise."""
+    return nn.Sequential(nn.Linear(n_sliders + 1, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
+                         nn.Linear(width, out))
+
+
+def _and_one(sliders: torch.Tensor) -> torch.Tensor:
+    """(B, S) -> (B, S + 1): the sliders and a 1, so that a head has an input when S is 0."""
+    return torch.cat([sliders, sliders.new_ones(sliders.shape[0], 1)], 1)
 
 
 def quadratic_terms(p: torch.Tensor) -> torch.Tensor:

@@ -153,15 +153,15 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
     np.random.seed(cfg.seed + world.rank)
 
     resumed = _resumed_spec(paths.weights(name) / "last.pt")
-    positional = coordinate_planes_of(proxy_type, resumed)
-    train_set = TapoutDataset(stage1, sliders, crop=cfg.crop, positional=positional, preload_mb=cfg.preload_mb)
-    val_set = (TapoutDataset(stage2, sliders, positional=positional, preload_mb=cfg.preload_mb)
+    planes = coordinate_planes_of(proxy_type, resumed)
+    train_set = TapoutDataset(stage1, sliders, crop=cfg.crop, positional=planes, preload_mb=cfg.preload_mb)
+    val_set = (TapoutDataset(stage2, sliders, positional=planes, preload_mb=cfg.preload_mb)
                if stage2 is not None and (stage2 / "manifest.csv").exists() else None)
     if val_set is None:
         log.warning("no stage-2 dataset at %s: no validation PSNR; 'best' is the last epoch", stage2)
 
     options = ({k: getattr(resumed, k) for k in NETWORK_OPTIONS} if resumed
-               else {**new_network_options(cfg.family, train_set.layout, positional=bool(positional)),
+               else {**new_network_options(cfg.family, train_set.layout, positional=planes > 0),
                      **proxy_type.network})
     spec = ModelSpec(cfg.family, cfg.size, *network_channels(train_set.layout, train_set.in_channels,
                                                              train_set.out_channels),
