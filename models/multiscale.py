@@ -12,9 +12,10 @@ pixel. Scale is built in rather than learned:
 3. ``mixes`` weighted sums of those scales per channel, the weights a narrow bump over the
    scales centred where the sliders say: a blur whose size follows a slider continuously.
    The sums are formed coarse to fine (upsample, add the next level), so no scale is ever
-   upsampled to full resolution on its own; the blurs of the linear channels are taken
-   back to the network domain (asinh) after mixing, so they are blurs of the module's own
-   values;
+   upsampled to full resolution on its own (new proxies upsample with :func:`expand`,
+   centred on the pyramid's samples; checkpoints without the field bilinearly); the blurs
+   of the linear channels are taken back to the network domain (asinh) after mixing, so
+   they are blurs of the module's own values;
    With ``fine`` blurs (new proxies), each image also gets that many Gaussian blurs of its
    values at a sigma the sliders set continuously (0.2-2.4 px, taps out to FINE_RADIUS),
    where the pyramid has only its two finest scales; their details (value minus blur, in
@@ -27,7 +28,9 @@ pixel. Scale is built in rather than learned:
    plus a per-pixel MLP over [t, the learned channels, the mixes], its first layer scaled
    and shifted by the sliders (FiLM).
 
-The cost per pixel is a few thousand multiply-adds, whatever the blur size.
+The cost per pixel is a few thousand multiply-adds, whatever the blur size. The blurs are
+sums of shifted slices and the per-pixel part runs over slices of PIXEL_CHUNK pixels: both
+several times faster on a CPU than a depthwise convolution and the whole image at once.
 """
 from __future__ import annotations
 
@@ -35,6 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.transform import asinh, sinh
+
+# pixels per slice of the per-pixel part of a forward pass: its intermediates (features x
+# pixels) then stay in a CPU's caches, and the slices are few enough that the Python between
+# operations costs little (measured at 512 x 512 px, docs/performance.md)
+PIXEL_CHUNK = 16384
 BINOMIAL5 = (1.0, 4.0, 6.0, 4.0, 1.0)   # sigma 1 px
 BINOMIAL3 = (1.0, 2.0, 1.0)             # sigma 0.71 px
 # the linear map's unit, in the module's values / value scale (Lab L 0..100 at scale 1, linear
@@ -49,13 +58,37 @@ FINE_SIGMA = (0.2, FINE_RADIUS / 2.5)   # their sigma's range, px (2.5 sigma ins
 def separable_blur(x: torch.Tensor, taps: tuple[float, ...], stride: int = 1) -> torch.Tensor:
     """Depthwise separable blur of (B, C, H, W) by the normalised ``taps``, edges replicated;
     with ``stride`` 2 it also keeps every second row and column (sizes rounded up)."""
-    c, r = x.shape[1], len(taps) // 2
-    k = torch.tensor(taps, dtype=x.dtype, device=x.device)
-    k = k / k.sum()
-    y = F.pad(x, (r, r, 0, 0), mode="replicate")
-    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, len(taps)), stride=(1, stride), groups=c)
-    y = F.pad(y, (0, 0, r, r), mode="replicate")
-    return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, len(taps), 1), stride=(stride, 1), groups=c)
+    k = torch.tensor(taps, dtype=torch.float64)
+    return _separable(x, (k / k.sum()).tolist(), stride)
+
+
+def _separable(x: torch.Tensor, taps: list, stride: int = 1) -> torch.Tensor:
+    """``x`` (B, C, H, W) convolved along W, then H, with ``taps`` (numbers, or (B, 1, 1, 1)
+    tensors: one kernel per image), edges replicated, every ``stride``-th output kept.
+
+    Sums of shifted slices, not a depthwise convolution: on a CPU, oneDNN's depthwise
+    convolutions of channel-first images took 5-25 ms for a 3-tap blur of 7 channels at
+    512 x 512 px, where the slices take 2.5 (the pyramid: 35 -> 7 ms; the results agree to the bit)."""
+    r = len(taps) // 2
+    h, w = x.shape[-2:]
+    y = _taps_sum(F.pad(x, (r, r, 0, 0), mode="replicate"), taps, 3, -(-w // stride), stride)
+    return _taps_sum(F.pad(y, (0, 0, r, r), mode="replicate"), taps, 2, -(-h // stride), stride)
+
+
+def _taps_sum(y: torch.Tensor, taps: list, dim: int, n: int, stride: int) -> torch.Tensor:
+    """sum_i taps[i] * (``y`` from i along ``dim``, every ``stride``-th of ``n``)."""
+    out = None
+    for i, k in enumerate(taps):
+        part = y.narrow(dim, i, (n - 1) * stride + 1)
+        if stride > 1:
+            part = part[..., ::stride] if dim == 3 else part[..., ::stride, :]
+        if out is None:
+            out = part * k
+        elif isinstance(k, torch.Tensor):
+            out = out.addcmul_(part, k)
+        else:
+            out = out.add_(part, alpha=k)
+    return out
 
 
 def pyramid_scales(f: torch.Tensor, levels: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -70,34 +103,110 @@ def pyramid_scales(f: torch.Tensor, levels: int) -> list[tuple[torch.Tensor, tor
 
 
 def mix_scales(scales: list[tuple[torch.Tensor, torch.Tensor]], weights: torch.Tensor,
-               mixes: int) -> torch.Tensor:
+               mixes: int, upsample: str = "bilinear") -> torch.Tensor:
     """Per image and channel, the sum of every scale (upsampled to level 0) times its weight.
 
     ``scales`` from :func:`pyramid_scales` (channels q), ``weights`` (B, mixes * q, 2 *
     (levels + 1)), scale 2l the level l, 2l + 1 its 3-tap blur; returns (B, mixes * q, H, W).
-    Coarse to fine: each level's weighted scales plus the bilinear upsampling of the sum so far.
+    Coarse to fine: each level's weighted scales plus the upsampling of the sum so far, by
+    ``upsample`` (UPSAMPLES).
     """
+    b = weights.shape[0]
+    w = weights.view(b, mixes, -1, weights.shape[-1])[..., None, None]        # (B, mixes, q, scales, 1, 1)
     acc = None
     for level in reversed(range(len(scales))):
-        g, g3 = (s.repeat(1, mixes, 1, 1) for s in scales[level])       # (B, mixes * q, h, w)
-        part = (weights[:, :, 2 * level, None, None] * g + weights[:, :, 2 * level + 1, None, None] * g3)
+        g, g3 = scales[level]                                                  # (B, q, h, w)
+        part = torch.addcmul(g[:, None] * w[:, :, :, 2 * level], g3[:, None], w[:, :, :, 2 * level + 1])
+        part = part.flatten(1, 2)                                              # (B, mixes * q, h, w)
         if acc is not None:
-            acc = F.interpolate(acc, size=g.shape[-2:], mode="bilinear", align_corners=False)
-            part = part + acc
+            part = part.add_(UPSAMPLES[upsample](acc, g.shape[-2:]))
         acc = part
     return acc
+
+
+def expand(g: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A pyramid level (B, C, h, w) back on the grid of the level above it, ``size`` (H, W):
+    Burt and Adelson's expand with the 5-tap binomial. The level's samples sit on the even
+    pixels, where :func:`pyramid_scales` took them; odd pixels get the mean of their two
+    neighbours, even ones [1, 6, 1] / 8 of theirs (edges replicated). A linear ramp comes back
+    exactly, where a bilinear interpolation that takes the samples for the centres of 2 x 2
+    blocks (``F.interpolate``) shifts (at odd sizes, stretches) every level by up to half a
+    pixel of the one above it, (2^l - 1) / 2 px at level l: that cost the lowpass mix 4.6 dB
+    of its best fit (docs/proxies.md)."""
+    return _expand_along(_expand_along(g, size[0], 2), size[1], 3)
+
+
+def _expand_along(g: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    """:func:`expand` along one dimension, to ``n`` samples: the fast hand-written pass and
+    its adjoint, or under ``torch.compile`` (which cannot trace their ``out=`` writes) the
+    same sums as plain operations for the compiler to fuse."""
+    if torch.compiler.is_compiling():
+        return _expand_plain(g, n, dim)
+    return _ExpandAlong.apply(g, n, dim)
+
+
+def _expand_plain(g: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    m = g.shape[dim]
+    after = torch.cat([g.narrow(dim, 1, m - 1), g.narrow(dim, m - 1, 1)], dim)
+    before = torch.cat([g.narrow(dim, 0, 1), g.narrow(dim, 0, m - 1)], dim)
+    even, odd = (6 * g + before + after) / 8, (g + after) / 2
+    return torch.stack([even, odd], dim + 1).flatten(dim, dim + 1).narrow(dim, 0, n)
+
+
+class _ExpandAlong(torch.autograd.Function):
+    """odd_j = (g_j + g_j+1) / 2 and even_j = g_j / 2 + (odd_j-1 + odd_j) / 4 (= [1, 6, 1] / 8),
+    written straight into the interleaved output, and its adjoint as the backward pass: 5x
+    faster than forming both halves and stacking them, and a multiscale training step 10 %
+    faster than with autograd through the same slices (228 -> 205 ms, 8 x 128 px, one thread)."""
+
+    @staticmethod
+    def forward(ctx, g: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+        ctx.n, ctx.dim = n, dim
+        m = g.shape[dim]
+        shape = list(g.shape)
+        shape.insert(dim + 1, 2)
+        out = g.new_empty(shape)                                   # (..., m, 2, ...): even, odd
+        even, odd = out.select(dim + 1, 0), out.select(dim + 1, 1)
+        torch.add(g.narrow(dim, 0, m - 1), g.narrow(dim, 1, m - 1), out=odd.narrow(dim, 0, m - 1)).mul_(0.5)
+        odd.narrow(dim, m - 1, 1).copy_(g.narrow(dim, m - 1, 1))                   # edge replicated
+        torch.add(odd.narrow(dim, 0, m - 1), odd.narrow(dim, 1, m - 1), out=even.narrow(dim, 1, m - 1))
+        torch.add(g.narrow(dim, 0, 1), odd.narrow(dim, 0, 1), out=even.narrow(dim, 0, 1))   # odd_-1 = g_0
+        even.mul_(0.25).add_(g, alpha=0.5)
+        return out.flatten(dim, dim + 1).narrow(dim, 0, n)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        n, dim = ctx.n, ctx.dim
+        m = -(-n // 2)
+        if n < 2 * m:                                              # the cut last odd sample: no gradient
+            shape = list(grad.shape)
+            shape[dim] = 1
+            grad = torch.cat([grad, grad.new_zeros(shape)], dim)
+        pairs = grad.unflatten(dim, (m, 2))
+        de, do = pairs.select(dim + 1, 0), pairs.select(dim + 1, 1)
+        out = de * 0.75 + do * 0.5                                 # even_j's own 6/8, odd_j's 1/2
+        out.narrow(dim, 1, m - 1).add_(de.narrow(dim, 0, m - 1), alpha=0.125).add_(do.narrow(dim, 0, m - 1), alpha=0.5)
+        out.narrow(dim, 0, m - 1).add_(de.narrow(dim, 1, m - 1), alpha=0.125)
+        out.narrow(dim, 0, 1).add_(de.narrow(dim, 0, 1), alpha=0.125)            # replicated edges
+        out.narrow(dim, m - 1, 1).add_(de.narrow(dim, m - 1, 1), alpha=0.125).add_(do.narrow(dim, m - 1, 1), alpha=0.5)
+        return out, None, None
+
+
+def _bilinear(g: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(g, size=size, mode="bilinear", align_corners=False)
+
+
+# how mix_scales takes a level's sum up a level: "bilinear" (checkpoints without the field),
+# "expand" (new proxies)
+UPSAMPLES = {"bilinear": _bilinear, "expand": expand}
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int = FINE_RADIUS) -> torch.Tensor:
     """Separable Gaussian blur of (B, C, H, W), one ``sigma`` (B,) per image (differentiable in
     it), taps -radius..radius normalised, edges replicated."""
-    b, c, h, w = x.shape
     offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     k = (-offsets ** 2 / (2 * sigma[:, None] ** 2)).softmax(-1)              # (B, taps)
-    k = k.repeat_interleave(c, 0)                                             # (B C, taps)
-    y = F.pad(x.reshape(1, b * c, h, w), (radius, radius, radius, radius), mode="replicate")
-    y = F.conv2d(y, k.view(b * c, 1, 1, -1), groups=b * c)
-    return F.conv2d(y, k.view(b * c, 1, -1, 1), groups=b * c).view(b, c, h, w)
+    return _separable(x, list(k[:, :, None, None, None].unbind(1)))
 
 
 def scale_weights(position: torch.Tensor, n_scales: int, width: float = 0.6) -> torch.Tensor:
@@ -111,12 +220,15 @@ def scale_weights(position: torch.Tensor, n_scales: int, width: float = 0.6) -> 
 
 class SliderMultiscale(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, n_sliders: int, extra_channels: int,
-                 hidden: int, learned: int, mixes: int, levels: int, fine: int = 0, cond: int = 64):
+                 hidden: int, learned: int, mixes: int, levels: int, fine: int = 0, cond: int = 64,
+                 upsample: str = "bilinear"):
         super().__init__()
+        if upsample not in UPSAMPLES:
+            raise ValueError(f"unknown upsampling {upsample!r}; choose one of {tuple(UPSAMPLES)}")
         c, e = in_channels, extra_channels
         self.image_channels, self.out_channels = c, out_channels
         self.learned, self.mixes, self.levels, self.hidden = learned, mixes, levels, hidden
-        self.fine = fine
+        self.fine, self.upsample = fine, upsample
         self.q = c + learned                                # blurred channels: sinh(t), learned
         self.n_scales = 2 * (levels + 1)
         self.n_linear = c + mixes * self.q + fine * c       # the per-image linear map's inputs
@@ -147,27 +259,38 @@ class SliderMultiscale(nn.Module):
         z = self.heads(self.cond(torch.cat([sliders.to(x.dtype), ones], 1)))   # (B, heads)
         pre_bias, position, gain, shift, linear, fine = torch.split(z, self._head_sizes(), 1)
         t, extra = x[:, :c], x[:, c:]
-        v = torch.sinh(t)                                                     # the module's values / scale
+        v = sinh(t)                                                     # the module's values / scale
         learned = F.leaky_relu(_pixels(self.pre, x) + pre_bias[:, :, None, None], 0.2)
         weights = scale_weights(position, self.n_scales)                     # (B, mixes * q, scales)
-        blurred = mix_scales(pyramid_scales(torch.cat([v, learned], 1), self.levels), weights, m)
-        blurred = blurred.view(b, m, q, h, w)                                 # (B, mixes, q, H, W)
-        details = [(v - gaussian_blur(v, sigma)) / VALUE_UNIT for sigma in self._fine_sigmas(fine)]
-        table = torch.cat([t, learned, torch.asinh(blurred[:, :, :c]).flatten(1, 2),
-                           blurred[:, :, c:].flatten(1, 2), *details, extra], 1).permute(0, 2, 3, 1)
-        table = table.reshape(b, h * w, self.n_features)                      # (B, HW, F)
-        lin_in = torch.cat([v.flatten(2) / VALUE_UNIT, blurred[:, :, :c].flatten(1, 2).flatten(2) / VALUE_UNIT,
-                            blurred[:, :, c:].flatten(1, 2).flatten(2),
-                            *(d.flatten(2) for d in details)], 1)             # (B, n_linear, HW)
-        a = linear.view(b, self.n_linear + 1, self.out_channels)
-        lin = torch.baddbmm(a[:, -1:], lin_in.transpose(1, 2), a[:, :-1]) * VALUE_UNIT   # (B, HW, C_out)
-        base = v.flatten(2).transpose(1, 2)
-        lin = lin + (base if c == self.out_channels else base.mean(2, keepdim=True))
-        lin = torch.asinh(lin)                                                    # network domain
-        hid = self.hidden1(torch.cat([table, lin], 2))
-        hid = F.leaky_relu(hid * (1 + gain[:, None]) + shift[:, None], 0.2)
-        y = lin + self.out(F.leaky_relu(self.hidden2(hid), 0.2))                  # (B, HW, C_out)
-        return y.view(b, h, w, self.out_channels).permute(0, 3, 1, 2)
+        blurred = mix_scales(pyramid_scales(torch.cat([v, learned], 1), self.levels), weights, m,
+                             self.upsample)
+        blurred = blurred.view(b, m, q, h * w)                                # (B, mixes, q, HW)
+        details = [((v - gaussian_blur(v, sigma)) / VALUE_UNIT).flatten(2) for sigma in self._fine_sigmas(fine)]
+        per_pixel = (t.flatten(2), v.flatten(2), learned.flatten(2), blurred, *details, extra.flatten(2))
+        a = linear.view(b, self.n_linear + 1, self.out_channels).transpose(1, 2)   # (B, C_out, n_linear + 1)
+        # a pixel's output depends on its features alone: the per-pixel part runs over slices of
+        # the pixels, so that its intermediates stay in the CPU's cache (PIXEL_CHUNK)
+        y = torch.cat([self._pixels(*part, a=a, gain=gain, shift=shift)
+                       for part in zip(*(f.split(PIXEL_CHUNK, -1) for f in per_pixel))], 2)
+        return y.view(b, self.out_channels, h, w)                                # (B, C_out, H, W)
+
+    def _pixels(self, t: torch.Tensor, v: torch.Tensor, learned: torch.Tensor, blurred: torch.Tensor,
+                *rest: torch.Tensor, a: torch.Tensor, gain: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """The output (B, C_out, N) on N pixels: their network-domain values ``t``, values ``v``
+        and ``learned`` channels (B, C, N), mixes ``blurred`` (B, mixes, q, N), then the fine
+        blurs' details and the extra planes; the per-image linear map ``a`` and FiLM ``gain``
+        and ``shift`` from the sliders."""
+        b, c = t.shape[:2]
+        *details, extra = rest
+        mixed_values = blurred[:, :, :c].flatten(1, 2)                        # (B, mixes * C, N)
+        mixed_learned = blurred[:, :, c:].flatten(1, 2)
+        lin_in = torch.cat([v / VALUE_UNIT, mixed_values / VALUE_UNIT, mixed_learned, *details], 1)
+        lin = torch.baddbmm(a[:, :, -1:], a[:, :, :-1], lin_in) * VALUE_UNIT   # (B, C_out, N)
+        lin = asinh(lin + (v if c == self.out_channels else v.mean(1, keepdim=True)))   # network domain
+        table = torch.cat([t, learned, asinh(mixed_values), mixed_learned, *details, extra, lin], 1)
+        hid = _apply(self.hidden1, table)
+        hid = F.leaky_relu(hid * (1 + gain[:, :, None]) + shift[:, :, None], 0.2)
+        return lin + _apply(self.out, F.leaky_relu(_apply(self.hidden2, hid), 0.2))
 
     def _fine_sigmas(self, z: torch.Tensor) -> list[torch.Tensor]:
         """The fine blurs' sigmas (B,) from their heads: spread over FINE_SIGMA at the start
@@ -175,6 +298,11 @@ class SliderMultiscale(nn.Module):
         lo, hi = FINE_SIGMA
         start = torch.linspace(-1.5, 1.5, self.fine, dtype=z.dtype, device=z.device) if self.fine > 1 else z.new_zeros(1)
         return [lo + (hi - lo) * torch.sigmoid(z[:, i] + start[i]) for i in range(self.fine)]
+
+
+def _apply(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """A Linear layer applied to every column of (B, C, N)."""
+    return torch.baddbmm(layer.bias[None, :, None], layer.weight.expand(x.shape[0], -1, -1), x)
 
 
 def _pixels(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:

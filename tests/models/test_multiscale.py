@@ -19,6 +19,41 @@ def test_blur_keeps_constants_and_decimates_rounding_up():
     assert separable_blur(x, BINOMIAL5, stride=2).shape == (2, 3, 5, 3)
 
 
+def test_blur_is_the_depthwise_convolution_with_replicated_edges():
+    """The shifted-slice sums compute what a depthwise convolution of the padded image does,
+    at stride 1 and 2, odd sizes included."""
+    import torch.nn.functional as F
+    x = torch.randn(2, 3, 11, 8, dtype=torch.float64)
+    for taps, stride in ((BINOMIAL3, 1), (BINOMIAL5, 1), (BINOMIAL5, 2)):
+        k = torch.tensor(taps, dtype=torch.float64)
+        k = k / k.sum()
+        r = len(taps) // 2
+        y = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).expand(3, 1, 1, -1),
+                     stride=(1, stride), groups=3)
+        y = F.conv2d(F.pad(y, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).expand(3, 1, -1, 1),
+                     stride=(stride, 1), groups=3)
+        torch.testing.assert_close(separable_blur(x, taps, stride), y)
+
+
+def test_expand_is_centred_on_the_pyramid_samples():
+    """A ramp decimated as the pyramid does comes back exactly through expand (the bilinear
+    upsampling of checkpoints without the field shifts or stretches it by up to half a pixel)."""
+    from models.multiscale import UPSAMPLES, _expand_plain, expand
+    for n in (9, 10):
+        ramp = torch.arange(n, dtype=torch.float64).expand(1, 2, 7, n)      # along W
+        coarse = ramp[..., ::2]
+        up = expand(coarse, (7, n))
+        torch.testing.assert_close(up[..., 1:n - 2], ramp[..., 1:n - 2])     # the edge pixels: replicated
+        assert (UPSAMPLES["bilinear"](coarse, (7, n))[..., 1:n - 2] - ramp[..., 1:n - 2]).abs().max() >= 0.25
+    one = torch.rand(1, 3, 1, 1)
+    torch.testing.assert_close(expand(one, (2, 1)), one.expand(1, 3, 2, 1))
+    for shape, size in (((2, 3, 5, 6), (9, 12)), ((1, 2, 1, 2), (1, 3)), ((1, 1, 3, 1), (6, 2))):
+        g = torch.randn(shape, dtype=torch.float64, requires_grad=True)   # its own backward: the adjoint
+        assert torch.autograd.gradcheck(lambda g: expand(g, size), (g,))
+        plain = _expand_plain(_expand_plain(g, size[0], 2), size[1], 3)  # what torch.compile runs
+        torch.testing.assert_close(plain, expand(g, size))
+
+
 def test_pyramid_goes_down_to_one_pixel():
     scales = pyramid_scales(torch.rand(1, 2, 12, 7), levels=5)
     assert len(scales) == 6 and scales[-1][0].shape[-2:] == (1, 1)

@@ -51,6 +51,44 @@ def test_transform_keeps_full_range():
     torch.testing.assert_close(back, x, rtol=1e-5, atol=1e-7)
 
 
+def test_fast_sinh_and_asinh_are_as_accurate_as_torch_and_asinh_has_slope_one_at_zero():
+    from models.transform import asinh, sinh
+    x = torch.cat([torch.linspace(-12, 12, 20001), torch.tensor([0.0, 1e-9, -1e-30, 1e30, -1.6e38])])
+    for fast, exact in ((asinh, torch.asinh), (sinh, torch.sinh)):
+        keep = exact(x.double()).abs() < 1e37
+        ref = exact(x.double())[keep]
+        err = ((fast(x)[keep].double() - ref).abs() / ref.abs().clamp_min(1)).max()
+        assert err <= 1.5 * ((exact(x)[keep].double() - ref).abs() / ref.abs().clamp_min(1)).max() + 1e-8
+    t = torch.tensor([0.0, -2.0, 7.0], dtype=torch.float64, requires_grad=True)
+    asinh(t).sum().backward()
+    torch.testing.assert_close(t.grad, 1 / torch.sqrt(1 + t.detach() ** 2))
+    assert torch.autograd.gradcheck(asinh, (t,))
+
+
+def test_per_pixel_families_answer_alike_in_slices(monkeypatch):
+    """The pointwise and multiscale forward passes run over slices of the pixels: any slice
+    size (a ragged last one too) gives the same outputs and gradients."""
+    import models.multiscale
+    import models.networks
+    from models.networks import build_model
+    for spec in (ModelSpec("pointwise", "tiny", 3, 3, 2, extra_channels=4, activation="silu", affine=True, fields=3),
+                 ModelSpec("multiscale", "tiny", 3, 3, 2, extra_channels=4, fine=2)):
+        torch.manual_seed(3)
+        net = build_model(spec).double()
+        for p in net.parameters():
+            torch.nn.init.normal_(p, std=0.3)
+        x = torch.randn(2, 7, 9, 11, dtype=torch.float64)
+        results = []
+        for chunk in (10 ** 6, 7):
+            monkeypatch.setattr(models.networks, "PIXEL_CHUNK", chunk)
+            monkeypatch.setattr(models.multiscale, "PIXEL_CHUNK", chunk)
+            u = torch.tensor([[0.2, 0.9], [0.6, 0.1]], dtype=torch.float64, requires_grad=True)
+            y = net(x, u)
+            y.square().sum().backward()
+            results.append((y, u.grad))
+        torch.testing.assert_close(results[0], results[1])
+
+
 def test_slider_units_round_trip():
     proxy = make("pointwise")
     values = torch.tensor([[-3.0, 0.05], [4.0, 0.5], [0.5, math.sqrt(0.05 * 0.5)]])
@@ -184,8 +222,9 @@ def test_pointwise_affine_map_makes_a_colour_matrix_exact_and_is_differentiable(
     assert torch.autograd.gradcheck(lambda s: net(x[:1], s), (u,))
 
 
-@pytest.mark.parametrize("family, option", [("unet", {"stem": 2}), ("pointwise", {"affine": True}),
-                                            ("multiscale", {"fine": 2})])
+@pytest.mark.parametrize("family, option", [("unet", {"stem": 2}), ("neighbourhood", {"stem": 2}),
+                                            ("pointwise", {"affine": True}), ("multiscale", {"fine": 2}),
+                                            ("multiscale", {"upsample": "expand"})])
 @pytest.mark.parametrize("cin, cout", [(3, 3), (1, 3), (4, 4)])
 def test_new_network_options_any_size_and_through_a_checkpoint(family, option, cin, cout, tmp_path):
     torch.manual_seed(0)
