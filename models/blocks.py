@@ -11,6 +11,18 @@ def slider_planes(sliders: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return sliders[:, :, None, None].to(like.dtype).expand(b, sliders.shape[1], h, w)
 
 
+def linear_columns(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """A Linear layer applied to every column of (B, C, N): (B, C_out, N)."""
+    return torch.baddbmm(layer.bias[None, :, None], layer.weight.expand(x.shape[0], -1, -1), x)
+
+
+def in_pixel_slices(fn, *tables: torch.Tensor, size: int) -> torch.Tensor:
+    """``fn`` of (B, C, N) pixel tables whose every column (a pixel) is computed alone, run on
+    slices of ``size`` pixels and joined: the intermediates of a per-pixel network then stay
+    in a CPU's caches, where on a whole image it is memory-bound (docs/performance.md)."""
+    return torch.cat([fn(*parts) for parts in zip(*(t.split(size, -1) for t in tables))], -1)
+
+
 class ConvBlock(nn.Sequential):
     """Two 3x3 convolutions with LeakyReLU, as in Learning-to-See-in-the-Dark's UNet."""
 

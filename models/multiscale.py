@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.blocks import in_pixel_slices, linear_columns
 from models.transform import asinh, sinh
 
 # pixels per slice of the per-pixel part of a forward pass: its intermediates (features x
@@ -268,10 +269,8 @@ class SliderMultiscale(nn.Module):
         details = [((v - gaussian_blur(v, sigma)) / VALUE_UNIT).flatten(2) for sigma in self._fine_sigmas(fine)]
         per_pixel = (t.flatten(2), v.flatten(2), learned.flatten(2), blurred, *details, extra.flatten(2))
         a = linear.view(b, self.n_linear + 1, self.out_channels).transpose(1, 2)   # (B, C_out, n_linear + 1)
-        # a pixel's output depends on its features alone: the per-pixel part runs over slices of
-        # the pixels, so that its intermediates stay in the CPU's cache (PIXEL_CHUNK)
-        y = torch.cat([self._pixels(*part, a=a, gain=gain, shift=shift)
-                       for part in zip(*(f.split(PIXEL_CHUNK, -1) for f in per_pixel))], 2)
+        y = in_pixel_slices(lambda *part: self._pixels(*part, a=a, gain=gain, shift=shift),
+                            *per_pixel, size=PIXEL_CHUNK)
         return y.view(b, self.out_channels, h, w)                                # (B, C_out, H, W)
 
     def _pixels(self, t: torch.Tensor, v: torch.Tensor, learned: torch.Tensor, blurred: torch.Tensor,
@@ -288,9 +287,9 @@ class SliderMultiscale(nn.Module):
         lin = torch.baddbmm(a[:, :, -1:], a[:, :, :-1], lin_in) * VALUE_UNIT   # (B, C_out, N)
         lin = asinh(lin + (v if c == self.out_channels else v.mean(1, keepdim=True)))   # network domain
         table = torch.cat([t, learned, asinh(mixed_values), mixed_learned, *details, extra, lin], 1)
-        hid = _apply(self.hidden1, table)
+        hid = linear_columns(self.hidden1, table)
         hid = F.leaky_relu(hid * (1 + gain[:, :, None]) + shift[:, :, None], 0.2)
-        return lin + _apply(self.out, F.leaky_relu(_apply(self.hidden2, hid), 0.2))
+        return lin + linear_columns(self.out, F.leaky_relu(linear_columns(self.hidden2, hid), 0.2))
 
     def _fine_sigmas(self, z: torch.Tensor) -> list[torch.Tensor]:
         """The fine blurs' sigmas (B,) from their heads: spread over FINE_SIGMA at the start
@@ -298,11 +297,6 @@ class SliderMultiscale(nn.Module):
         lo, hi = FINE_SIGMA
         start = torch.linspace(-1.5, 1.5, self.fine, dtype=z.dtype, device=z.device) if self.fine > 1 else z.new_zeros(1)
         return [lo + (hi - lo) * torch.sigmoid(z[:, i] + start[i]) for i in range(self.fine)]
-
-
-def _apply(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """A Linear layer applied to every column of (B, C, N)."""
-    return torch.baddbmm(layer.bias[None, :, None], layer.weight.expand(x.shape[0], -1, -1), x)
 
 
 def _pixels(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.blocks import ConvBlock, ConvStack, slider_planes
+from models.blocks import ConvBlock, ConvStack, in_pixel_slices, linear_columns, slider_planes
 from models.multiscale import VALUE_UNIT, SliderMultiscale
 from models.transform import asinh, sinh
 
@@ -215,10 +215,7 @@ class SliderPointwise(nn.Module):
         bias = torch.addmm(first.bias, sliders, first.weight[:, k:k + s].t())   # (B, width)
         a = self.coefficients(_and_one(sliders)).view(b, -1, self.image_channels + 1) if self.affine else None
         f = self.field_coefficients(_and_one(sliders)).view(b, self.fields, -1) if self.fields else None
-        t = x.flatten(2)                                                          # (B, K, HW)
-        # a pixel's output depends on that pixel alone: run the MLP over slices of the pixels,
-        # so that its (width, pixels) intermediates stay in the CPU's cache (memory-bound otherwise)
-        y = torch.cat([self._pixels(part, bias, a, f) for part in t.split(PIXEL_CHUNK, 2)], 2)
+        y = in_pixel_slices(lambda t: self._pixels(t, bias, a, f), x.flatten(2), size=PIXEL_CHUNK)
         return y.view(b, -1, h, w)                                                # (B, C_out, H, W)
 
     def _pixels(self, t: torch.Tensor, bias: torch.Tensor, a: torch.Tensor | None,
@@ -237,7 +234,7 @@ class SliderPointwise(nn.Module):
             terms = quadratic_terms(t[:, self.image_channels:])                   # (B, T, N)
             y = torch.baddbmm(y, first.weight[:, j:].expand(b, -1, -1), torch.bmm(f, terms))
         for layer, act in zip(rest, (m for m in self.mlp if not isinstance(m, nn.Linear))):
-            y = torch.baddbmm(layer.bias[None, :, None], layer.weight.expand(b, -1, -1), act(y))
+            y = linear_columns(layer, act(y))
         if self.affine:
             return base + y
         return _residual(t[:, :self.image_channels], y)
