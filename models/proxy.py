@@ -44,6 +44,9 @@ class Proxy(nn.Module):
         self.sliders = tuple(sliders)
         self.meta = dict(meta or {})
         self.net = build_model(spec)
+        # autocast dtype of forward passes without gradients (None: fp32, as in training);
+        # utils.devices.inference_dtype chooses it for a loaded proxy
+        self.inference_dtype: torch.dtype | None = None
 
     @property
     def slider_names(self) -> list[str]:
@@ -66,12 +69,20 @@ class Proxy(nn.Module):
             t = to_network(x[:, :k], self.scale)                # (B, C_in, H, W)
             if self.spec.extra_channels:
                 t = torch.cat([t, x[:, k:k + self.spec.extra_channels].to(t.dtype)], 1)
-            return from_network(self.net(t, c).float(), self.scale)   # (B, C_out, H, W)
+            return from_network(self._net(t, c), self.scale)   # (B, C_out, H, W)
         planes = pack(to_network(x, self.scale), pattern)  # (B, 4, H/2, W/2): R, G1, G2, B
         if self.spec.layout == "mosaic":
-            return from_network(unpack(self.net(planes, c).float(), pattern), self.scale)   # (B, 1, H, W)
-        rgb = self.net(nearest_rgb(planes), c).float()      # (B, 12, H/2, W/2)
+            return from_network(unpack(self._net(planes, c), pattern), self.scale)   # (B, 1, H, W)
+        rgb = self._net(nearest_rgb(planes), c)             # (B, 12, H/2, W/2)
         return from_network(unpack_rgb(rgb, pattern), self.scale)                   # (B, 3, H, W)
+
+    def _net(self, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The network on (t, c), in ``inference_dtype`` autocast when no gradient is taken
+        (otherwise under the caller's autocast, if any); float32."""
+        if self.inference_dtype is None or torch.is_grad_enabled():
+            return self.net(t, c).float()
+        with torch.autocast(t.device.type, dtype=self.inference_dtype):
+            return self.net(t, c).float()
 
     def to_unit(self, values: torch.Tensor) -> torch.Tensor:
         """Slider values (B, S) -> normalised positions in [0, 1], float32 (differentiable)."""

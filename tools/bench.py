@@ -16,7 +16,8 @@ How each figure is made:
 - proxy: one forward pass of a ``models.proxy.Proxy`` of each family (size preset
   ``--model-size``, random weights: speed does not depend on them) on darktable's own input
   tap-out of that render (a 512 px synthetic image without darktable), in every variant
-  (fp32, channels-last, bf16/fp16 autocast, torch.compile) under ``torch.inference_mode``;
+  (fp32; ``scripts``, the precision a loaded proxy runs in; channels-last, bf16/fp16
+  autocast, torch.compile) under ``torch.inference_mode``;
   each variant's output is compared with fp32 (PSNR); the fastest variant within
   ``VARIANT_MIN_PSNR`` of fp32 is the family's figure.
 - training: optimisation steps (Adam, the proxy type's loss, bf16 autocast on CUDA as in
@@ -50,7 +51,7 @@ from models.proxy import Proxy
 from models.transform import to_network
 from utils.atomic import write_text_atomic
 from utils.darktable.runner import Darktable
-from utils.devices import keep_freed_memory
+from utils.devices import inference_dtype, keep_freed_memory
 from utils.data.generate import generate
 from utils.data.images import builtin_images, list_images
 from utils.data.tapouts import to_chw
@@ -163,7 +164,8 @@ def make_proxy(family: str, size: str, device: torch.device, seed: int = 0) -> P
 
 def variants(device: torch.device, only: str = "") -> list[dict[str, Any]]:
     """The ways to run a forward pass worth measuring on ``device`` (``only``: names, comma-separated)."""
-    out = [{"name": "fp32"}, {"name": "channels_last", "channels_last": True},
+    out = [{"name": "fp32"}, {"name": "scripts", "scripts": True},
+           {"name": "channels_last", "channels_last": True},
            {"name": "bf16", "dtype": torch.bfloat16},
            {"name": "bf16+channels_last", "dtype": torch.bfloat16, "channels_last": True},
            {"name": "compile", "compile": True}]
@@ -183,7 +185,10 @@ def in_variant_layout(proxy: Proxy, x: torch.Tensor, variant: dict[str, Any]) ->
 
 
 def inference_runner(proxy: Proxy, x: torch.Tensor, u: torch.Tensor, variant: dict[str, Any]):
-    """A no-argument function running ``proxy(x, u)`` as ``variant`` says."""
+    """A no-argument function running ``proxy(x, u)`` as ``variant`` says (``scripts``: in
+    the precision a loaded proxy runs in, utils.devices.inference_dtype)."""
+    if variant.get("scripts"):
+        proxy.inference_dtype = inference_dtype(x.device, proxy.spec.family)
     proxy, x = in_variant_layout(proxy, x, variant)
     net = proxy
     if variant.get("compile"):
@@ -307,9 +312,10 @@ def bench_regression(family: str, size: str, device: torch.device, iterations: i
 
 
 def paying_variants(device: torch.device, timings: dict[str, Any]) -> list[dict[str, Any]]:
-    """fp32 and the variants (not compiled) that beat it in ``timings`` (a family's forward passes)."""
+    """fp32 and the variants (not compiled) that beat it in ``timings`` (a family's forward
+    passes); not ``scripts``, whose passes with gradients are fp32's."""
     fp32 = timings.get("fp32", {}).get("ms", float("inf"))
-    return [v for v in variants(device) if not v.get("compile") and
+    return [v for v in variants(device) if not v.get("compile") and not v.get("scripts") and
             (v["name"] == "fp32" or timings.get(v["name"], {}).get("ms", float("inf")) < fp32)]
 
 
@@ -378,6 +384,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         dt_ms = (results["darktable"] or {}).get("render_512", {}).get("ms")
         entry["proxy_speedup_vs_darktable"] = {
             f: (dt_ms / v["ms"] if dt_ms and v["ms"] else None) for f, v in entry["proxy"]["families"].items()}
+        scripts = {f: v["variants"].get("scripts", {}).get("ms") for f, v in entry["proxy"]["families"].items()}
+        entry["scripts_speedup_vs_darktable"] = {f: (dt_ms / ms if dt_ms and ms else None) for f, ms in scripts.items()}
+        entry["scripts_precision"] = {f: "bf16" if inference_dtype(device, f) else "fp32" for f in scripts}
         save(results, args.out)
     results["peak_rss_mb"] = peak_rss_mb()
     results["seconds"] = time.monotonic() - started
@@ -450,6 +459,10 @@ def table(results: dict[str, Any]) -> str:
         for family, v in p["families"].items():
             speed = e["proxy_speedup_vs_darktable"][family]
             rows.append((f"proxy_speedup_vs_darktable, {family} ({kind})",
+                         "absent" if speed is None else f"{speed:.1f}x", where))
+        for family, speed in e.get("scripts_speedup_vs_darktable", {}).items():
+            rows.append((f"speedup vs darktable as the scripts run it, {family} ({kind}, "
+                         f"{e['scripts_precision'][family]})",
                          "absent" if speed is None else f"{speed:.1f}x", where))
         for family, v in p["families"].items():
             rows.append((f"proxy ms per image, {family} {p['model_size']} ({kind}, {v['best']})",
