@@ -297,3 +297,33 @@ def test_regression_survives_a_start_that_overflows():
     x = torch.rand(1, 3, 8, 8) + 0.1
     rec = regress(forward, 1, 0.01, x, x * 1.5, 20, 8, torch.Generator().manual_seed(3))
     assert torch.isfinite(rec.u).all() and math.isfinite(rec.loss)
+
+
+def test_a_positional_block_gets_the_coordinates_of_its_pixels_in_the_whole_image():
+    """The chain's input carries coordinate planes (Chain.with_planes, before any crop): a crop
+    of the input then gives the positional block (vignette) the crop of what the whole image
+    gives it, as regression's random crops need."""
+    from utils.proxies.registry import VIGNETTE
+    torch.manual_seed(0)
+    vignette = Proxy(ModelSpec("pointwise", "tiny", 3, 3, len(VIGNETTE.sliders), extra_channels=4, fields=8),
+                     VIGNETTE.sliders, 0.01, {"proxy_type": "vignette"})
+    with torch.no_grad():                         # a field of position that matters
+        for p in vignette.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    exp = two_blocks()[0]
+    chain = Chain([exp, Block(BlockLine(2, "vignette", None, True), vignette, VIGNETTE,
+                              vignette.slider_names)], ["identity"])
+    assert chain.planes == 4 and Chain([exp], []).planes == 0
+    x = torch.rand(1, 3, 12, 16) * 0.5 + 0.05
+    xin = chain.with_planes(x)
+    assert xin.shape[1] == 7 and torch.equal(Chain([exp], []).with_planes(x), x)
+    u = torch.full((1, chain.n_sliders), 0.4)
+    with torch.no_grad():
+        whole = chain(xin, u)
+        crop = chain(xin[..., 2:8, 4:14], u)
+        alone = vignette(torch.cat([chain.block(0, x, chain.block_u(0, u)), xin[:, 3:]], 1), chain.block_u(1, u))
+    torch.testing.assert_close(crop, whole[..., 2:8, 4:14])
+    torch.testing.assert_close(whole, alone)
+    assert not torch.allclose(whole, chain(chain.with_planes(x.flip(-1)), u).flip(-1))   # position matters
+    with pytest.raises(ValueError, match="positional"):
+        chain.block(1, x, chain.block_u(1, u))

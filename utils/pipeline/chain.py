@@ -24,7 +24,7 @@ from models.colorspace import CONVERSIONS
 from models.fixed import EXACT, Fixed, ImageContext
 from models.proxy import Proxy
 from utils.darktable.runner import Render
-from utils.data.tapouts import to_chw
+from utils.data.tapouts import coordinate_planes, to_chw
 from utils.errors import UserError
 from utils.evaluation.metrics import psnr
 from utils.pipeline.config import BlockLine
@@ -93,7 +93,9 @@ def build_blocks(lines: Sequence[BlockLine], load: Callable[[str], Proxy]) -> li
 class Chain(nn.Module):
     """Blocks with darktable's conversions between them: ``forward(x, u) -> output`` where u
     (B, S) holds the recovered sliders of all blocks, normalised, in block order; every other
-    slider stays at its default."""
+    slider stays at its default. When a block is positional (vignette, sharpen's border, ...),
+    ``x`` carries the chain's coordinate planes after its image channels (``with_planes``,
+    before any crop: a crop of x then keeps where it lies), and that block gets them."""
 
     def __init__(self, blocks: Sequence[Block], conversions: Sequence[str]):
         super().__init__()
@@ -119,6 +121,20 @@ class Chain(nn.Module):
         """Pixels of context a crop of the chain's input needs on each side for the exact blocks
         to compute on it what darktable computes on the whole image (``Fixed.context_margin``)."""
         return max((getattr(b.proxy, "context_margin", 0) for b in self.blocks), default=0)
+
+    @property
+    def planes(self) -> int:
+        """Coordinate planes the chain's input carries after its image channels: the most a
+        positional block's proxy takes (0: none)."""
+        return max((b.proxy.spec.extra_channels for b in self.blocks if not b.exact), default=0)
+
+    def with_planes(self, x: torch.Tensor) -> torch.Tensor:
+        """The chain's input: a whole tap-out (B, C, H, W), before any crop, with the chain's
+        coordinate planes appended (utils.data.tapouts.coordinate_planes; as it is when none)."""
+        if not self.planes:
+            return x
+        planes = coordinate_planes(*x.shape[-2:], self.planes).to(x.device, x.dtype)
+        return torch.cat([x, planes.expand(x.shape[0], -1, -1, -1)], 1)
 
     @property
     def exact_colorin(self) -> bool:
@@ -151,22 +167,31 @@ class Chain(nn.Module):
         exact blocks see the processed maximum its multipliers give (as darktable's pipe)."""
         outputs = []
         context = self.context
+        n = self.planes
+        x, planes = (x[:, :-n], x[:, -n:]) if n else (x, None)
         for k, block in enumerate(self.blocks):
             if k:
                 x = CONVERSIONS[self.conversions[k - 1]](x)
-            x = self.block(k, x, block_u[k], context)
+            x = self.block(k, x, block_u[k], context, planes)
             if block.operation == "temperature":
                 context = replace(self.context, processed_maximum=white_balance_maximum(block, block_u[k]))
             outputs.append(x)
         return (x, outputs) if keep else x
 
-    def block(self, k: int, x: torch.Tensor, u: torch.Tensor, context: ImageContext | None = None) -> torch.Tensor:
+    def block(self, k: int, x: torch.Tensor, u: torch.Tensor, context: ImageContext | None = None,
+              planes: torch.Tensor | None = None) -> torch.Tensor:
         """Block k alone on its input ``x`` (in its own colour space) at sliders ``u``;
-        ``context``: the image's as the pipe has it there (default ``self.context``)."""
+        ``context``: the image's as the pipe has it there (default ``self.context``);
+        ``planes``: the coordinate planes of x's pixels, which a positional block needs."""
         block = self.blocks[k]
         if block.exact:
             return block.proxy(x, u, self.context if context is None else context)
         if block.proxy.layout == "rgb":
+            extra = block.proxy.spec.extra_channels
+            if extra:
+                if planes is None:
+                    raise ValueError(f"block {block.name} is positional: give it coordinate planes")
+                x = torch.cat([x, planes[:, :extra].to(x.dtype)], 1)
             return block.proxy(x, u)
         return block.proxy(x, u, self.context.pattern)
 

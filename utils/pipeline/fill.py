@@ -74,8 +74,7 @@ def proxy_lines(lines: Sequence[BlockLine], is_trained: Callable[[str], bool]) -
 def line_types(lines: Sequence[BlockLine], trained_type: Callable[[str], str | None]) -> dict[str, ProxyType]:
     """Each line's proxy type: a trained proxy's own (``trained_type(name)``: the type its
     checkpoint names, None when it is not trained), else the one its name spells; a name that
-    spells none is a UserError naming the line; so is a positional type (vignette, ...), whose
-    networks need the pixels' coordinates in the whole image, which chains do not give."""
+    spells none is a UserError naming the line."""
     types = {}
     for line in lines:
         known = trained_type(line.name)
@@ -83,9 +82,6 @@ def line_types(lines: Sequence[BlockLine], trained_type: Callable[[str], str | N
             types[line.name] = PROXIES[known] if known in PROXIES else split_proxy_name(line.name)[0]
         except UserError as e:
             raise UserError(f"line {line.lineno}: proxy {line.name} is not trained, and {e}") from None
-        if types[line.name].positional:
-            raise UserError(f"line {line.lineno}: {types[line.name].name} depends on where a pixel lies in "
-                            "the image, which a chain does not tell its blocks yet; set the line's flag to 0")
     return types
 
 

@@ -55,8 +55,10 @@ class ChainSample:
     u: dict[str, torch.Tensor]               # block name -> its normalised sliders (S_b,)
     final: Path
 
-    def load(self, path: Path) -> torch.Tensor:
-        return even_crop(torch.from_numpy(to_chw(read_tiff(path)))[None])
+    def load(self, path: Path, chain: Chain | None = None) -> torch.Tensor:
+        """A tap-out (1, C, H, W) cropped to even sides; with a ``chain``, as its input (Chain.with_planes)."""
+        x = torch.from_numpy(to_chw(read_tiff(path)))[None]
+        return even_crop(chain.with_planes(x) if chain is not None else x)
 
 
 def chain_samples(chain: Chain, data: ChainData, stage: int) -> list[ChainSample]:
@@ -95,7 +97,7 @@ def block_fidelity(chain: Chain, samples: Sequence[ChainSample], contexts: dict[
     first = chain.blocks[0].name
     for s in samples:
         chain.context = contexts[s.image]
-        _, outputs = chain.run(s.load(s.taps[first][0]).to(device), _block_u(chain, s, device), keep=True)
+        _, outputs = chain.run(s.load(s.taps[first][0], chain).to(device), _block_u(chain, s, device), keep=True)
         for b, out in zip(chain.blocks, outputs):
             if not b.exact:
                 scores.setdefault(b.name, []).append(float(psnr(out.cpu(), s.load(s.taps[b.name][1]))[0]))
@@ -121,7 +123,7 @@ def fine_tune_chain(chain: Chain, data: ChainData, contexts: dict[str, ImageCont
     lr = settings.PROXY_MODEL_LR / 100
     optimizer = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.99))
     generator = torch.Generator().manual_seed(settings.SEED)
-    cache: dict[Path, torch.Tensor] = {}
+    cache: dict[tuple[Path, bool], torch.Tensor] = {}
     first = chain.blocks[0].name
     budget, start, steps = minutes * 60 if minutes > 0 else 600.0, time.monotonic(), 0
     chain.train()
@@ -154,15 +156,17 @@ def fine_tune_chain(chain: Chain, data: ChainData, contexts: dict[str, ImageCont
             "train_samples": len(train), "held_out_samples": len(held)}
 
 
-def _sample_loss(chain: Chain, s: ChainSample, contexts: dict[str, ImageContext], cache: dict[Path, torch.Tensor],
-                 first: str, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+def _sample_loss(chain: Chain, s: ChainSample, contexts: dict[str, ImageContext],
+                 cache: dict[tuple[Path, bool], torch.Tensor], first: str, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """The fine-tuning loss of one random crop of sample ``s``."""
-    def load(path: Path) -> torch.Tensor:
-        if path not in cache:
-            cache[path] = s.load(path)
-        return cache[path]
+    def load(path: Path, as_input: bool = False) -> torch.Tensor:
+        if (path, as_input) not in cache:
+            cache[path, as_input] = s.load(path, chain if as_input else None)
+        return cache[path, as_input]
 
     chain.context = contexts[s.image]
+    x = load(s.taps[first][0], as_input=True)                   # the chain's input, its planes after it
+    planes = x[:, x.shape[1] - chain.planes:]
     final = load(s.final)
     h, w = final.shape[-2:]
     top = 2 * int(torch.randint(0, max(1, (h - CROP) // 2 + 1), (1,), generator=generator))
@@ -175,9 +179,9 @@ def _sample_loss(chain: Chain, s: ChainSample, contexts: dict[str, ImageContext]
     for k, b in enumerate(chain.blocks):
         if not b.exact:
             tap_in, tap_out = (load(p) for p in s.taps[b.name])
-            pred = chain.block(k, crop(tap_in), block_u[k])
+            pred = chain.block(k, crop(tap_in), block_u[k], planes=crop(planes))
             loss = loss + (to_network(pred, b.proxy.scale) - to_network(crop(tap_out), b.proxy.scale)).abs().mean()
-    out = chain.run(load(s.taps[first][0])[..., rows, cols].to(device), block_u)[..., inner_rows, inner_cols]
+    out = chain.run(x[..., rows, cols].to(device), block_u)[..., inner_rows, inner_cols]
     return loss + (to_network(out, chain.scale) - to_network(crop(final), chain.scale)).abs().mean()
 
 

@@ -115,7 +115,8 @@ def match_one(dt: Darktable, chain: Chain, job: MatchJob, folder: Path, device: 
     check_aspect(target, probe.tapouts[("colorout", "out")].shape[:2], job)
     chain.conversions = choose_conversions(chain.blocks, probe)
     chain.context = image_context(dt, job.raw, probe, chain.exact_colorin)
-    x = even_crop(torch.from_numpy(to_chw(probe.tapouts[(chain.blocks[0].operation, "in")]))[None]).to(device)
+    tapout = torch.from_numpy(to_chw(probe.tapouts[(chain.blocks[0].operation, "in")]))[None]
+    x = even_crop(chain.with_planes(tapout)).to(device)
     goal = torch.from_numpy(to_chw(target))[None].to(device)
     extra = (goal.shape[-2] - x.shape[-2], goal.shape[-1] - x.shape[-1])
     if all(0 <= e <= 1 for e in extra):    # the chain's input was cropped to even sides

@@ -46,7 +46,7 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def chain_fidelity(chain: Chain, target: Target, device: torch.device) -> list[float]:
     """Each block's output when the chain runs at the TRUE sliders from darktable's first
     input, against darktable's tap-out of that block."""
-    x = target.load(chain.blocks[0].operation, "in").to(device)
+    x = target.load(chain.blocks[0].operation, "in", chain).to(device)
     chain.context = target.context
     _, outputs = chain(x, target.u[None].to(device), keep=True)
     return [_psnr(o.cpu(), target.load(b.operation, "out")) for b, o in zip(chain.blocks, outputs)]
@@ -55,7 +55,7 @@ def chain_fidelity(chain: Chain, target: Target, device: torch.device) -> list[f
 def regress_target(chain: Chain, target: Target, device: torch.device, iterations: int, restarts: int,
                    seed: int, frame_every: int = 0, crop: int = DEFAULTS.REGRESSION_CROP) -> tuple[TargetResult, Recovery]:
     """Recover all of ``target``'s sliders jointly through the chain."""
-    x = target.load(chain.blocks[0].operation, "in").to(device)
+    x = target.load(chain.blocks[0].operation, "in", chain).to(device)
     y = target.load(chain.blocks[-1].operation, "out").to(device)
     generator = torch.Generator().manual_seed(seed)
     chain.context = target.context
@@ -80,7 +80,7 @@ def save_outputs(chain: Chain, target: Target, u: torch.Tensor, folder: Path, de
     with darktable's tap-out at the true sliders."""
     folder.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
-        x = target.load(chain.blocks[0].operation, "in").to(device)
+        x = target.load(chain.blocks[0].operation, "in", chain).to(device)
         chain.context = target.context
         _, outputs = chain(x, u[None].to(device), keep=True)
     tiles, labels = [], []

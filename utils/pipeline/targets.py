@@ -85,10 +85,12 @@ class Target:
     taps: dict[tuple[str, str], Path]        # (operation, in|out) -> TIFF
     context: ImageContext = field(default_factory=ImageContext)   # the image's (fixed blocks, mosaics)
 
-    def load(self, operation: str, kind: str) -> torch.Tensor:
+    def load(self, operation: str, kind: str, chain: Chain | None = None) -> torch.Tensor:
         """A tap-out as (1, C, H, W), cropped to even sides from the top-left corner (which
-        keeps a mosaic's CFA phase; mosaic proxies work on 2x2 tiles)."""
-        return even_crop(torch.from_numpy(to_chw(read_tiff(self.taps[(operation, kind)])))[None])
+        keeps a mosaic's CFA phase; mosaic proxies work on 2x2 tiles); with a ``chain``, as its
+        input (Chain.with_planes, before the crop)."""
+        x = torch.from_numpy(to_chw(read_tiff(self.taps[(operation, kind)])))[None]
+        return even_crop(chain.with_planes(x) if chain is not None else x)
 
 
 def generate_targets(dt: Darktable, chain: Chain, images: Sequence[Path], folder: Path, count: int,
