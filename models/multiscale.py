@@ -34,6 +34,8 @@ several times faster on a CPU than a depthwise convolution and the whole image a
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,6 +56,7 @@ BINOMIAL3 = (1.0, 2.0, 1.0)             # sigma 0.71 px
 VALUE_UNIT = 10.0
 FINE_RADIUS = 6                         # taps each side of the fine blurs' kernels
 FINE_SIGMA = (0.2, FINE_RADIUS / 2.5)   # their sigma's range, px (2.5 sigma inside the kernel)
+BORDER_UNIT = 4.0                       # px; the untouched border is this times softplus of its head
 
 
 def separable_blur(x: torch.Tensor, taps: tuple[float, ...], stride: int = 1) -> torch.Tensor:
@@ -219,14 +222,32 @@ def scale_weights(position: torch.Tensor, n_scales: int, width: float = 0.6) -> 
     return (-(steps - centre) ** 2 / (2 * width ** 2)).softmax(-1)
 
 
+def edge_distance(planes: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W): each pixel's distance in pixels to the nearest edge of its whole image
+    (0 on the outermost rows and columns), from the first two coordinate planes of
+    ``utils.data.tapouts.coordinate_planes`` (x and y of the pixel centres, -1 to 1 across the
+    image), so a crop knows it too. Needs 2 px or more on each axis."""
+    d = []
+    for axis, plane in ((-1, planes[:, 0:1]), (-2, planes[:, 1:2])):
+        step = plane.narrow(axis, 1, 1) - plane.narrow(axis, 0, 1)          # 2 / the image's size
+        index = (plane + 1) / step - 0.5                                     # pixels from the low edge
+        d.append(torch.minimum(index, 2 / step - 1 - index))
+    return torch.minimum(*d).round()
+
+
 class SliderMultiscale(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, n_sliders: int, extra_channels: int,
                  hidden: int, learned: int, mixes: int, levels: int, fine: int = 0, cond: int = 64,
-                 upsample: str = "bilinear"):
+                 upsample: str = "bilinear", border: bool = False):
         super().__init__()
         if upsample not in UPSAMPLES:
             raise ValueError(f"unknown upsampling {upsample!r}; choose one of {tuple(UPSAMPLES)}")
-        c, e = in_channels, extra_channels
+        if border and (extra_channels < 2 or in_channels != out_channels):
+            raise ValueError("a border needs coordinate planes (a positional type) and as many "
+                             "output channels as input channels")
+        self.border = border
+        # with a border the coordinate planes serve it alone: the per-pixel network does not see them
+        c, e = in_channels, 0 if border else extra_channels
         self.image_channels, self.out_channels = c, out_channels
         self.learned, self.mixes, self.levels, self.hidden = learned, mixes, levels, hidden
         self.fine, self.upsample = fine, upsample
@@ -251,15 +272,17 @@ class SliderMultiscale(nn.Module):
         """What the sliders give: the learned channels' bias, the mix logits, the MLP's FiLM
         gain and shift, the per-image linear map and its bias."""
         return [self.learned, self.mixes * self.q, self.hidden, self.hidden,
-                (self.n_linear + 1) * self.out_channels, self.fine]
+                (self.n_linear + 1) * self.out_channels, self.fine, int(self.border)]
 
     def forward(self, x: torch.Tensor, sliders: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         c, m, q = self.image_channels, self.mixes, self.q
         ones = torch.ones(b, 1, dtype=x.dtype, device=x.device)
         z = self.heads(self.cond(torch.cat([sliders.to(x.dtype), ones], 1)))   # (B, heads)
-        pre_bias, position, gain, shift, linear, fine = torch.split(z, self._head_sizes(), 1)
+        pre_bias, position, gain, shift, linear, fine, border = torch.split(z, self._head_sizes(), 1)
         t, extra = x[:, :c], x[:, c:]
+        if self.border:
+            x, planes, extra = t, extra, extra[:, :0]
         v = sinh(t)                                                     # the module's values / scale
         learned = F.leaky_relu(_pixels(self.pre, x) + pre_bias[:, :, None, None], 0.2)
         weights = scale_weights(position, self.n_scales)                     # (B, mixes * q, scales)
@@ -271,7 +294,32 @@ class SliderMultiscale(nn.Module):
         a = linear.view(b, self.n_linear + 1, self.out_channels).transpose(1, 2)   # (B, C_out, n_linear + 1)
         y = in_pixel_slices(lambda *part: self._pixels(*part, a=a, gain=gain, shift=shift),
                             *per_pixel, size=PIXEL_CHUNK)
-        return y.view(b, self.out_channels, h, w)                                # (B, C_out, H, W)
+        y = y.view(b, self.out_channels, h, w)                                   # (B, C_out, H, W)
+        if self.border:   # the width is fitted by border_loss alone (see there)
+            y = t + untouched_border_mask(edge_distance(planes), border.detach()) * (y - t)
+        return y
+
+    def border_loss(self, t: torch.Tensor, planes: torch.Tensor, target: torch.Tensor,
+                    sliders: torch.Tensor) -> torch.Tensor:
+        """The untouched border's width fitted to the data: on each image whose crop reaches an
+        edge of the image, the distance to it of the nearest pixel the module changed (``target``
+        differs from the input ``t`` there, both in the network domain) is the width; smooth L1
+        in pixels, 0 without a border. Fitted through the output instead, the width grows while
+        the network is still worse than the identity and keeps the network from ever learning
+        the rim (measured: the whole image covered)."""
+        if not self.border:
+            return t.new_zeros(())
+        ones = torch.ones(len(sliders), 1, dtype=t.dtype, device=t.device)
+        z = self.heads(self.cond(torch.cat([sliders.to(t.dtype), ones], 1)))[:, -1:]     # (B, 1)
+        width = BORDER_UNIT * F.softplus(z[:, 0])
+        d = edge_distance(planes)                                                # (B, 1, H, W)
+        changed = (target != t).any(1, keepdim=True)
+        seen = changed.flatten(1).any(1) & (d.flatten(1).amin(1) == 0)
+        if not seen.any():
+            return t.new_zeros(())
+        observed = torch.where(changed, d, torch.full_like(d, math.inf)).flatten(1).amin(1)
+        return F.smooth_l1_loss(width[seen], observed[seen])
+
 
     def _pixels(self, t: torch.Tensor, v: torch.Tensor, learned: torch.Tensor, blurred: torch.Tensor,
                 *rest: torch.Tensor, a: torch.Tensor, gain: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -297,6 +345,15 @@ class SliderMultiscale(nn.Module):
         lo, hi = FINE_SIGMA
         start = torch.linspace(-1.5, 1.5, self.fine, dtype=z.dtype, device=z.device) if self.fine > 1 else z.new_zeros(1)
         return [lo + (hi - lo) * torch.sigmoid(z[:, i] + start[i]) for i in range(self.fine)]
+
+
+def untouched_border_mask(distance: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W): 0 on a border of the image the module leaves as it is, 1 inside, a one-pixel
+    ramp between. The width, BORDER_UNIT * softplus(``z``) px
+    (``z`` (B, 1) from the sliders), is where the ramp ends: darktable's sharpen leaves its
+    blur's radius untouched, ceil(2.5 sigma) px (docs/proxies.md)."""
+    width = BORDER_UNIT * F.softplus(z)[:, :, None, None]
+    return (distance + 1 - width).clamp(0, 1)
 
 
 def _pixels(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:

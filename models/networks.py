@@ -68,7 +68,7 @@ PIXEL_CHUNK = 4096
 # CPU with AMX; the per-pixel families gain nothing there (pointwise is slower)
 BF16_FAMILIES = ("unet", "neighbourhood")
 # the ModelSpec fields the tables above choose
-NETWORK_OPTIONS = ("activation", "stem", "affine", "fields", "fine", "upsample")
+NETWORK_OPTIONS = ("activation", "stem", "affine", "fields", "fine", "upsample", "border")
 
 
 def new_network_options(family: str, layout: str = "rgb", positional: bool = False) -> dict:
@@ -79,7 +79,7 @@ def new_network_options(family: str, layout: str = "rgb", positional: bool = Fal
             "affine": NEW_AFFINE.get(family, False),
             "fields": NEW_FIELDS.get(family, 0) if positional else 0,
             "fine": NEW_FINE.get(family, 0),
-            "upsample": NEW_UPSAMPLE.get(family, "bilinear")}
+            "upsample": NEW_UPSAMPLE.get(family, "bilinear"), "border": False}
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,10 @@ class ModelSpec:
     # multiscale: how a pyramid level is taken up to the next (models.multiscale.UPSAMPLES;
     # "bilinear": checkpoints without the field)
     upsample: str = "bilinear"
+    # multiscale, positional: the module leaves a border of the image untouched whose width the
+    # sliders set (sharpen's; models.multiscale.untouched_border_mask); the coordinate planes
+    # then serve the border alone (False: checkpoints without the field)
+    border: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -307,5 +311,6 @@ def build_model(spec: ModelSpec) -> nn.Module:
         return SliderConvStack(spec, 3)
     if spec.family == "multiscale":
         return SliderMultiscale(spec.in_channels, spec.out_channels, spec.n_sliders, spec.extra_channels,
-                                *MULTISCALE_SIZES[spec.size], fine=spec.fine, upsample=spec.upsample)
+                                *MULTISCALE_SIZES[spec.size], fine=spec.fine, upsample=spec.upsample,
+                                border=spec.border)
     raise ValueError(f"unknown model family {spec.family!r}; choose one of {FAMILIES}")

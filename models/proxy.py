@@ -76,6 +76,15 @@ class Proxy(nn.Module):
         rgb = self._net(nearest_rgb(planes), c)             # (B, 12, H/2, W/2)
         return from_network(unpack_rgb(rgb, pattern), self.scale)                   # (B, 3, H, W)
 
+    def auxiliary_loss(self, x: torch.Tensor, y: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """What training adds to the loss of ``forward(x, u)`` against ``y`` beyond comparing
+        them: the fit of an untouched border's width (``ModelSpec.border``), else 0."""
+        if not self.spec.border:
+            return x.new_zeros(())
+        k = self.spec.in_channels
+        return self.net.border_loss(to_network(x[:, :k], self.scale), x[:, k:k + self.spec.extra_channels],
+                                    to_network(y, self.scale), conditioning(self.sliders, u))
+
     def _net(self, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """The network on (t, c), in ``inference_dtype`` autocast when no gradient is taken
         (otherwise under the caller's autocast, if any); float32."""

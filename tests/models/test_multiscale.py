@@ -1,4 +1,5 @@
 """The multiscale family's fixed blurs, scale weights and start (tiny tensors, fast)."""
+import pytest
 import torch
 
 from models.multiscale import (
@@ -146,3 +147,62 @@ def test_fine_blurs_start_at_the_identity_and_make_an_unsharp_mask_exact():
     v = torch.sinh(x)
     sigma = net._fine_sigmas(torch.zeros(2, 1, dtype=torch.float64))[0]
     torch.testing.assert_close(net(x, u), torch.asinh(v + 0.8 * (v - gaussian_blur(v, sigma))))
+
+
+def test_edge_distance_is_in_pixels_of_the_whole_image_in_a_crop_too():
+    from models.multiscale import edge_distance
+    from utils.data.tapouts import coordinate_planes
+    planes = coordinate_planes(9, 12)[None]
+    d = edge_distance(planes)[0, 0]
+    rows, cols = torch.arange(9)[:, None], torch.arange(12)[None, :]
+    expected = torch.minimum(torch.minimum(rows, 8 - rows), torch.minimum(cols, 11 - cols)).float()
+    torch.testing.assert_close(d, expected)
+    torch.testing.assert_close(edge_distance(planes[..., 3:7, 1:6])[0, 0], expected[3:7, 1:6])
+
+
+def test_a_border_leaves_the_pixels_it_covers_as_they_are_and_its_width_is_learnt():
+    """sharpen leaves ceil(2.5 sigma) px untouched: with a border the output is the input
+    there, whatever the network computes inside; the width follows its head, differentiably."""
+    from models.multiscale import BORDER_UNIT
+    from utils.data.tapouts import coordinate_planes
+    torch.manual_seed(0)
+    net = build_model(ModelSpec("multiscale", "tiny", 1, 1, 1, extra_channels=4, fine=1, border=True)).double()
+    x = torch.randn(2, 1, 16, 14, dtype=torch.float64)
+    planes = coordinate_planes(16, 14, 4)[None].expand(2, -1, -1, -1).double()
+    u = torch.rand(2, 1, dtype=torch.float64)
+    sizes = net._head_sizes()
+    with torch.no_grad():
+        net.heads.bias[sum(sizes[:4]) + net.n_linear - 1] = 0.8            # sharpen inside
+        width = 3.0                                                         # untouched: 3 px
+        net.heads.bias[-1] = torch.log(torch.expm1(torch.tensor(width / BORDER_UNIT)))
+    y = net(torch.cat([x, planes], 1), u)
+    torch.testing.assert_close(y[..., :3, :], x[..., :3, :])
+    torch.testing.assert_close(y[..., :, -3:], x[..., :, -3:])
+    assert (y[..., 3:-3, 3:-3] - x[..., 3:-3, 3:-3]).abs().min() > 0
+    with pytest.raises(ValueError, match="coordinate planes"):
+        build_model(ModelSpec("multiscale", "tiny", 1, 1, 1, border=True))
+    net.heads.bias.grad = None
+    net(torch.cat([x, planes], 1), u).square().sum().backward()
+    assert net.heads.bias.grad[-1] == 0                  # the output does not move the width...
+
+
+def test_the_border_width_is_fitted_to_the_pixels_the_module_changed():
+    """...border_loss does: darktable's output equals its input on the border, so the nearest
+    changed pixel to the image's edge gives the width (crops away from every edge say nothing)."""
+    from models.multiscale import BORDER_UNIT
+    from utils.data.tapouts import coordinate_planes
+    torch.manual_seed(0)
+    net = build_model(ModelSpec("multiscale", "tiny", 1, 1, 1, extra_channels=4, border=True)).double()
+    t = torch.randn(2, 1, 16, 14, dtype=torch.float64)
+    planes = coordinate_planes(16, 14, 4)[None].expand(2, -1, -1, -1).double()
+    target = t.clone()
+    target[0, :, 3:-3, 3:-3] += 1                       # image 0: 3 px untouched
+    target[1, :, 5:-5, 5:-5] += 1                       # image 1: 5 px
+    u = torch.zeros(2, 1, dtype=torch.float64)
+    width = BORDER_UNIT * torch.nn.functional.softplus(torch.tensor(0.0))       # the zero heads'
+    expected = torch.nn.functional.smooth_l1_loss(width.expand(2).double(), torch.tensor([3.0, 5.0]).double())
+    torch.testing.assert_close(net.border_loss(t, planes, target, u), expected)
+    inner = (..., slice(4, 12), slice(4, 10))
+    assert net.border_loss(t[inner], planes[inner], target[inner], u) == 0
+    net.border_loss(t, planes, target, u).backward()
+    assert net.heads.bias.grad[-1] != 0

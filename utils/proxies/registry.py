@@ -208,7 +208,9 @@ SHARPEN = ProxyType(
     value_scale=1.0,        # 100 measured worse here
     # its blurs are the fine ones: with the pyramid centred (expand) 53.30-53.64 dB in three
     # runs, against 54.21-54.33 bilinear (docs/proxies.md)
-    network={"upsample": "bilinear"},
+    network={"upsample": "bilinear", "border": True},
+    # it leaves a border as wide as its blur untouched: the border needs the coordinates
+    positional=True,
     doc="sharpen: unsharp mask on Lab lightness",
     sliders=(
         # radii below 1 (full-resolution pixels) left 128 px renders unchanged
