@@ -310,7 +310,7 @@ class SliderMultiscale(nn.Module):
         if not self.border:
             return t.new_zeros(())
         ones = torch.ones(len(sliders), 1, dtype=t.dtype, device=t.device)
-        z = self.heads(self.cond(torch.cat([sliders.to(t.dtype), ones], 1)))[:, -1:]     # (B, 1)
+        z = self.heads(self.cond(torch.cat([sliders.to(t.dtype), ones], 1)))[:, -1:]     # the last head
         width = BORDER_UNIT * F.softplus(z[:, 0])
         d = edge_distance(planes)                                                # (B, 1, H, W)
         changed = (target != t).any(1, keepdim=True)
@@ -319,7 +319,6 @@ class SliderMultiscale(nn.Module):
             return t.new_zeros(())
         observed = torch.where(changed, d, torch.full_like(d, math.inf)).flatten(1).amin(1)
         return F.smooth_l1_loss(width[seen], observed[seen])
-
 
     def _pixels(self, t: torch.Tensor, v: torch.Tensor, learned: torch.Tensor, blurred: torch.Tensor,
                 *rest: torch.Tensor, a: torch.Tensor, gain: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -348,10 +347,10 @@ class SliderMultiscale(nn.Module):
 
 
 def untouched_border_mask(distance: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W): 0 on a border of the image the module leaves as it is, 1 inside, a one-pixel
-    ramp between. The width, BORDER_UNIT * softplus(``z``) px
-    (``z`` (B, 1) from the sliders), is where the ramp ends: darktable's sharpen leaves its
-    blur's radius untouched, ceil(2.5 sigma) px (docs/proxies.md)."""
+    """(B, 1, H, W) from each pixel's ``distance`` to the image's edge: 0 on the border the
+    module leaves as it is, 1 inside, a one-pixel ramp between that ends at the border's width,
+    BORDER_UNIT * softplus(``z``) px (``z`` (B, 1) from the sliders). darktable's sharpen
+    leaves its blur's radius, ceil(2.5 sigma) px (docs/proxies.md)."""
     width = BORDER_UNIT * F.softplus(z)[:, :, None, None]
     return (distance + 1 - width).clamp(0, 1)
 

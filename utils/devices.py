@@ -69,6 +69,6 @@ def native_bf16(device: torch.device) -> bool:
 def inference_dtype(device: torch.device, family: str) -> torch.dtype | None:
     """The autocast dtype of a loaded proxy's forward passes without gradients
     (``Proxy.inference_dtype``): bfloat16 for the convolution families where ``device``
-    computes it natively (3x faster on a CPU, outputs 78-84 dB from fp32), else None (fp32).
+    computes it natively (3x faster on a CPU, outputs 71-84 dB from fp32), else None (fp32).
     Passes with gradients (slider regression) stay fp32: docs/performance.md."""
     return torch.bfloat16 if family in BF16_FAMILIES and native_bf16(device) else None
