@@ -238,14 +238,14 @@ def edge_distance(planes: torch.Tensor) -> torch.Tensor:
 class SliderMultiscale(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, n_sliders: int, extra_channels: int,
                  hidden: int, learned: int, mixes: int, levels: int, fine: int = 0, cond: int = 64,
-                 upsample: str = "bilinear", border: bool = False):
+                 upsample: str = "bilinear", border: bool = False, gate: bool = False):
         super().__init__()
         if upsample not in UPSAMPLES:
             raise ValueError(f"unknown upsampling {upsample!r}; choose one of {tuple(UPSAMPLES)}")
         if border and (extra_channels < 2 or in_channels != out_channels):
             raise ValueError("a border needs coordinate planes (a positional type) and as many "
                              "output channels as input channels")
-        self.border = border
+        self.border, self.gate = border, gate
         # with a border the coordinate planes serve it alone: the per-pixel network does not see them
         c, e = in_channels, 0 if border else extra_channels
         self.image_channels, self.out_channels = c, out_channels
@@ -272,14 +272,13 @@ class SliderMultiscale(nn.Module):
         """What the sliders give: the learned channels' bias, the mix logits, the MLP's FiLM
         gain and shift, the per-image linear map and its bias."""
         return [self.learned, self.mixes * self.q, self.hidden, self.hidden,
-                (self.n_linear + 1) * self.out_channels, self.fine, int(self.border)]
+                (self.n_linear + 1) * self.out_channels, self.fine, int(self.border), int(self.gate)]
 
     def forward(self, x: torch.Tensor, sliders: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         c, m, q = self.image_channels, self.mixes, self.q
         ones = torch.ones(b, 1, dtype=x.dtype, device=x.device)
-        z = self.heads(self.cond(torch.cat([sliders.to(x.dtype), ones], 1)))   # (B, heads)
-        pre_bias, position, gain, shift, linear, fine, border = torch.split(z, self._head_sizes(), 1)
+        pre_bias, position, gain, shift, linear, fine, border, gate = self._heads(sliders.to(x.dtype))
         t, extra = x[:, :c], x[:, c:]
         if self.border:
             x, planes, extra = t, extra, extra[:, :0]
@@ -295,6 +294,8 @@ class SliderMultiscale(nn.Module):
         y = in_pixel_slices(lambda *part: self._pixels(*part, a=a, gain=gain, shift=shift),
                             *per_pixel, size=PIXEL_CHUNK)
         y = y.view(b, self.out_channels, h, w)                                   # (B, C_out, H, W)
+        if self.gate and not self.training:   # fitted by gate_loss alone (see there)
+            y = t + gate_scale(gate)[:, :, None, None] * (y - t)
         if self.border:   # the width is fitted by border_loss alone (see there)
             y = t + untouched_border_mask(edge_distance(planes), border.detach()) * (y - t)
         return y
@@ -309,9 +310,7 @@ class SliderMultiscale(nn.Module):
         the rim (measured: the whole image covered)."""
         if not self.border:
             return t.new_zeros(())
-        ones = torch.ones(len(sliders), 1, dtype=t.dtype, device=t.device)
-        z = self.heads(self.cond(torch.cat([sliders.to(t.dtype), ones], 1)))[:, -1:]     # the last head
-        width = BORDER_UNIT * F.softplus(z[:, 0])
+        width = BORDER_UNIT * F.softplus(self._heads(sliders.to(t.dtype))[-2][:, 0])
         d = edge_distance(planes)                                                # (B, 1, H, W)
         changed = (target != t).any(1, keepdim=True)
         seen = changed.flatten(1).any(1) & (d.flatten(1).amin(1) == 0)
@@ -319,6 +318,26 @@ class SliderMultiscale(nn.Module):
             return t.new_zeros(())
         observed = torch.where(changed, d, torch.full_like(d, math.inf)).flatten(1).amin(1)
         return F.smooth_l1_loss(width[seen], observed[seen])
+
+    def gate_loss(self, t: torch.Tensor, target: torch.Tensor, pred: torch.Tensor,
+                  sliders: torch.Tensor) -> torch.Tensor:
+        """The gate fitted to the best scale of each image's change in training (where the
+        network runs ungated), <pred - t, target - t> / |pred - t|^2 clipped to 0..1 (squared
+        error; 0 without a gate). Where a module barely changes the image (sharpen at radius
+        1) the network's change is mostly its own noise and the gate goes to 0. Trained through
+        the output instead, the gate closed while the network was worse than the identity, for
+        good (measured); applied as it is fitted, its errors near 1 cost the images the module
+        changes most as much as it gained (gate_scale's dead zones)."""
+        if not self.gate:
+            return t.new_zeros(())
+        change, wanted = (pred - t).detach(), target - t
+        best = (change * wanted).sum((1, 2, 3)) / change.square().sum((1, 2, 3)).clamp_min(1e-20)
+        return F.mse_loss(torch.sigmoid(self._heads(sliders.to(t.dtype))[-1][:, 0]), best.clamp(0, 1))
+
+    def _heads(self, sliders: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """What the sliders give (B, S) -> the heads of _head_sizes, each (B, size)."""
+        ones = torch.ones(len(sliders), 1, dtype=sliders.dtype, device=sliders.device)
+        return torch.split(self.heads(self.cond(torch.cat([sliders, ones], 1))), self._head_sizes(), 1)
 
     def _pixels(self, t: torch.Tensor, v: torch.Tensor, learned: torch.Tensor, blurred: torch.Tensor,
                 *rest: torch.Tensor, a: torch.Tensor, gain: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -344,6 +363,12 @@ class SliderMultiscale(nn.Module):
         lo, hi = FINE_SIGMA
         start = torch.linspace(-1.5, 1.5, self.fine, dtype=z.dtype, device=z.device) if self.fine > 1 else z.new_zeros(1)
         return [lo + (hi - lo) * torch.sigmoid(z[:, i] + start[i]) for i in range(self.fine)]
+
+
+def gate_scale(z: torch.Tensor) -> torch.Tensor:
+    """The scale of the network's change out of training from the gate's head ``z``: 0 where the
+    fitted gate is under 0.1, 1 over 0.5, linear between."""
+    return ((torch.sigmoid(z) - 0.1) / 0.4).clamp(0, 1)
 
 
 def untouched_border_mask(distance: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -68,7 +68,7 @@ PIXEL_CHUNK = 4096
 # CPU with AMX; the per-pixel families gain nothing there (pointwise is slower)
 BF16_FAMILIES = ("unet", "neighbourhood")
 # the ModelSpec fields the tables above choose
-NETWORK_OPTIONS = ("activation", "stem", "affine", "fields", "fine", "upsample", "border")
+NETWORK_OPTIONS = ("activation", "stem", "affine", "fields", "fine", "upsample", "border", "gate")
 
 
 def new_network_options(family: str, layout: str = "rgb", positional: bool = False) -> dict:
@@ -79,7 +79,7 @@ def new_network_options(family: str, layout: str = "rgb", positional: bool = Fal
             "affine": NEW_AFFINE.get(family, False),
             "fields": NEW_FIELDS.get(family, 0) if positional else 0,
             "fine": NEW_FINE.get(family, 0),
-            "upsample": NEW_UPSAMPLE.get(family, "bilinear"), "border": False}
+            "upsample": NEW_UPSAMPLE.get(family, "bilinear"), "border": False, "gate": False}
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,10 @@ class ModelSpec:
     # sliders set (sharpen's; models.multiscale.untouched_border_mask); the coordinate planes
     # then serve the border alone (False: checkpoints without the field)
     border: bool = False
+    # multiscale: out of training, the network's change of the image is turned off on images
+    # where a gate the sliders give, fitted to the best scale of that change, is near 0
+    # (models.multiscale.gate_scale; False: checkpoints without the field)
+    gate: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -312,5 +316,5 @@ def build_model(spec: ModelSpec) -> nn.Module:
     if spec.family == "multiscale":
         return SliderMultiscale(spec.in_channels, spec.out_channels, spec.n_sliders, spec.extra_channels,
                                 *MULTISCALE_SIZES[spec.size], fine=spec.fine, upsample=spec.upsample,
-                                border=spec.border)
+                                border=spec.border, gate=spec.gate)
     raise ValueError(f"unknown model family {spec.family!r}; choose one of {FAMILIES}")

@@ -76,14 +76,17 @@ class Proxy(nn.Module):
         rgb = self._net(nearest_rgb(planes), c)             # (B, 12, H/2, W/2)
         return from_network(unpack_rgb(rgb, pattern), self.scale)                   # (B, 3, H, W)
 
-    def auxiliary_loss(self, x: torch.Tensor, y: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """What training adds to the loss of ``forward(x, u)`` against ``y`` beyond comparing
-        them: the fit of an untouched border's width (``ModelSpec.border``), else 0."""
-        if not self.spec.border:
+    def auxiliary_loss(self, x: torch.Tensor, y: torch.Tensor, u: torch.Tensor,
+                       pred: torch.Tensor) -> torch.Tensor:
+        """What training adds to the loss of ``pred = forward(x, u)`` (training mode) against
+        ``y`` beyond comparing them: the fits of an untouched border's width
+        (``ModelSpec.border``) and of a gate (``ModelSpec.gate``), else 0."""
+        if not (self.spec.border or self.spec.gate):
             return x.new_zeros(())
-        k = self.spec.in_channels
-        return self.net.border_loss(to_network(x[:, :k], self.scale), x[:, k:k + self.spec.extra_channels],
-                                    to_network(y, self.scale), conditioning(self.sliders, u))
+        k, c = self.spec.in_channels, conditioning(self.sliders, u)
+        t, target = to_network(x[:, :k], self.scale), to_network(y, self.scale)
+        return (self.net.border_loss(t, x[:, k:k + self.spec.extra_channels], target, c)
+                + self.net.gate_loss(t, target, to_network(pred, self.scale), c))
 
     def _net(self, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """The network on (t, c), in ``inference_dtype`` autocast when no gradient is taken

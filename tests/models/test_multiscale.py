@@ -206,3 +206,30 @@ def test_the_border_width_is_fitted_to_the_pixels_the_module_changed():
     assert net.border_loss(t[inner], planes[inner], target[inner], u) == 0
     net.border_loss(t, planes, target, u).backward()
     assert net.heads.bias.grad[-1] != 0
+
+
+def test_the_gate_leaves_the_image_as_it_is_where_it_is_fitted_near_zero_and_only_out_of_training():
+    """sharpen at radius 1 barely changes the image: a gate fitted to the best scale of the
+    network's change (gate_loss) turns its noise off there, out of training only."""
+    from models.multiscale import gate_scale
+    torch.manual_seed(0)
+    net = build_model(ModelSpec("multiscale", "tiny", 3, 3, 2, gate=True))
+    x, u = torch.randn(2, 3, 10, 9), torch.rand(2, 2)
+    torch.testing.assert_close(net(x, u), x, atol=1e-5, rtol=1e-5)          # the identity at the start
+    with torch.no_grad():
+        net.out.bias.fill_(0.1)                                  # a change of 0.1 everywhere
+        net.heads.bias[-1] = -5.0                                # gate fitted near 0
+    torch.testing.assert_close(net(x, u), x + 0.1, atol=1e-5, rtol=1e-5)     # training: ungated
+    net.eval()
+    torch.testing.assert_close(net(x, u), x, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        net.heads.bias[-1] = 1.0                                 # gate 0.73: the change in full
+    torch.testing.assert_close(net(x, u), x + 0.1, atol=1e-5, rtol=1e-5)
+    assert gate_scale(torch.tensor(0.0)) == 1 and 0 < gate_scale(torch.tensor(-1.8)) < 1
+    net.train()
+    pred = net(x, u)
+    target = x + 0.5 * (pred - x)                                # darktable changes half as much
+    loss = net.gate_loss(x, target, pred, u)
+    torch.testing.assert_close(loss, (torch.sigmoid(torch.tensor(1.0)) - 0.5) ** 2)
+    loss.backward()
+    assert net.heads.bias.grad[-1] > 0                           # it moves towards 0.5

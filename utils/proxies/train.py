@@ -45,9 +45,10 @@ from utils.settings import DEFAULTS, Settings
 from utils.visual import contact_sheet, save_png, to_display
 
 log = logging.getLogger(__name__)
-# weight of a proxy's auxiliary loss (Proxy.auxiliary_loss: an untouched border's width, px)
+# weight of a proxy's auxiliary loss (Proxy.auxiliary_loss: an untouched border's width in
+# px, a gate)
 # against the loss of its output (network domain, ~0.03 late in training)
-BORDER_LOSS_WEIGHT = 0.01
+AUXILIARY_LOSS_WEIGHT = 0.01
 
 
 @dataclass
@@ -295,7 +296,7 @@ def _step(run: _Run, model: nn.Module, loss_fn: Callable, batch: Sequence[torch.
         pred = model(x, u)                                          # (B, C_out, h, w)
     # the loss compares in the network domain, where every decade counts alike
     loss = loss_fn(to_network(pred.float(), run.proxy.scale), to_network(y, run.proxy.scale))
-    loss = loss + BORDER_LOSS_WEIGHT * run.proxy.auxiliary_loss(x, y, u)
+    loss = loss + AUXILIARY_LOSS_WEIGHT * run.proxy.auxiliary_loss(x, y, u, pred.float())
     if not torch.isfinite(loss):
         raise _diverged(f"the training loss became {loss.item()}", epoch, run)
     run.optimizer.zero_grad(set_to_none=True)
