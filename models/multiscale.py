@@ -277,7 +277,6 @@ class SliderMultiscale(nn.Module):
     def forward(self, x: torch.Tensor, sliders: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         c, m, q = self.image_channels, self.mixes, self.q
-        ones = torch.ones(b, 1, dtype=x.dtype, device=x.device)
         pre_bias, position, gain, shift, linear, fine, border, gate = self._heads(sliders.to(x.dtype))
         t, extra = x[:, :c], x[:, c:]
         if self.border:

@@ -15,6 +15,7 @@ skipped silently. Gradients flow through every block and every conversion.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -22,7 +23,9 @@ from torch import nn
 
 from models.colorspace import CONVERSIONS
 from models.fixed import EXACT, Fixed, ImageContext
+from models.mosaic import even_crop
 from models.proxy import Proxy
+from utils.darktable.files import read_tiff
 from utils.darktable.runner import Render
 from utils.data.tapouts import coordinate_planes, to_chw
 from utils.errors import UserError
@@ -136,6 +139,12 @@ class Chain(nn.Module):
         planes = coordinate_planes(*x.shape[-2:], self.planes).to(x.device, x.dtype)
         return torch.cat([x, planes.expand(x.shape[0], -1, -1, -1)], 1)
 
+    def input(self, x: torch.Tensor) -> torch.Tensor:
+        """A whole tap-out of the first block's input (B, C, H, W) as the chain takes it: its
+        coordinate planes appended (``with_planes``), then cropped to even sides from the
+        top-left corner (which keeps a mosaic's CFA phase)."""
+        return even_crop(self.with_planes(x))
+
     @property
     def exact_colorin(self) -> bool:
         """Whether colorin is computed exactly, so the context needs the image's matrix."""
@@ -215,6 +224,13 @@ class Chain(nn.Module):
     def ranges(self) -> list[float]:
         """Each recovered slider's range (hi - lo), in u order."""
         return [s.hi - s.lo for b in self.blocks for s in b.sliders]
+
+
+def read_tapout(path: Path, chain: Chain | None = None) -> torch.Tensor:
+    """A tap-out TIFF as (1, C, H, W), cropped to even sides from the top-left corner; with a
+    ``chain``, as that chain's input (``Chain.input``)."""
+    x = torch.from_numpy(to_chw(read_tiff(path)))[None]
+    return chain.input(x) if chain is not None else even_crop(x)
 
 
 def white_balance_maximum(block: Block, u: torch.Tensor) -> torch.Tensor:

@@ -27,15 +27,12 @@ import numpy as np
 import torch
 
 from models.fixed import ImageContext
-from models.mosaic import even_crop
 from models.proxy import read_checkpoint, save_checkpoint
 from models.transform import to_network
-from utils.darktable.files import read_tiff
 from utils.data.manifest import read_manifest
-from utils.data.tapouts import to_chw
 from utils.evaluation.metrics import psnr
 from utils.evaluation.regress import with_margin
-from utils.pipeline.chain import Chain
+from utils.pipeline.chain import Chain, read_tapout
 from utils.pipeline.chaindata import ChainData
 from utils.settings import Settings
 
@@ -56,9 +53,8 @@ class ChainSample:
     final: Path
 
     def load(self, path: Path, chain: Chain | None = None) -> torch.Tensor:
-        """A tap-out (1, C, H, W) cropped to even sides; with a ``chain``, as its input (Chain.with_planes)."""
-        x = torch.from_numpy(to_chw(read_tiff(path)))[None]
-        return even_crop(chain.with_planes(x) if chain is not None else x)
+        """A tap-out (1, C, H, W) cropped to even sides; with a ``chain``, as its input (Chain.input)."""
+        return read_tapout(path, chain)
 
 
 def chain_samples(chain: Chain, data: ChainData, stage: int) -> list[ChainSample]:
@@ -157,7 +153,8 @@ def fine_tune_chain(chain: Chain, data: ChainData, contexts: dict[str, ImageCont
 
 
 def _sample_loss(chain: Chain, s: ChainSample, contexts: dict[str, ImageContext],
-                 cache: dict[tuple[Path, bool], torch.Tensor], first: str, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+                 cache: dict[tuple[Path, bool], torch.Tensor], first: str, generator: torch.Generator,
+                 device: torch.device) -> torch.Tensor:
     """The fine-tuning loss of one random crop of sample ``s``."""
     def load(path: Path, as_input: bool = False) -> torch.Tensor:
         if (path, as_input) not in cache:

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.mosaic import even_crop
 from utils.atomic import write_text_atomic
 from utils.darktable.dumps import OPERATIONS, is_raw
 from utils.darktable.runner import Darktable, Job, Render
@@ -116,7 +115,7 @@ def match_one(dt: Darktable, chain: Chain, job: MatchJob, folder: Path, device: 
     chain.conversions = choose_conversions(chain.blocks, probe)
     chain.context = image_context(dt, job.raw, probe, chain.exact_colorin)
     tapout = torch.from_numpy(to_chw(probe.tapouts[(chain.blocks[0].operation, "in")]))[None]
-    x = even_crop(chain.with_planes(tapout)).to(device)
+    x = chain.input(tapout).to(device)
     goal = torch.from_numpy(to_chw(target))[None].to(device)
     extra = (goal.shape[-2] - x.shape[-2], goal.shape[-1] - x.shape[-1])
     if all(0 <= e <= 1 for e in extra):    # the chain's input was cropped to even sides

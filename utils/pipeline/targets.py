@@ -17,17 +17,15 @@ import numpy as np
 import torch
 
 from models.fixed import ImageContext
-from models.mosaic import even_crop
 from utils.atomic import write_text_atomic
 from utils.darktable.dumps import is_raw
-from utils.darktable.files import read_tiff, write_tiff_atomic
+from utils.darktable.files import write_tiff_atomic
 from utils.darktable.runner import Darktable, Job
 from utils.darktable.xmp import HistoryItem
 from utils.data.manifest import read_rows
 from utils.data.sampling import latin_hypercube
-from utils.data.tapouts import to_chw
 from utils.errors import UserError
-from utils.pipeline.chain import Chain, choose_conversions
+from utils.pipeline.chain import Chain, choose_conversions, read_tapout
 from utils.pipeline.fill import check_order, disabled_modules, image_context, probe
 from utils.settings import Settings
 
@@ -88,9 +86,8 @@ class Target:
     def load(self, operation: str, kind: str, chain: Chain | None = None) -> torch.Tensor:
         """A tap-out as (1, C, H, W), cropped to even sides from the top-left corner (which
         keeps a mosaic's CFA phase; mosaic proxies work on 2x2 tiles); with a ``chain``, as its
-        input (Chain.with_planes, before the crop)."""
-        x = torch.from_numpy(to_chw(read_tiff(self.taps[(operation, kind)])))[None]
-        return even_crop(chain.with_planes(x) if chain is not None else x)
+        input (Chain.input)."""
+        return read_tapout(self.taps[(operation, kind)], chain)
 
 
 def generate_targets(dt: Darktable, chain: Chain, images: Sequence[Path], folder: Path, count: int,
