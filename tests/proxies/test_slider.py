@@ -1,5 +1,7 @@
 """Sliders: one value <-> u mapping for floats and tensors, checkpoint dicts, owners (fast)."""
+import colorsys
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -48,7 +50,7 @@ def test_log_of_a_value_out_of_range_is_finite():
 
 def test_checkpoint_dicts():
     d = LOG.to_dict()
-    assert list(d) == list(CHECKPOINT_KEYS) == ["name", "lo", "hi", "default", "scale"]
+    assert list(d) == list(CHECKPOINT_KEYS) == ["name", "lo", "hi", "default", "scale", "hsl"]
     assert Slider.from_dict(d) == LOG
     assert Slider.from_dict({**d, "doc": "ignored"}, owner="x").owner == "x"
 
@@ -111,3 +113,45 @@ def test_a_circular_slider_conditions_networks_on_its_angle_too(tmp_path):
     loaded, _ = load_proxy(tmp_path / "p.pt")
     assert loaded.sliders[1].scale == "circular"
     torch.testing.assert_close(loaded(x, u.detach()), out)
+
+
+def test_hsl_sliders_condition_networks_on_their_colour_too(tmp_path):
+    hue = Slider("hue", 0.0, 1.0, 0.0, scale="circular", hsl="hue")
+    sat = Slider("saturation", 0.0, 1.0, 0.5, hsl="saturation")
+    light = Slider("lightness", 0.0, 100.0, 50.0, hsl="lightness")
+    mix = Slider("mix", 0.0, 100.0, 50.0)
+    sliders = [hue, sat, mix, light]
+    assert conditioning_width(sliders) == 1 + 3                           # mix, then the colour
+    assert conditioning_width([sat, light, mix]) == 3                     # no hue: no colour
+    u = torch.tensor([[0.1, 0.6, 0.3, 0.8], [1 / 3, 1.0, 0.3, 0.5]], requires_grad=True)
+    c = conditioning(sliders, u)
+    expected = [colorsys.hls_to_rgb(0.1, 0.8, 0.6), (0.0, 1.0, 0.0)]     # darktable's hsl2rgb: HSL
+    torch.testing.assert_close(c[:, 0], u[:, 2])
+    torch.testing.assert_close(c[:, 1:], torch.tensor(expected), atol=1e-6, rtol=0)
+    c[:, 1:].sum().backward()
+    assert u.grad[0, [0, 1, 3]].abs().min() > 0                           # regression moves them
+    pure = conditioning([hue], torch.tensor([[0.5]]))                     # missing: s 1, l 0.5
+    torch.testing.assert_close(pure, torch.tensor([[0.0, 1.0, 1.0]]))
+    with pytest.raises(ValueError):
+        Slider("lightness", 10.0, 100.0, 50.0, hsl="lightness")           # not from 0
+    with pytest.raises(ValueError):
+        conditioning_width([hue, replace(sat, hsl="hue")])
+    proxy = Proxy(ModelSpec("pointwise", "tiny", 3, 3, conditioning_width(sliders)), sliders, 0.01)
+    save_checkpoint(tmp_path / "p.pt", proxy)
+    loaded, _ = load_proxy(tmp_path / "p.pt")
+    assert [s.hsl for s in loaded.sliders] == ["hue", "saturation", "", "lightness"]
+    x = torch.rand(2, 3, 4, 4)
+    torch.testing.assert_close(loaded(x, u.detach()), proxy(x, u.detach()))
+
+
+def test_a_checkpoint_slider_from_before_hsl_roles_reads_without_one():
+    data = {k: v for k, v in Slider("gain", 0.5, 4.0, 1.0).to_dict().items() if k != "hsl"}
+    assert Slider.from_dict(data).hsl == ""
+
+
+def test_a_circular_sliders_error_goes_the_shorter_way_round():
+    hue = Slider("hue", 0.0, 1.0, 0.0, scale="circular")
+    rotation = Slider("rotation", -180.0, 180.0, 0.0, scale="circular")
+    assert hue.error(0.9997, 0.0006) == pytest.approx(0.0009)
+    assert rotation.error(170.0, -170.0) == pytest.approx(20 / 360)
+    assert LOG.error(LOG.hi, LOG.lo) == 1.0 and Slider("x", 0.0, 2.0, 1.0).error(0.5, 1.5) == 0.5

@@ -123,7 +123,6 @@ def slider_regression(proxy: Proxy, proxy_type: ProxyType, data: TapoutDataset, 
     """
     freeze(proxy)
     rows = []
-    ranges = [s.hi - s.lo for s in proxy.sliders]
     frame_every = max(1, iterations // 60) if animation_dir is not None else 0
     for i in progress_over(targets, "slider regression", "target"):
         key = data.rows[i]["sample"]
@@ -139,7 +138,7 @@ def slider_regression(proxy: Proxy, proxy_type: ProxyType, data: TapoutDataset, 
         with torch.no_grad():
             score = float(psnr(proxy(x, rec.u[None].to(device)), y)[0])
         rows.append(TargetResult(key, data.rows[i]["image"], true, found,
-                                  [abs(a - b) / r for a, b, r in zip(found, true, ranges)], score))
+                                  [s.error(a, b) for s, a, b in zip(proxy.sliders, found, true)], score))
         if animation_dir is not None:
             write_animation(animation_dir, key, rec.frames, y[0].cpu(), slider_caption(proxy))
         if journal is not None:

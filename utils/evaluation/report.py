@@ -27,7 +27,7 @@ class TargetResult:
     image: str                        # its image file name
     true: list[float]                 # recovered sliders' true values, in slider order
     recovered: list[float]
-    error: list[float]                # |recovered - true| / (hi - lo), per slider
+    error: list[float]                # |recovered - true| / (hi - lo), per slider (Slider.error)
     proxy_psnr: float                 # proxy (or chain) at the recovered sliders vs darktable's target
     darktable_psnr: float = float("nan")   # closed loop: darktable at the recovered sliders
     moved: list[float] = field(default_factory=list)       # chains: |u_final - u_start| per slider

@@ -221,9 +221,9 @@ class Chain(nn.Module):
             values[b.name] = {s.name: s.clamp(next(it)) for s in b.sliders}
         return values
 
-    def ranges(self) -> list[float]:
-        """Each recovered slider's range (hi - lo), in u order."""
-        return [s.hi - s.lo for b in self.blocks for s in b.sliders]
+    def sliders(self) -> list[Slider]:
+        """The recovered sliders of all blocks, in u order."""
+        return [s for b in self.blocks for s in b.sliders]
 
 
 def read_tapout(path: Path, chain: Chain | None = None) -> torch.Tensor:

@@ -63,11 +63,10 @@ def regress_target(chain: Chain, target: Target, device: torch.device, iteration
                   frame_every=frame_every, crop=crop, margin=chain.context_margin)
     with torch.no_grad():
         score = _psnr(chain(x, rec.u[None].to(device)).cpu(), y.cpu())
-    ranges = chain.ranges()
     true = [v for b in chain.blocks for v in chain.values(target.u)[b.name].values()]
     found = [v for b in chain.blocks for v in chain.values(rec.u)[b.name].values()]
     row = TargetResult(target.key, target.image, true, found,
-                       [abs(a - b) / r for a, b, r in zip(found, true, ranges)], score,
+                       [s.error(a, b) for s, a, b in zip(chain.sliders(), found, true)], score,
                        moved=[abs(float(a) - float(b)) for a, b in zip(rec.u, rec.start)],
                        chain_psnr=chain_fidelity(chain, target, device))
     return row, rec
