@@ -238,7 +238,7 @@ def edge_distance(planes: torch.Tensor) -> torch.Tensor:
 class SliderMultiscale(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, n_sliders: int, extra_channels: int,
                  hidden: int, learned: int, mixes: int, levels: int, fine: int = 0, cond: int = 64,
-                 upsample: str = "bilinear", border: bool = False, gate: bool = False):
+                 upsample: str = "bilinear", border: bool = False, gate: bool = False, slider_outputs: int = 0):
         super().__init__()
         if upsample not in UPSAMPLES:
             raise ValueError(f"unknown upsampling {upsample!r}; choose one of {tuple(UPSAMPLES)}")
@@ -264,6 +264,12 @@ class SliderMultiscale(nn.Module):
         self.pre = nn.Linear(c + e, learned)
         self.hidden1 = nn.Linear(self.n_features + out_channels, hidden)
         self.hidden2 = nn.Linear(hidden, hidden)
+        self.slider_outputs = slider_outputs
+        if slider_outputs:   # registered before out, which stays the last layer
+            self.out_weights = nn.Linear(n_sliders + 1, slider_outputs)
+            self.out_sliders = nn.Linear(hidden, out_channels * slider_outputs)
+            nn.init.zeros_(self.out_sliders.weight)
+            nn.init.zeros_(self.out_sliders.bias)
         self.out = nn.Linear(hidden, out_channels)          # last: start_at_mean_offset sets its bias
         nn.init.zeros_(self.out.weight)                     # with the zero heads: the identity at the start
         nn.init.zeros_(self.out.bias)
@@ -290,7 +296,9 @@ class SliderMultiscale(nn.Module):
         details = [((v - gaussian_blur(v, sigma)) / VALUE_UNIT).flatten(2) for sigma in self._fine_sigmas(fine)]
         per_pixel = (t.flatten(2), v.flatten(2), learned.flatten(2), blurred, *details, extra.flatten(2))
         a = linear.view(b, self.n_linear + 1, self.out_channels).transpose(1, 2)   # (B, C_out, n_linear + 1)
-        y = in_pixel_slices(lambda *part: self._pixels(*part, a=a, gain=gain, shift=shift),
+        mix = (self.out_weights(torch.cat([sliders.to(x.dtype), torch.ones_like(sliders[:, :1])], 1))
+               if self.slider_outputs else None)                                  # (B, slider_outputs)
+        y = in_pixel_slices(lambda *part: self._pixels(*part, a=a, gain=gain, shift=shift, mix=mix),
                             *per_pixel, size=PIXEL_CHUNK)
         y = y.view(b, self.out_channels, h, w)                                   # (B, C_out, H, W)
         if self.gate and not self.training:   # fitted by gate_loss alone (see there)
@@ -339,11 +347,13 @@ class SliderMultiscale(nn.Module):
         return torch.split(self.heads(self.cond(torch.cat([sliders, ones], 1))), self._head_sizes(), 1)
 
     def _pixels(self, t: torch.Tensor, v: torch.Tensor, learned: torch.Tensor, blurred: torch.Tensor,
-                *rest: torch.Tensor, a: torch.Tensor, gain: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+                *rest: torch.Tensor, a: torch.Tensor, gain: torch.Tensor, shift: torch.Tensor,
+                mix: torch.Tensor | None) -> torch.Tensor:
         """The output (B, C_out, N) on N pixels: their network-domain values ``t``, values ``v``
         and ``learned`` channels (B, C, N), mixes ``blurred`` (B, mixes, q, N), then the fine
         blurs' details and the extra planes; the per-image linear map ``a`` and FiLM ``gain``
-        and ``shift`` from the sliders."""
+        and ``shift`` from the sliders, and the weights ``mix`` (B, slider_outputs) of the
+        slider-weighted outputs."""
         b, c = t.shape[:2]
         *details, extra = rest
         mixed_values = blurred[:, :, :c].flatten(1, 2)                        # (B, mixes * C, N)
@@ -354,7 +364,12 @@ class SliderMultiscale(nn.Module):
         table = torch.cat([t, learned, asinh(mixed_values), mixed_learned, *details, extra, lin], 1)
         hid = linear_columns(self.hidden1, table)
         hid = F.leaky_relu(hid * (1 + gain[:, :, None]) + shift[:, :, None], 0.2)
-        return lin + linear_columns(self.out, F.leaky_relu(linear_columns(self.hidden2, hid), 0.2))
+        hid = F.leaky_relu(linear_columns(self.hidden2, hid), 0.2)
+        y = lin + linear_columns(self.out, hid)
+        if mix is None:
+            return y
+        weighted = linear_columns(self.out_sliders, hid).view(b, self.slider_outputs, -1, hid.shape[2])
+        return y + (weighted * mix[:, :, None, None]).sum(1)
 
     def _fine_sigmas(self, z: torch.Tensor) -> list[torch.Tensor]:
         """The fine blurs' sigmas (B,) from their heads: spread over FINE_SIGMA at the start

@@ -55,6 +55,8 @@ NEW_STEM = {"unet": 2}
 NEW_AFFINE = {"pointwise": True}
 # the per-image fields of pixel position new positional proxies of a family get
 NEW_FIELDS = {"pointwise": 8}
+# the per-pixel weights of the affine map new positional proxies of a family get
+NEW_FIELD_GATES = {"pointwise": 2}
 # the Gaussian blurs of slider-set fine sigma new proxies of a family get
 NEW_FINE = {"multiscale": 2}
 # how new proxies of a family take a pyramid level up to the next (models.multiscale.UPSAMPLES)
@@ -63,23 +65,29 @@ NEW_UPSAMPLE = {"multiscale": "expand"}
 # then stay in a CPU core's cache; 4096 measured fastest at 512 x 512 px, 2.2x faster than
 # the whole image at once (docs/performance.md)
 PIXEL_CHUNK = 4096
+# hidden width of the pointwise family's per-pixel gates of its affine map (field_gates)
+GATE_WIDTH = 16
 # families whose forward passes without gradients run in bf16 autocast where the hardware
 # computes it natively (utils.devices.inference_dtype): their convolutions are 3x faster on a
 # CPU with AMX; the per-pixel families gain nothing there (pointwise is slower)
 BF16_FAMILIES = ("unet", "neighbourhood")
 # the ModelSpec fields the tables above choose
-NETWORK_OPTIONS = ("activation", "stem", "affine", "fields", "fine", "upsample", "border", "gate")
+NETWORK_OPTIONS = ("activation", "stem", "affine", "fields", "field_gates", "mlp", "fine", "upsample", "border",
+                   "gate", "slider_outputs")
 
 
 def new_network_options(family: str, layout: str = "rgb", positional: bool = False) -> dict:
     """The NETWORK_OPTIONS a new proxy of ``family`` on tap-outs of ``layout`` is built with
-    (``positional``: its type depends on pixel position, its networks get coordinate planes)."""
+    (``positional``: its type depends on pixel position, its networks get coordinate planes);
+    a type's own (``ProxyType.network``) go over them."""
     return {"activation": NEW_ACTIVATION.get(family, "leaky"),
             "stem": NEW_STEM.get(family, 1) if layout == "rgb" else 1,
             "affine": NEW_AFFINE.get(family, False),
             "fields": NEW_FIELDS.get(family, 0) if positional else 0,
+            "field_gates": NEW_FIELD_GATES.get(family, 0) if positional else 0, "mlp": True,
             "fine": NEW_FINE.get(family, 0),
-            "upsample": NEW_UPSAMPLE.get(family, "bilinear"), "border": False, "gate": False}
+            "upsample": NEW_UPSAMPLE.get(family, "bilinear"), "border": False, "gate": False,
+            "slider_outputs": 0}
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,13 @@ class ModelSpec:
     # pointwise, with coordinate planes: per-image quadratic polynomials of them, their
     # coefficients given by the sliders, as more inputs of the MLP (0: none; checkpoints without the field)
     fields: int = 0
+    # pointwise, with the affine map and fields: that many per-pixel weights, given by a small
+    # MLP over the fields, each scaling an affine map of its own (0: one map, whole everywhere;
+    # checkpoints without the field)
+    field_gates: int = 0
+    # pointwise, with the affine map: False leaves the per-pixel MLP out, the affine map is the
+    # whole network (a module that is one per image, colorize; True: checkpoints without the field)
+    mlp: bool = True
     # multiscale: Gaussian blurs at a fine sigma the sliders set (0: none; checkpoints without the field)
     fine: int = 0
     # multiscale: how a pyramid level is taken up to the next (models.multiscale.UPSAMPLES;
@@ -119,6 +134,9 @@ class ModelSpec:
     # where a gate the sliders give, fitted to the best scale of that change, is near 0
     # (models.multiscale.gate_scale; False: checkpoints without the field)
     gate: bool = False
+    # multiscale: that many more outputs of the per-pixel MLP, weighted per image by a linear
+    # function of the sliders (0: none; checkpoints without the field)
+    slider_outputs: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -193,23 +211,40 @@ class SliderPointwise(nn.Module):
     coordinate planes, their coefficients given by the sliders, are more inputs of the MLP:
     a graduated filter's ramp along a line the sliders turn and move, a vignette's radius
     about a centre they set, are then one input each, where the MLP over the raw coordinates
-    would have to build every direction and centre from its units."""
+    would have to build every direction and centre from its units.
+
+    With ``spec.field_gates`` as well, the affine map is applied per pixel in that many parts,
+    each weighted by its own gate g_k, a small MLP's output over the fields and the sliders:
+    asinh(v + sum_k g_k (A_k v + b_k)). A vignette brightens and desaturates each pixel by a
+    weight of its distance from the centre, a graduated filter darkens by one of its place
+    along a line: exactly that form, which the MLP after it would otherwise approximate.
+
+    Without ``spec.mlp``, the affine map is the whole network."""
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
         width, depth = STACK_SIZES[spec.size]
         c, o = spec.in_channels, spec.out_channels
         self.image_channels, self.out_channels, self.affine = c, o, spec.affine
+        if not (spec.mlp or spec.affine):
+            raise ValueError("a pointwise network without its MLP needs the affine map")
+        self.fields = spec.fields if spec.extra_channels and spec.mlp else 0
+        self.gates = spec.field_gates if self.fields and spec.affine else 0
         if spec.affine:   # registered before the MLP: its last layer stays the network's last
-            self.coefficients = _slider_head(spec.n_sliders, width, (c + 1) * o)
+            self.coefficients = _slider_head(spec.n_sliders, width, (c + 1) * o * max(self.gates, 1))
             nn.init.zeros_(self.coefficients[-1].weight)
             nn.init.zeros_(self.coefficients[-1].bias)
-        self.fields = spec.fields if spec.extra_channels else 0
         if self.fields:   # registered before the MLP, as the affine map
             n_terms = quadratic_terms(torch.zeros(1, spec.extra_channels, 1)).shape[1]
             self.field_coefficients = _slider_head(spec.n_sliders, width, self.fields * n_terms)
             nn.init.zeros_(self.field_coefficients[-1].weight)   # at the start: fixed random polynomials
             nn.init.normal_(self.field_coefficients[-1].bias, std=n_terms ** -0.5)
+        if self.gates:    # [fields, sliders] -> gates; 1 everywhere at the start
+            self.gate_mlp = nn.Sequential(nn.Linear(self.fields + spec.n_sliders, GATE_WIDTH), nn.SiLU(),
+                                          nn.Linear(GATE_WIDTH, GATE_WIDTH), nn.SiLU(),
+                                          nn.Linear(GATE_WIDTH, self.gates))
+            nn.init.zeros_(self.gate_mlp[-1].weight)
+            nn.init.ones_(self.gate_mlp[-1].bias)
         sizes = ([c + spec.extra_channels + spec.n_sliders + (o if spec.affine else 0) + self.fields]
                  + [width] * (depth - 1) + [o])
         layers: list[nn.Module] = []
@@ -217,47 +252,67 @@ class SliderPointwise(nn.Module):
             layers.append(nn.Linear(a, b))
             if i < depth - 1:
                 layers.append(ACTIVATIONS[spec.activation]())
-        self.mlp = nn.Sequential(*layers)
+        self.mlp = nn.Sequential(*layers) if spec.mlp else None
 
     def forward(self, x: torch.Tensor, sliders: torch.Tensor) -> torch.Tensor:
         b, k, h, w = x.shape                                    # k: image channels, then extra planes
         sliders = sliders.to(x.dtype)
+        if self.mlp is None:
+            a = self.coefficients(_and_one(sliders)).view(b, -1, self.image_channels + 1)
+            y = in_pixel_slices(lambda t: self._affine(t[:, :self.image_channels], a, None), x.flatten(2),
+                                size=PIXEL_CHUNK)
+            return y.view(b, -1, h, w)
         first = self.mlp[0]
         s = sliders.shape[1]
         bias = torch.addmm(first.bias, sliders, first.weight[:, k:k + s].t())   # (B, width)
         a = self.coefficients(_and_one(sliders)).view(b, -1, self.image_channels + 1) if self.affine else None
         f = self.field_coefficients(_and_one(sliders)).view(b, self.fields, -1) if self.fields else None
-        y = in_pixel_slices(lambda t: self._pixels(t, bias, a, f), x.flatten(2), size=PIXEL_CHUNK)
+        g = (torch.addmm(self.gate_mlp[0].bias, sliders, self.gate_mlp[0].weight[:, self.fields:].t())
+             if self.gates else None)                                            # gates' first-layer bias
+        y = in_pixel_slices(lambda t: self._pixels(t, bias, a, f, g), x.flatten(2), size=PIXEL_CHUNK)
         return y.view(b, -1, h, w)                                                # (B, C_out, H, W)
 
     def _pixels(self, t: torch.Tensor, bias: torch.Tensor, a: torch.Tensor | None,
-                f: torch.Tensor | None) -> torch.Tensor:
+                f: torch.Tensor | None, g: torch.Tensor | None) -> torch.Tensor:
         """The network's output (B, C_out, N) on pixels ``t`` (B, K, N) given the per-image first
-        layer ``bias``, affine map ``a`` and field coefficients ``f`` from the sliders."""
+        layer ``bias``, affine map ``a``, field coefficients ``f`` and gates' first-layer bias
+        ``g`` from the sliders."""
         b, k = t.shape[:2]
         first, *rest = (m for m in self.mlp if isinstance(m, nn.Linear))
         y = torch.baddbmm(bias[:, :, None], first.weight[:, :k].expand(b, -1, -1), t)
         j = first.weight.shape[1] - self.fields - (self.out_channels if self.affine else 0)
+        fields = torch.bmm(f, quadratic_terms(t[:, self.image_channels:])) if self.fields else None  # (B, F, N)
         if self.affine:
-            base = self._affine(t[:, :self.image_channels], a)                    # (B, C_out, N)
+            gates = self._gates(fields, g) if self.gates else None
+            base = self._affine(t[:, :self.image_channels], a, gates)             # (B, C_out, N)
             y = torch.baddbmm(y, first.weight[:, j:j + base.shape[1]].expand(b, -1, -1), base)
             j += base.shape[1]
         if self.fields:
-            terms = quadratic_terms(t[:, self.image_channels:])                   # (B, T, N)
-            y = torch.baddbmm(y, first.weight[:, j:].expand(b, -1, -1), torch.bmm(f, terms))
+            y = torch.baddbmm(y, first.weight[:, j:].expand(b, -1, -1), fields)
         for layer, act in zip(rest, (m for m in self.mlp if not isinstance(m, nn.Linear))):
             y = linear_columns(layer, act(y))
         if self.affine:
             return base + y
         return _residual(t[:, :self.image_channels], y)
 
-    def _affine(self, t: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    def _affine(self, t: torch.Tensor, a: torch.Tensor, gates: torch.Tensor | None) -> torch.Tensor:
         """asinh(v + A v + b) of the image's network-domain values ``t`` (B, C, N), v = sinh(t),
         with [A, b] = ``a`` (B, C_out, C + 1) from the sliders, in VALUE_UNIT (its inputs
-        divided, its output multiplied by it)."""
+        divided, its output multiplied by it); with ``gates`` (B, G, N), ``a`` holds G maps
+        (B, G C_out, C + 1) and v + sum_k gates_k (A_k v + b_k) is taken."""
         v = sinh(t)
         lin = torch.baddbmm(a[:, :, -1:], a[:, :, :-1], v / VALUE_UNIT) * VALUE_UNIT
+        if gates is not None:
+            lin = (lin.view(v.shape[0], gates.shape[1], -1, v.shape[2]) * gates[:, :, None]).sum(1)
         return asinh(_residual(v, lin))
+
+    def _gates(self, fields: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """The per-pixel gates (B, G, N) of the affine map from the ``fields`` (B, F, N), the
+        sliders' share of the gate MLP's first layer given as ``bias`` (B, GATE_WIDTH)."""
+        first, mid, last = (m for m in self.gate_mlp if isinstance(m, nn.Linear))
+        h = F.silu(torch.baddbmm(bias[:, :, None], first.weight[:, :self.fields].expand(fields.shape[0], -1, -1),
+                                 fields))
+        return linear_columns(last, F.silu(linear_columns(mid, h)))
 
 
 def _slider_head(n_sliders: int, width: int, out: int) -> nn.Sequential:
@@ -316,5 +371,5 @@ def build_model(spec: ModelSpec) -> nn.Module:
     if spec.family == "multiscale":
         return SliderMultiscale(spec.in_channels, spec.out_channels, spec.n_sliders, spec.extra_channels,
                                 *MULTISCALE_SIZES[spec.size], fine=spec.fine, upsample=spec.upsample,
-                                border=spec.border, gate=spec.gate)
+                                border=spec.border, gate=spec.gate, slider_outputs=spec.slider_outputs)
     raise ValueError(f"unknown model family {spec.family!r}; choose one of {FAMILIES}")

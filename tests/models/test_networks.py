@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from models.networks import FAMILIES, ModelSpec
+from models.networks import FAMILIES, ModelSpec, quadratic_terms
 from models.proxy import (
     IncompatibleCheckpoint,
     Proxy,
@@ -71,7 +71,8 @@ def test_per_pixel_families_answer_alike_in_slices(monkeypatch):
     import models.multiscale
     import models.networks
     from models.networks import build_model
-    for spec in (ModelSpec("pointwise", "tiny", 3, 3, 2, extra_channels=4, activation="silu", affine=True, fields=3),
+    for spec in (ModelSpec("pointwise", "tiny", 3, 3, 2, extra_channels=4, activation="silu", affine=True, fields=3,
+                           field_gates=2),
                  ModelSpec("multiscale", "tiny", 3, 3, 2, extra_channels=4, fine=2)):
         torch.manual_seed(3)
         net = build_model(spec).double()
@@ -222,9 +223,75 @@ def test_pointwise_affine_map_makes_a_colour_matrix_exact_and_is_differentiable(
     assert torch.autograd.gradcheck(lambda s: net(x[:1], s), (u,))
 
 
+def test_a_pointwise_network_without_its_mlp_is_the_affine_map():
+    from models.multiscale import VALUE_UNIT
+    from models.networks import build_model
+    net = build_model(ModelSpec("pointwise", "tiny", 3, 3, 2, affine=True, mlp=False)).double()
+    assert net.mlp is None
+    with torch.no_grad():
+        net.coefficients[-1].bias.copy_(torch.cat([-0.5 * torch.eye(3), torch.full((3, 1), 2.0 / VALUE_UNIT)], 1).flatten())
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    torch.testing.assert_close(net(x, torch.rand(2, 2, dtype=torch.float64)), torch.asinh(0.5 * torch.sinh(x) + 2))
+    with pytest.raises(ValueError):
+        build_model(ModelSpec("pointwise", "tiny", 3, 3, 2, mlp=False))
+
+
+def test_field_gates_weight_the_affine_maps_per_pixel():
+    """asinh(v + sum_k g_k (A_k v + b_k)), g_k per pixel from the fields; 1 at the start."""
+    from models.multiscale import VALUE_UNIT
+    from models.networks import build_model
+    torch.manual_seed(4)
+    net = build_model(ModelSpec("pointwise", "tiny", 3, 3, 2, extra_channels=2, affine=True, fields=3,
+                                field_gates=2)).double()
+    x = torch.cat([torch.randn(2, 3, 4, 5, dtype=torch.float64), torch.rand(2, 2, 4, 5, dtype=torch.float64)], 1)
+    u = torch.rand(2, 2, dtype=torch.float64)
+    gains, offsets = torch.tensor([0.5, -0.25], dtype=torch.float64), torch.tensor([0.0, 0.3], dtype=torch.float64)
+    with torch.no_grad():   # map k: gains[k] I, offsets[k]
+        maps = torch.stack([torch.cat([g * torch.eye(3, dtype=torch.float64), torch.full((3, 1), o / VALUE_UNIT,
+                                                                                 dtype=torch.float64)], 1)
+                            for g, o in zip(gains, offsets)])
+        net.coefficients[-1].bias.copy_(maps.flatten())
+        net.mlp[-1].weight.zero_()
+        net.mlp[-1].bias.zero_()
+    v = torch.sinh(x[:, :3])
+    at_start = torch.asinh(v * (1 + gains.sum()) + offsets.sum())
+    torch.testing.assert_close(net(x, u), at_start)                       # gates 1 everywhere
+    torch.nn.init.normal_(net.gate_mlp[-1].weight, std=0.5)
+    fields = torch.bmm(net.field_coefficients(torch.cat([u, torch.ones(2, 1, dtype=u.dtype)], 1)).view(2, 3, -1),
+                       quadratic_terms(x[:, 3:].flatten(2)))
+    g = net.gate_mlp(torch.cat([fields, u[:, :, None].expand(-1, -1, 20)], 1).transpose(1, 2)).transpose(1, 2)
+    g = g.view(2, 2, 1, 4, 5)
+    assert g.std() > 0.01                                                  # the gates vary per pixel
+    expected = torch.asinh(v + (g * (gains.view(1, 2, 1, 1, 1) * v[:, None]
+                                     + offsets.view(1, 2, 1, 1, 1))).sum(1))
+    torch.testing.assert_close(net(x, u), expected)
+
+
+def test_slider_outputs_add_per_pixel_outputs_weighted_linearly_by_the_sliders():
+    from models.networks import build_model
+    torch.manual_seed(5)
+    net = build_model(ModelSpec("multiscale", "tiny", 3, 3, 2, slider_outputs=3)).double()
+    x, u = torch.randn(2, 3, 9, 8, dtype=torch.float64), torch.rand(2, 2, dtype=torch.float64)
+    without = net(x, u)
+    torch.testing.assert_close(net(x, u), without)
+    torch.nn.init.normal_(net.out_sliders.weight, std=0.3)                # zero at the start
+    change = net(x, u) - without
+    assert change.abs().max() > 1e-3
+    with torch.no_grad():                                                 # linear in the weights
+        net.out_weights.weight.mul_(2)
+        net.out_weights.bias.mul_(2)
+    torch.testing.assert_close(net(x, u) - without, 2 * change)
+    with torch.no_grad():
+        net.out_weights.weight.zero_()
+        net.out_weights.bias.zero_()
+    torch.testing.assert_close(net(x, u), without)
+
+
 @pytest.mark.parametrize("family, option", [("unet", {"stem": 2}), ("neighbourhood", {"stem": 2}),
                                             ("pointwise", {"affine": True}), ("multiscale", {"fine": 2}),
-                                            ("multiscale", {"upsample": "expand"})])
+                                            ("multiscale", {"upsample": "expand"}),
+                                            ("multiscale", {"slider_outputs": 3}),
+                                            ("pointwise", {"affine": True, "mlp": False})])
 @pytest.mark.parametrize("cin, cout", [(3, 3), (1, 3), (4, 4)])
 def test_new_network_options_any_size_and_through_a_checkpoint(family, option, cin, cout, tmp_path):
     torch.manual_seed(0)
