@@ -326,11 +326,14 @@ COLORIZE = ProxyType(
     model="pointwise",
     value_scale=1.0,
     doc="colorize: a uniform colour mixed into Lab",
+    # its output is one affine map of its input per image: the per-pixel MLP after it only
+    # learnt the training settings (49.93 dB without it, 41.15 with; docs/proxies.md)
+    network={"mlp": False},
     sliders=(
-        Slider("hue", 0.0, 1.0, 0.0, scale="circular"),
-        Slider("saturation", 0.0, 1.0, 0.5),
+        Slider("hue", 0.0, 1.0, 0.0, scale="circular", hsl="hue"),
+        Slider("saturation", 0.0, 1.0, 0.5, hsl="saturation"),
         Slider("source_lightness_mix", 0.0, 100.0, 50.0, doc="% of the source lightness kept"),
-        Slider("lightness", 0.0, 100.0, 50.0),
+        Slider("lightness", 0.0, 100.0, 50.0, hsl="lightness"),
     ),
     # version: darktable's init sets the module version, 2 (1 selects an old colour matrix)
     structs=(Struct(2, fields("hue:f=0 saturation:f=0.5 source_lightness_mix:f=50 lightness:f=50 "
@@ -444,6 +447,8 @@ SHADHI = ProxyType(
     gui_name="shadows and highlights",
     model="multiscale",     # blurs at a slider-set size (docs/proxies.md, spatial modules)
     value_scale=100.0,      # L's range: bright errors count as dark ones (docs/proxies.md)
+    # its change is close to linear in its sliders: 41.45 dB with outputs they weight, 40.55 without
+    network={"slider_outputs": 5},
     doc="shadows and highlights, bilateral filter, on Lab",
     sliders=(
         Slider("shadows", -100.0, 100.0, 50.0),
@@ -536,6 +541,8 @@ TONEEQUAL = ProxyType(
     gui_name="tone equalizer",
     model="multiscale",     # blurs at a slider-set size (docs/proxies.md, spatial modules)
     doc="tone equalizer: EV gains per exposure band of a guided-filter luminance mask",
+    # its EV gain is linear in its sliders: 33.47 dB with outputs they weight, 26.62 without
+    network={"slider_outputs": 5},
     sliders=(
         Slider("blacks", -2.0, 2.0, 0.0, doc="EV at -5 EV"),
         Slider("shadows", -2.0, 2.0, 0.0, doc="EV at -4 EV"),
