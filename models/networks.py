@@ -257,61 +257,70 @@ class SliderPointwise(nn.Module):
     def forward(self, x: torch.Tensor, sliders: torch.Tensor) -> torch.Tensor:
         b, k, h, w = x.shape                                    # k: image channels, then extra planes
         sliders = sliders.to(x.dtype)
+        a = self._coefficients(sliders) if self.affine else None
         if self.mlp is None:
-            a = self.coefficients(_and_one(sliders)).view(b, -1, self.image_channels + 1)
             y = in_pixel_slices(lambda t: self._affine(t[:, :self.image_channels], a, None), x.flatten(2),
                                 size=PIXEL_CHUNK)
             return y.view(b, -1, h, w)
+        # the first layer's columns for [pixel, sliders, affine map, fields], each contiguous
+        # once here rather than sliced (and copied) again on every slice of pixels
         first = self.mlp[0]
-        s = sliders.shape[1]
-        bias = torch.addmm(first.bias, sliders, first.weight[:, k:k + s].t())   # (B, width)
-        a = self.coefficients(_and_one(sliders)).view(b, -1, self.image_channels + 1) if self.affine else None
+        w_pixel, w_sliders, w_base, w_fields = _per_image(first.weight.split(
+            [k, sliders.shape[1], self.out_channels if self.affine else 0, self.fields], 1), b)
+        bias = torch.addmm(first.bias, sliders, w_sliders[0].t())[:, :, None]     # (B, width, 1)
         f = self.field_coefficients(_and_one(sliders)).view(b, self.fields, -1) if self.fields else None
-        g = (torch.addmm(self.gate_mlp[0].bias, sliders, self.gate_mlp[0].weight[:, self.fields:].t())
-             if self.gates else None)                                            # gates' first-layer bias
-        y = in_pixel_slices(lambda t: self._pixels(t, bias, a, f, g), x.flatten(2), size=PIXEL_CHUNK)
+        g = None
+        if self.gates:   # the gates' first layer: its columns for the fields, the sliders' bias
+            w_gate, w_gate_sliders = _per_image(self.gate_mlp[0].weight.split([self.fields, sliders.shape[1]], 1), b)
+            g = (w_gate, torch.addmm(self.gate_mlp[0].bias, sliders, w_gate_sliders[0].t())[:, :, None])
+        y = in_pixel_slices(lambda t: self._pixels(t, bias, (w_pixel, w_base, w_fields), a, f, g),
+                            x.flatten(2), size=PIXEL_CHUNK)
         return y.view(b, -1, h, w)                                                # (B, C_out, H, W)
 
-    def _pixels(self, t: torch.Tensor, bias: torch.Tensor, a: torch.Tensor | None,
-                f: torch.Tensor | None, g: torch.Tensor | None) -> torch.Tensor:
+    def _coefficients(self, sliders: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-image affine map(s) from the sliders: A (B, G C_out, C) and b (B, G C_out, 1)."""
+        a = self.coefficients(_and_one(sliders)).view(len(sliders), -1, self.image_channels + 1)
+        return a[:, :, :-1].contiguous(), a[:, :, -1:].contiguous()
+
+    def _pixels(self, t: torch.Tensor, bias: torch.Tensor, weights: tuple[torch.Tensor, ...],
+                a: tuple[torch.Tensor, torch.Tensor] | None, f: torch.Tensor | None,
+                g: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         """The network's output (B, C_out, N) on pixels ``t`` (B, K, N) given the per-image first
-        layer ``bias``, affine map ``a``, field coefficients ``f`` and gates' first-layer bias
-        ``g`` from the sliders."""
-        b, k = t.shape[:2]
-        first, *rest = (m for m in self.mlp if isinstance(m, nn.Linear))
-        y = torch.baddbmm(bias[:, :, None], first.weight[:, :k].expand(b, -1, -1), t)
-        j = first.weight.shape[1] - self.fields - (self.out_channels if self.affine else 0)
+        layer ``bias``, its ``weights`` for the pixel, the affine map and the fields, the affine
+        map ``a``, field coefficients ``f`` and gates' first layer ``g`` from the sliders."""
+        w_pixel, w_base, w_fields = weights
+        _, *rest = (m for m in self.mlp if isinstance(m, nn.Linear))
+        y = torch.baddbmm(bias, w_pixel, t)
         fields = torch.bmm(f, quadratic_terms(t[:, self.image_channels:])) if self.fields else None  # (B, F, N)
         if self.affine:
-            gates = self._gates(fields, g) if self.gates else None
+            gates = self._gates(fields, *g) if self.gates else None
             base = self._affine(t[:, :self.image_channels], a, gates)             # (B, C_out, N)
-            y = torch.baddbmm(y, first.weight[:, j:j + base.shape[1]].expand(b, -1, -1), base)
-            j += base.shape[1]
+            y = torch.baddbmm(y, w_base, base)
         if self.fields:
-            y = torch.baddbmm(y, first.weight[:, j:].expand(b, -1, -1), fields)
+            y = torch.baddbmm(y, w_fields, fields)
         for layer, act in zip(rest, (m for m in self.mlp if not isinstance(m, nn.Linear))):
             y = linear_columns(layer, act(y))
         if self.affine:
             return base + y
         return _residual(t[:, :self.image_channels], y)
 
-    def _affine(self, t: torch.Tensor, a: torch.Tensor, gates: torch.Tensor | None) -> torch.Tensor:
+    def _affine(self, t: torch.Tensor, a: tuple[torch.Tensor, torch.Tensor], gates: torch.Tensor | None) -> torch.Tensor:
         """asinh(v + A v + b) of the image's network-domain values ``t`` (B, C, N), v = sinh(t),
-        with [A, b] = ``a`` (B, C_out, C + 1) from the sliders, in VALUE_UNIT (its inputs
-        divided, its output multiplied by it); with ``gates`` (B, G, N), ``a`` holds G maps
-        (B, G C_out, C + 1) and v + sum_k gates_k (A_k v + b_k) is taken."""
+        with (A, b) = ``a`` ((B, C_out, C), (B, C_out, 1)) from the sliders, in VALUE_UNIT (its
+        inputs divided, its output multiplied by it); with ``gates`` (B, G, N), ``a`` holds G
+        maps (G C_out rows) and v + sum_k gates_k (A_k v + b_k) is taken."""
         v = sinh(t)
-        lin = torch.baddbmm(a[:, :, -1:], a[:, :, :-1], v / VALUE_UNIT) * VALUE_UNIT
+        lin = torch.baddbmm(a[1], a[0], v / VALUE_UNIT) * VALUE_UNIT
         if gates is not None:
             lin = (lin.view(v.shape[0], gates.shape[1], -1, v.shape[2]) * gates[:, :, None]).sum(1)
         return asinh(_residual(v, lin))
 
-    def _gates(self, fields: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """The per-pixel gates (B, G, N) of the affine map from the ``fields`` (B, F, N), the
-        sliders' share of the gate MLP's first layer given as ``bias`` (B, GATE_WIDTH)."""
-        first, mid, last = (m for m in self.gate_mlp if isinstance(m, nn.Linear))
-        h = F.silu(torch.baddbmm(bias[:, :, None], first.weight[:, :self.fields].expand(fields.shape[0], -1, -1),
-                                 fields))
+    def _gates(self, fields: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """The per-pixel gates (B, G, N) of the affine map from the ``fields`` (B, F, N), given
+        the gate MLP's first-layer ``weight`` for them (B, GATE_WIDTH, F) and the sliders' share
+        of it as ``bias`` (B, GATE_WIDTH, 1)."""
+        _, mid, last = (m for m in self.gate_mlp if isinstance(m, nn.Linear))
+        h = F.silu(torch.baddbmm(bias, weight, fields))
         return linear_columns(last, F.silu(linear_columns(mid, h)))
 
 
@@ -320,6 +329,11 @@ def _slider_head(n_sliders: int, width: int, out: int) -> nn.Sequential:
     the pointwise family applies to every pixel); its last layer is the caller's to initialise."""
     return nn.Sequential(nn.Linear(n_sliders + 1, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
                          nn.Linear(width, out))
+
+
+def _per_image(weights: tuple[torch.Tensor, ...], b: int) -> list[torch.Tensor]:
+    """Column blocks of a layer's weight, each made contiguous and given a batch of ``b``."""
+    return [w.contiguous().expand(b, -1, -1) for w in weights]
 
 
 def _and_one(sliders: torch.Tensor) -> torch.Tensor:
