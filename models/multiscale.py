@@ -26,7 +26,10 @@ pixel. Scale is built in rather than learned:
    linear map of them and of the mixes, whose coefficients the sliders give] (an affine
    map of a blur, as lowpass is, is exact there; all zero at the start: the identity),
    plus a per-pixel MLP over [t, the learned channels, the mixes], its first layer scaled
-   and shifted by the sliders (FiLM).
+   and shifted by the sliders (FiLM);
+5. for the types that ask for them: outputs of the MLP weighted per image by a linear
+   function of the sliders (``slider_outputs``), and the module's values multiplied first by
+   exp of a per-image curve of a guided filter of their luminance (``curve``, toneequal's).
 
 The cost per pixel is a few thousand multiply-adds, whatever the blur size. The blurs are
 sums of shifted slices and the per-pixel part runs over slices of PIXEL_CHUNK pixels: both
@@ -49,6 +52,13 @@ from models.transform import asinh, sinh
 PIXEL_CHUNK = 16384
 BINOMIAL5 = (1.0, 4.0, 6.0, 4.0, 1.0)   # sigma 1 px
 BINOMIAL3 = (1.0, 2.0, 1.0)             # sigma 0.71 px
+# guided_luminance: the least luminance (in the module's values / value scale), and the
+# feathering at the start, softplus(0 + this) = 0.3 (toneequal's mask measured best near it)
+LUMINANCE_FLOOR = 1e-6
+GUIDED_FEATHERING_AT_START = math.log(math.expm1(0.3))
+# where the per-image curve's bumps start, in ln of the module's values / value scale: linear
+# RGB at value scale 0.01 from 2^-8 to 2 (toneequal's bands span -8..0 EV)
+CURVE_RANGE = (-1.0, 5.3)
 # the linear map's unit, in the module's values / value scale (Lab L 0..100 at scale 1, linear
 # RGB 0..1 at scale 0.01 alike; Lab types at scale 100 see 0..1, so their coefficients are 10x
 # larger): its inputs are divided, its output multiplied by it, so that its offsets and
@@ -238,7 +248,8 @@ def edge_distance(planes: torch.Tensor) -> torch.Tensor:
 class SliderMultiscale(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, n_sliders: int, extra_channels: int,
                  hidden: int, learned: int, mixes: int, levels: int, fine: int = 0, cond: int = 64,
-                 upsample: str = "bilinear", border: bool = False, gate: bool = False, slider_outputs: int = 0):
+                 upsample: str = "bilinear", border: bool = False, gate: bool = False, slider_outputs: int = 0,
+                 curve: int = 0):
         super().__init__()
         if upsample not in UPSAMPLES:
             raise ValueError(f"unknown upsampling {upsample!r}; choose one of {tuple(UPSAMPLES)}")
@@ -254,6 +265,7 @@ class SliderMultiscale(nn.Module):
         self.q = c + learned                                # blurred channels: sinh(t), learned
         self.n_scales = 2 * (levels + 1)
         self.n_linear = c + mixes * self.q + fine * c       # the per-image linear map's inputs
+        self.curve = curve          # bumps of a per-image curve of the guided log luminance
         self.n_features = c + learned + mixes * self.q + fine * c + e   # per pixel: what the linear map's result joins
         # the per-pixel MLP sees those features and the linear map's result
         self.cond = nn.Sequential(nn.Linear(n_sliders + 1, cond), nn.LeakyReLU(0.2),
@@ -270,20 +282,24 @@ class SliderMultiscale(nn.Module):
             self.out_sliders = nn.Linear(hidden, out_channels * slider_outputs)
             nn.init.zeros_(self.out_sliders.weight)
             nn.init.zeros_(self.out_sliders.bias)
+        if curve:   # the bumps' centres, in ln of the module's values / value scale
+            self.curve_centres = nn.Parameter(torch.linspace(*CURVE_RANGE, curve))
         self.out = nn.Linear(hidden, out_channels)          # last: start_at_mean_offset sets its bias
         nn.init.zeros_(self.out.weight)                     # with the zero heads: the identity at the start
         nn.init.zeros_(self.out.bias)
 
     def _head_sizes(self) -> list[int]:
         """What the sliders give: the learned channels' bias, the mix logits, the MLP's FiLM
-        gain and shift, the per-image linear map and its bias."""
+        gain and shift, the per-image linear map and its bias, the fine blurs' sigmas, the
+        border's width, the gate, the curve's bump heights and its feathering."""
         return [self.learned, self.mixes * self.q, self.hidden, self.hidden,
-                (self.n_linear + 1) * self.out_channels, self.fine, int(self.border), int(self.gate)]
+                (self.n_linear + 1) * self.out_channels, self.fine, int(self.border), int(self.gate),
+                self.curve + bool(self.curve)]
 
     def forward(self, x: torch.Tensor, sliders: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         c, m, q = self.image_channels, self.mixes, self.q
-        pre_bias, position, gain, shift, linear, fine, border, gate = self._heads(sliders.to(x.dtype))
+        pre_bias, position, gain, shift, linear, fine, border, gate, curve = self._heads(sliders.to(x.dtype))
         t, extra = x[:, :c], x[:, c:]
         if self.border:
             x, planes, extra = t, extra, extra[:, :0]
@@ -295,10 +311,14 @@ class SliderMultiscale(nn.Module):
         blurred = blurred.view(b, m, q, h * w)                                # (B, mixes, q, HW)
         details = [((v - gaussian_blur(v, sigma)) / VALUE_UNIT).flatten(2) for sigma in self._fine_sigmas(fine)]
         per_pixel = (t.flatten(2), v.flatten(2), learned.flatten(2), blurred, *details, extra.flatten(2))
+        if self.curve:   # the guided log luminance, the last table
+            feathering = F.softplus(curve[:, -1:] + GUIDED_FEATHERING_AT_START)
+            per_pixel += (torch.log(guided_luminance(v, feathering)).flatten(2),)
         a = linear.view(b, self.n_linear + 1, self.out_channels).transpose(1, 2)   # (B, C_out, n_linear + 1)
         mix = (self.out_weights(torch.cat([sliders.to(x.dtype), torch.ones_like(sliders[:, :1])], 1))
                if self.slider_outputs else None)                                  # (B, slider_outputs)
-        y = in_pixel_slices(lambda *part: self._pixels(*part, a=a, gain=gain, shift=shift, mix=mix),
+        y = in_pixel_slices(lambda *part: self._pixels(*part, a=a, gain=gain, shift=shift, mix=mix,
+                                                       curve=curve[:, :-1] if self.curve else None),
                             *per_pixel, size=PIXEL_CHUNK)
         y = y.view(b, self.out_channels, h, w)                                   # (B, C_out, H, W)
         if self.gate and not self.training:   # fitted by gate_loss alone (see there)
@@ -317,7 +337,7 @@ class SliderMultiscale(nn.Module):
         the rim (measured: the whole image covered)."""
         if not self.border:
             return t.new_zeros(())
-        width = BORDER_UNIT * F.softplus(self._heads(sliders.to(t.dtype))[-2][:, 0])
+        width = BORDER_UNIT * F.softplus(self._heads(sliders.to(t.dtype))[-3][:, 0])
         d = edge_distance(planes)                                                # (B, 1, H, W)
         changed = (target != t).any(1, keepdim=True)
         seen = changed.flatten(1).any(1) & (d.flatten(1).amin(1) == 0)
@@ -339,7 +359,7 @@ class SliderMultiscale(nn.Module):
             return t.new_zeros(())
         change, wanted = (pred - t).detach(), target - t
         best = (change * wanted).sum((1, 2, 3)) / change.square().sum((1, 2, 3)).clamp_min(1e-20)
-        return F.mse_loss(torch.sigmoid(self._heads(sliders.to(t.dtype))[-1][:, 0]), best.clamp(0, 1))
+        return F.mse_loss(torch.sigmoid(self._heads(sliders.to(t.dtype))[-2][:, 0]), best.clamp(0, 1))
 
     def _heads(self, sliders: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """What the sliders give (B, S) -> the heads of _head_sizes, each (B, size)."""
@@ -348,19 +368,28 @@ class SliderMultiscale(nn.Module):
 
     def _pixels(self, t: torch.Tensor, v: torch.Tensor, learned: torch.Tensor, blurred: torch.Tensor,
                 *rest: torch.Tensor, a: torch.Tensor, gain: torch.Tensor, shift: torch.Tensor,
-                mix: torch.Tensor | None) -> torch.Tensor:
+                mix: torch.Tensor | None, curve: torch.Tensor | None) -> torch.Tensor:
         """The output (B, C_out, N) on N pixels: their network-domain values ``t``, values ``v``
         and ``learned`` channels (B, C, N), mixes ``blurred`` (B, mixes, q, N), then the fine
         blurs' details and the extra planes; the per-image linear map ``a`` and FiLM ``gain``
         and ``shift`` from the sliders, and the weights ``mix`` (B, slider_outputs) of the
-        slider-weighted outputs."""
+        slider-weighted outputs, and the curve's bump heights ``curve`` (B, bumps), the guided
+        log luminance then the last table."""
         b, c = t.shape[:2]
+        if curve is not None:
+            *rest, log_lum = rest
         *details, extra = rest
         mixed_values = blurred[:, :, :c].flatten(1, 2)                        # (B, mixes * C, N)
         mixed_learned = blurred[:, :, c:].flatten(1, 2)
         lin_in = torch.cat([v / VALUE_UNIT, mixed_values / VALUE_UNIT, mixed_learned, *details], 1)
         lin = torch.baddbmm(a[:, :, -1:], a[:, :, :-1], lin_in) * VALUE_UNIT   # (B, C_out, N)
-        lin = asinh(lin + (v if c == self.out_channels else v.mean(1, keepdim=True)))   # network domain
+        v_out = v if c == self.out_channels else v.mean(1, keepdim=True)
+        if curve is not None:   # the module's values times exp(the curve at the guided log luminance)
+            width = (CURVE_RANGE[1] - CURVE_RANGE[0]) / max(self.curve - 1, 1)
+            at = log_lum.clamp(*CURVE_RANGE)        # constant beyond the range, as darktable clamps its EV
+            bumps = torch.exp(-0.5 * ((at - self.curve_centres[None, :, None]) / width) ** 2)   # (B, bumps, N)
+            v_out = v_out * torch.exp(torch.bmm(curve[:, None, :], bumps))
+        lin = asinh(lin + v_out)                                                  # network domain
         table = torch.cat([t, learned, asinh(mixed_values), mixed_learned, *details, extra, lin], 1)
         hid = linear_columns(self.hidden1, table)
         hid = F.leaky_relu(hid * (1 + gain[:, :, None]) + shift[:, :, None], 0.2)
@@ -377,6 +406,36 @@ class SliderMultiscale(nn.Module):
         lo, hi = FINE_SIGMA
         start = torch.linspace(-1.5, 1.5, self.fine, dtype=z.dtype, device=z.device) if self.fine > 1 else z.new_zeros(1)
         return [lo + (hi - lo) * torch.sigmoid(z[:, i] + start[i]) for i in range(self.fine)]
+
+
+def guided_luminance(v: torch.Tensor, feathering: torch.Tensor) -> torch.Tensor:
+    """An exposure-independent guided filter of each pixel's luminance (the norm of its values
+    ``v`` (B, C, H, W)) at pyramid levels 1..L, L = ``feathering.shape[1]`` (B, L): (B, L, H, W).
+
+    As darktable's tone equalizer builds its mask (``common/eigf.h``): the luminance's local
+    mean and variance are taken on a decimated copy (a pyramid level, then its 5-tap blur) and
+    brought back to full size; per pixel, a = n / (n + feathering) with n the variance over
+    (mean x the pixel's luminance), and the result is a l + (1 - a) mean: smooth where the
+    neighbourhood is flat against the pixel, the pixel itself across strong edges. Measured on
+    toneequal's held-out samples, the best function of level 1's result fits darktable's gain
+    at 48.9 dB mean, that of the pixel's own luminance at 32.0 (docs/proxies.md)."""
+    squares = v[:, :1] * v[:, :1]
+    for c in range(1, v.shape[1]):   # channel by channel: torch's norm over channels took 52 ms at 512x512
+        squares = squares + v[:, c:c + 1] * v[:, c:c + 1]
+    lum = squares.sqrt().clamp_min(LUMINANCE_FLOOR)
+    sizes, g, out = [tuple(lum.shape[-2:])], lum, []
+    for level in range(feathering.shape[1]):
+        g = separable_blur(g, BINOMIAL5, stride=2)
+        sizes.append(tuple(g.shape[-2:]))
+        mean = separable_blur(g, BINOMIAL5)
+        stats = torch.cat([mean, separable_blur(g * g, BINOMIAL5) - mean * mean], 1)
+        for size in reversed(sizes[:-1]):
+            stats = expand(stats, size)
+        mean, variance = stats[:, :1], stats[:, 1:].clamp_min(0)
+        n = variance / (mean * lum).clamp_min(LUMINANCE_FLOOR ** 2)
+        a = n / (n + feathering[:, level, None, None, None])
+        out.append((a * lum + (1 - a) * mean).clamp_min(LUMINANCE_FLOOR))
+    return torch.cat(out, 1)
 
 
 def gate_scale(z: torch.Tensor) -> torch.Tensor:

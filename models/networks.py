@@ -73,7 +73,7 @@ GATE_WIDTH = 16
 BF16_FAMILIES = ("unet", "neighbourhood")
 # the ModelSpec fields the tables above choose
 NETWORK_OPTIONS = ("activation", "stem", "affine", "fields", "field_gates", "mlp", "fine", "upsample", "border",
-                   "gate", "slider_outputs")
+                   "gate", "slider_outputs", "curve")
 
 
 def new_network_options(family: str, layout: str = "rgb", positional: bool = False) -> dict:
@@ -87,7 +87,7 @@ def new_network_options(family: str, layout: str = "rgb", positional: bool = Fal
             "field_gates": NEW_FIELD_GATES.get(family, 0) if positional else 0, "mlp": True,
             "fine": NEW_FINE.get(family, 0),
             "upsample": NEW_UPSAMPLE.get(family, "bilinear"), "border": False, "gate": False,
-            "slider_outputs": 0}
+            "slider_outputs": 0, "curve": 0}
 
 
 @dataclass(frozen=True)
@@ -137,6 +137,10 @@ class ModelSpec:
     # multiscale: that many more outputs of the per-pixel MLP, weighted per image by a linear
     # function of the sliders (0: none; checkpoints without the field)
     slider_outputs: int = 0
+    # multiscale: the module's values times exp of a per-image curve (that many bumps, their
+    # heights given by the sliders) of the guided log luminance (models.multiscale.guided_luminance),
+    # as darktable's tone equalizer (0: none; checkpoints without the field)
+    curve: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -385,5 +389,6 @@ def build_model(spec: ModelSpec) -> nn.Module:
     if spec.family == "multiscale":
         return SliderMultiscale(spec.in_channels, spec.out_channels, spec.n_sliders, spec.extra_channels,
                                 *MULTISCALE_SIZES[spec.size], fine=spec.fine, upsample=spec.upsample,
-                                border=spec.border, gate=spec.gate, slider_outputs=spec.slider_outputs)
+                                border=spec.border, gate=spec.gate, slider_outputs=spec.slider_outputs,
+                                curve=spec.curve)
     raise ValueError(f"unknown model family {spec.family!r}; choose one of {FAMILIES}")

@@ -6,6 +6,7 @@ from models.multiscale import (
     BINOMIAL3,
     BINOMIAL5,
     SliderMultiscale,
+    guided_luminance,
     mix_scales,
     pyramid_scales,
     scale_weights,
@@ -233,3 +234,45 @@ def test_the_gate_leaves_the_image_as_it_is_where_it_is_fitted_near_zero_and_onl
     torch.testing.assert_close(loss, (torch.sigmoid(torch.tensor(1.0)) - 0.5) ** 2)
     loss.backward()
     assert net.heads.bias.grad[-1] > 0                           # it moves towards 0.5
+
+
+def test_guided_luminance_is_exposure_independent_and_keeps_edges_as_its_feathering_says():
+    torch.manual_seed(6)
+    flat = torch.full((1, 3, 12, 10), 2.0, dtype=torch.float64)
+    feather = torch.tensor([[0.3, 0.3]], dtype=torch.float64)
+    torch.testing.assert_close(guided_luminance(flat, feather), torch.full((1, 2, 12, 10), 12 ** 0.5,
+                                                                          dtype=torch.float64))
+    v = torch.rand(2, 3, 16, 14, dtype=torch.float64) + 0.1
+    q = guided_luminance(v, feather.expand(2, -1))
+    torch.testing.assert_close(guided_luminance(8 * v, feather.expand(2, -1)), 8 * q)   # 3 EV up: 3 EV up
+    edge = torch.ones(1, 3, 16, 16, dtype=torch.float64)
+    edge[..., 8:] = 64.0                                                   # a 6 EV step
+    lum = edge.norm(dim=1, keepdim=True)
+    sharp = guided_luminance(edge, torch.tensor([[1e-4]], dtype=torch.float64))
+    smooth = guided_luminance(edge, torch.tensor([[1e4]], dtype=torch.float64))
+    assert (sharp - lum).abs().max() < 0.01 * lum.max()                    # the edge is kept
+    assert (smooth - lum).abs()[..., 7:9].min() > 0.1 * lum.max()          # a blur across it
+    v.requires_grad_(True)
+    guided_luminance(v, feather.expand(2, -1)).sum().backward()
+    assert torch.isfinite(v.grad).all()
+
+
+def test_a_curve_multiplies_the_values_by_exp_of_bumps_of_the_guided_log_luminance():
+    """As darktable's tone equalizer: out = v exp(sum_k h_k bump_k(ln guided luminance))."""
+    import models.multiscale as ms
+    torch.manual_seed(7)
+    net = build_model(ModelSpec("multiscale", "tiny", 3, 3, 2, curve=4)).double()
+    x = torch.randn(2, 3, 12, 10, dtype=torch.float64) * 2 + 3
+    u = torch.rand(2, 2, dtype=torch.float64)
+    torch.testing.assert_close(net(x, u), x)                              # the identity at the start
+    heights = torch.tensor([0.5, -0.3, 0.2, 0.7], dtype=torch.float64)
+    with torch.no_grad():
+        net.heads.bias[-5:-1] = heights                                     # the bumps' heads, then feathering
+    v = torch.sinh(x)
+    log_lum = torch.log(guided_luminance(v, torch.full((2, 1), 0.3, dtype=torch.float64)))
+    lo, hi = ms.CURVE_RANGE
+    width = (hi - lo) / 3
+    bumps = torch.exp(-0.5 * ((log_lum.clamp(lo, hi)[:, None] - torch.linspace(lo, hi, 4, dtype=torch.float64)
+                               .view(1, 4, 1, 1, 1)) / width) ** 2)
+    gain = torch.exp((heights.view(1, 4, 1, 1, 1) * bumps).sum(1))
+    torch.testing.assert_close(net(x, u), torch.asinh(v * gain))
