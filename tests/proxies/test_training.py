@@ -64,6 +64,17 @@ def test_rerun_resumes_from_last_checkpoint(trained):
     assert [int(r["epoch"]) for r in history(trained)] == list(range(1, 23))
 
 
+def test_a_checkpoint_from_before_hsl_roles_resumes(trained, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(trained, root)
+    path = root / f"{NAME}_model_weights" / "last.pt"
+    payload = torch.load(path, weights_only=True)
+    payload["sliders"] = [{k: v for k, v in d.items() if k != "hsl"} for d in payload["sliders"]]
+    torch.save(payload, path)
+    proc = train(root, "--epochs", str(payload["epoch"] + 1), "--resume")
+    assert "resuming" in proc.stderr and f"after epoch {payload['epoch']}" in proc.stderr
+
+
 def test_other_model_into_the_same_weights_is_refused(trained):
     cmd = [sys.executable, "Darktable_proxies.py", "exposure", "-d", NAME, "--out", str(trained),
            "--model", "unet", "--epochs", "30", "--device", "cpu"]

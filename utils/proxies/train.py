@@ -463,6 +463,10 @@ def _resume(path: Path, run: _Run, cfg: TrainConfig) -> tuple[int, float, list[d
         payload["model"] = ModelSpec(**payload["model"]).to_dict()
     except (KeyError, TypeError):
         pass
+    try:   # sliders from before Slider.hsl: its default
+        payload["sliders"] = [Slider.from_dict(d).to_dict() for d in payload["sliders"]]
+    except (KeyError, TypeError, ValueError):
+        pass
     for key in ("model", "sliders", "proxy_type"):
         if payload.get(key) != mine.get(key):
             raise UserError(f"{path} holds a proxy with another {key} ({payload.get(key)!r}, "
