@@ -11,6 +11,11 @@ def slider_planes(sliders: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return sliders[:, :, None, None].to(like.dtype).expand(b, sliders.shape[1], h, w)
 
 
+def and_one(sliders: torch.Tensor) -> torch.Tensor:
+    """(B, S) -> (B, S + 1): the sliders and a 1, so that a head has an input when S is 0."""
+    return torch.cat([sliders, sliders.new_ones(sliders.shape[0], 1)], 1)
+
+
 def linear_columns(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """A Linear layer applied to every column of (B, C, N): (B, C_out, N)."""
     return torch.baddbmm(layer.bias[None, :, None], layer.weight.expand(x.shape[0], -1, -1), x)

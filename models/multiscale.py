@@ -38,12 +38,13 @@ several times faster on a CPU than a depthwise convolution and the whole image a
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.blocks import in_pixel_slices, linear_columns
+from models.blocks import and_one, in_pixel_slices, linear_columns
 from models.transform import asinh, sinh
 
 # pixels per slice of the per-pixel part of a forward pass: its intermediates (features x
@@ -245,6 +246,21 @@ def edge_distance(planes: torch.Tensor) -> torch.Tensor:
     return torch.minimum(*d).round()
 
 
+class Heads(NamedTuple):
+    """What the sliders give a multiscale network per image, in the order of the heads' layer."""
+
+    pre_bias: torch.Tensor      # the learned channels' bias
+    position: torch.Tensor      # the mix logits over the scales
+    gain: torch.Tensor          # the MLP's FiLM gain
+    shift: torch.Tensor         # and shift
+    linear: torch.Tensor        # the per-image linear map and its bias
+    fine: torch.Tensor          # the fine blurs' sigmas
+    border: torch.Tensor        # the untouched border's width
+    gate: torch.Tensor          # the gate
+    curve: torch.Tensor         # the curve's bump heights
+    feathering: torch.Tensor    # the guided luminance's feathering
+
+
 class SliderMultiscale(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, n_sliders: int, extra_channels: int,
                  hidden: int, learned: int, mixes: int, levels: int, fine: int = 0, cond: int = 64,
@@ -289,17 +305,15 @@ class SliderMultiscale(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def _head_sizes(self) -> list[int]:
-        """What the sliders give: the learned channels' bias, the mix logits, the MLP's FiLM
-        gain and shift, the per-image linear map and its bias, the fine blurs' sigmas, the
-        border's width, the gate, the curve's bump heights and its feathering."""
+        """The sizes of the :class:`Heads`, in their order."""
         return [self.learned, self.mixes * self.q, self.hidden, self.hidden,
                 (self.n_linear + 1) * self.out_channels, self.fine, int(self.border), int(self.gate),
-                self.curve + bool(self.curve)]
+                self.curve, int(bool(self.curve))]
 
     def forward(self, x: torch.Tensor, sliders: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         c, m, q = self.image_channels, self.mixes, self.q
-        pre_bias, position, gain, shift, linear, fine, border, gate, curve = self._heads(sliders.to(x.dtype))
+        pre_bias, position, gain, shift, linear, fine, border, gate, curve, feathering = self._heads(sliders.to(x.dtype))
         t, extra = x[:, :c], x[:, c:]
         if self.border:
             x, planes, extra = t, extra, extra[:, :0]
@@ -312,13 +326,11 @@ class SliderMultiscale(nn.Module):
         details = [((v - gaussian_blur(v, sigma)) / VALUE_UNIT).flatten(2) for sigma in self._fine_sigmas(fine)]
         per_pixel = (t.flatten(2), v.flatten(2), learned.flatten(2), blurred, *details, extra.flatten(2))
         if self.curve:   # the guided log luminance, the last table
-            feathering = F.softplus(curve[:, -1:] + GUIDED_FEATHERING_AT_START)
-            per_pixel += (torch.log(guided_luminance(v, feathering)).flatten(2),)
+            per_pixel += (torch.log(guided_luminance(v, F.softplus(feathering + GUIDED_FEATHERING_AT_START))).flatten(2),)
         a = linear.view(b, self.n_linear + 1, self.out_channels).transpose(1, 2)   # (B, C_out, n_linear + 1)
-        mix = (self.out_weights(torch.cat([sliders.to(x.dtype), torch.ones_like(sliders[:, :1])], 1))
-               if self.slider_outputs else None)                                  # (B, slider_outputs)
+        mix = self.out_weights(and_one(sliders.to(x.dtype))) if self.slider_outputs else None   # (B, slider_outputs)
         y = in_pixel_slices(lambda *part: self._pixels(*part, a=a, gain=gain, shift=shift, mix=mix,
-                                                       curve=curve[:, :-1] if self.curve else None),
+                                                       curve=curve if self.curve else None),
                             *per_pixel, size=PIXEL_CHUNK)
         y = y.view(b, self.out_channels, h, w)                                   # (B, C_out, H, W)
         if self.gate and not self.training:   # fitted by gate_loss alone (see there)
@@ -337,7 +349,7 @@ class SliderMultiscale(nn.Module):
         the rim (measured: the whole image covered)."""
         if not self.border:
             return t.new_zeros(())
-        width = BORDER_UNIT * F.softplus(self._heads(sliders.to(t.dtype))[-3][:, 0])
+        width = BORDER_UNIT * F.softplus(self._heads(sliders.to(t.dtype)).border[:, 0])
         d = edge_distance(planes)                                                # (B, 1, H, W)
         changed = (target != t).any(1, keepdim=True)
         seen = changed.flatten(1).any(1) & (d.flatten(1).amin(1) == 0)
@@ -359,12 +371,11 @@ class SliderMultiscale(nn.Module):
             return t.new_zeros(())
         change, wanted = (pred - t).detach(), target - t
         best = (change * wanted).sum((1, 2, 3)) / change.square().sum((1, 2, 3)).clamp_min(1e-20)
-        return F.mse_loss(torch.sigmoid(self._heads(sliders.to(t.dtype))[-2][:, 0]), best.clamp(0, 1))
+        return F.mse_loss(torch.sigmoid(self._heads(sliders.to(t.dtype)).gate[:, 0]), best.clamp(0, 1))
 
-    def _heads(self, sliders: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """What the sliders give (B, S) -> the heads of _head_sizes, each (B, size)."""
-        ones = torch.ones(len(sliders), 1, dtype=sliders.dtype, device=sliders.device)
-        return torch.split(self.heads(self.cond(torch.cat([sliders, ones], 1))), self._head_sizes(), 1)
+    def _heads(self, sliders: torch.Tensor) -> "Heads":
+        """What the sliders give (B, S) -> the :class:`Heads`, each (B, size)."""
+        return Heads(*torch.split(self.heads(self.cond(and_one(sliders))), self._head_sizes(), 1))
 
     def _pixels(self, t: torch.Tensor, v: torch.Tensor, learned: torch.Tensor, blurred: torch.Tensor,
                 *rest: torch.Tensor, a: torch.Tensor, gain: torch.Tensor, shift: torch.Tensor,

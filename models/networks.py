@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.blocks import ConvBlock, ConvStack, in_pixel_slices, linear_columns, slider_planes
+from models.blocks import ConvBlock, ConvStack, and_one, in_pixel_slices, linear_columns, slider_planes
 from models.multiscale import VALUE_UNIT, SliderMultiscale
 from models.transform import asinh, sinh
 
@@ -272,7 +272,7 @@ class SliderPointwise(nn.Module):
         w_pixel, w_sliders, w_base, w_fields = _per_image(first.weight.split(
             [k, sliders.shape[1], self.out_channels if self.affine else 0, self.fields], 1), b)
         bias = torch.addmm(first.bias, sliders, w_sliders[0].t())[:, :, None]     # (B, width, 1)
-        f = self.field_coefficients(_and_one(sliders)).view(b, self.fields, -1) if self.fields else None
+        f = self.field_coefficients(and_one(sliders)).view(b, self.fields, -1) if self.fields else None
         g = None
         if self.gates:   # the gates' first layer: its columns for the fields, the sliders' bias
             w_gate, w_gate_sliders = _per_image(self.gate_mlp[0].weight.split([self.fields, sliders.shape[1]], 1), b)
@@ -283,7 +283,7 @@ class SliderPointwise(nn.Module):
 
     def _coefficients(self, sliders: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The per-image affine map(s) from the sliders: A (B, G C_out, C) and b (B, G C_out, 1)."""
-        a = self.coefficients(_and_one(sliders)).view(len(sliders), -1, self.image_channels + 1)
+        a = self.coefficients(and_one(sliders)).view(len(sliders), -1, self.image_channels + 1)
         return a[:, :, :-1].contiguous(), a[:, :, -1:].contiguous()
 
     def _pixels(self, t: torch.Tensor, bias: torch.Tensor, weights: tuple[torch.Tensor, ...],
@@ -338,11 +338,6 @@ def _slider_head(n_sliders: int, width: int, out: int) -> nn.Sequential:
 def _per_image(weights: tuple[torch.Tensor, ...], b: int) -> list[torch.Tensor]:
     """Column blocks of a layer's weight, each made contiguous and given a batch of ``b``."""
     return [w.contiguous().expand(b, -1, -1) for w in weights]
-
-
-def _and_one(sliders: torch.Tensor) -> torch.Tensor:
-    """(B, S) -> (B, S + 1): the sliders and a 1, so that a head has an input when S is 0."""
-    return torch.cat([sliders, sliders.new_ones(sliders.shape[0], 1)], 1)
 
 
 def quadratic_terms(p: torch.Tensor) -> torch.Tensor:

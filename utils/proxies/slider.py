@@ -107,13 +107,11 @@ def conditioning(sliders: Sequence[Slider], u: torch.Tensor) -> torch.Tensor:
     as that colour's R, G and B instead, all the module itself uses of them: measured on
     colorize's 120 training settings, a network given its own sliders besides the colour
     generalised 10 dB worse."""
-    roles = _hsl_columns(sliders)
-    colour = "hue" in roles
-    own = [j for j, s in enumerate(sliders) if not (colour and s.hsl)]
+    own, roles = _encoding(sliders)
     parts = [u if len(own) == len(sliders) else u[:, own]]
     parts += [torch.stack([torch.sin(2 * math.pi * u[:, j]), torch.cos(2 * math.pi * u[:, j])], 1)
               for j in own if sliders[j].scale == "circular"]
-    if colour:
+    if roles:
         def component(role: str, missing: float) -> torch.Tensor:
             return u[:, roles[role]] if role in roles else torch.full_like(u[:, 0], missing)
         parts.append(hsl_to_rgb(component("hue", 0.0), component("saturation", 1.0), component("lightness", 0.5)))
@@ -122,9 +120,8 @@ def conditioning(sliders: Sequence[Slider], u: torch.Tensor) -> torch.Tensor:
 
 def conditioning_width(sliders: Sequence[Slider]) -> int:
     """The number of inputs :func:`conditioning` gives a network for ``sliders``."""
-    colour = "hue" in _hsl_columns(sliders)
-    own = [s for s in sliders if not (colour and s.hsl)]
-    return len(own) + 2 * sum(s.scale == "circular" for s in own) + 3 * colour
+    own, roles = _encoding(sliders)
+    return len(own) + 2 * sum(sliders[j].scale == "circular" for j in own) + 3 * bool(roles)
 
 
 def hsl_to_rgb(hue: torch.Tensor, saturation: torch.Tensor, lightness: torch.Tensor) -> torch.Tensor:
@@ -133,6 +130,15 @@ def hsl_to_rgb(hue: torch.Tensor, saturation: torch.Tensor, lightness: torch.Ten
     pure = torch.stack([sector[:, 0].abs() - 1, 2 - sector[:, 1].abs(), 2 - sector[:, 2].abs()], 1).clamp(0, 1)
     chroma = (1 - (2 * lightness - 1).abs()) * saturation
     return lightness[:, None] + chroma[:, None] * (pure - 0.5)
+
+
+def _encoding(sliders: Sequence[Slider]) -> tuple[list[int], dict[str, int]]:
+    """How :func:`conditioning` gives ``sliders``: the columns given as themselves, and {HSL
+    role: column} of those given as their colour (empty without a hue)."""
+    roles = _hsl_columns(sliders)
+    if "hue" not in roles:
+        return list(range(len(sliders))), {}
+    return [j for j, s in enumerate(sliders) if not s.hsl], roles
 
 
 def _hsl_columns(sliders: Sequence[Slider]) -> dict[str, int]:
