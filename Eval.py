@@ -65,7 +65,7 @@ def main() -> int:
                        size=size, hq=hq)
     tap_in, tap_out = render.io(proxy_type.operation)
     pattern = cfa_pattern(args.image, dt) if proxy_type.mosaic_input else "RGGB"
-    pred = proxy_on_render(proxy, tap_in, values, device, pattern)
+    pred = proxy_on_render(proxy, tap_in, values, device, pattern, args.image)
     target = chw(tap_out, proxy.layout)
     score = float(psnr(pred[None], target[None])[0])
 

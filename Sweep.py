@@ -126,7 +126,7 @@ def sweep_frames(dt: Darktable, proxy: Proxy, proxy_type: ProxyType, swept: Slid
         if isinstance(result, DarktableError):
             raise result
         tap_in, tap_out = result.io(proxy_type.operation)
-        pred = proxy_on_render(proxy, tap_in, list(setting.values()), device, pattern)
+        pred = proxy_on_render(proxy, tap_in, list(setting.values()), device, pattern, image)
         target = chw(tap_out, proxy.layout)
         scores.append(float(psnr(pred[None], target[None])[0]))
         tiles = [to_display(t.permute(1, 2, 0).numpy()) for t in (target, pred)]

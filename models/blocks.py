@@ -47,3 +47,45 @@ class ConvStack(nn.Sequential):
                        nn.LeakyReLU(0.2, inplace=True)]
         layers.append(nn.Conv2d(width if depth > 1 else cin, cout, k, padding=k // 2))
         super().__init__(*layers)
+
+
+def pixel_indices(planes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where the pixels of (B, >= 2, h, w) coordinate planes (utils.data.tapouts.coordinate_planes
+    of the whole image, maybe cropped since; h, w >= 2) lie in their image: each column's and
+    row's index there, (B, w) and (B, h), and the image's width and height, (B,); all int64.
+    The size is the reciprocal of the planes' step between neighbours (2 / size)."""
+    x, y = planes[:, 0, 0, :].double(), planes[:, 1, :, 0].double()
+    width, height = (2 / (x[:, 1] - x[:, 0])).round(), (2 / (y[:, 1] - y[:, 0])).round()
+    cols = ((x + 1) / 2 * width[:, None] - 0.5).round()
+    rows = ((y + 1) / 2 * height[:, None] - 0.5).round()
+    return cols.long(), rows.long(), width.long(), height.long()
+
+
+def pixelate(z: torch.Tensor, radius: torch.Tensor, planes: torch.Tensor) -> torch.Tensor:
+    """darktable's pixelation (censorize) of (B, C, h, w) ``z`` into cells of 2 ``radius`` (B,)
+    px (int; 0 leaves an image as it is), laid from its image's top-left corner (``planes``:
+    where z lies there, :func:`pixel_indices`): each cell painted with the mean of z at its
+    four corners and centre, the corners shared with the next cells, all clamped into the
+    image; its last row and column, which no cell paints, 0 (as darktable 5.0.1 leaves them).
+    On a crop the points outside it are taken at its edge. Differentiable in z."""
+    b, c, h, w = z.shape
+    cols, rows, width, height = pixel_indices(planes)
+    r = radius.long().clamp_min(1)[:, None]
+
+    def corners(index: torch.Tensor, size: torch.Tensor, offset: torch.Tensor):
+        """A cell's top-left, centre and bottom-right along one axis, as indices into the crop."""
+        top = (index // (2 * r) * (2 * r)).minimum(size[:, None] - 1)
+        centre = (top + r).minimum(size[:, None] - 1)
+        bottom = (centre + r).minimum(size[:, None] - 1)
+        return [(p - offset).clamp(0, index.shape[1] - 1) for p in (top, centre, bottom)]
+
+    (left, middle, right), (top, centre, bottom) = corners(cols, width, cols[:, :1]), corners(rows, height, rows[:, :1])
+
+    def at(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+        picked = z.gather(3, col[:, None, None, :].expand(b, c, h, w))
+        return picked.gather(2, row[:, None, :, None].expand(b, c, h, w))
+
+    cells = (at(top, left) + at(top, right) + at(centre, middle) + at(bottom, left) + at(bottom, right)) / 5
+    painted = (cols < width[:, None] - 1)[:, None, None, :] & (rows < height[:, None] - 1)[:, None, :, None]
+    cells = torch.where(painted, cells, torch.zeros_like(cells))
+    return torch.where((radius.long() > 0)[:, None, None, None], cells, z)

@@ -49,15 +49,20 @@ class ImageContext:
     # it from that block's sliders (utils.pipeline.chain.Chain.run). Demosaic's epsilons
     # are relative to it.
     processed_maximum: float | torch.Tensor = 1.0
+    # darktable's pipe scale where the chain runs (utils.data.tapouts.pixel_scale; 0: unknown),
+    # which proxies whose sliders are pixel lengths take
+    pixel_scale: float = 0.0
 
     def to_dict(self) -> dict:
         return {"pattern": self.pattern, "colorin_matrix": self.colorin_matrix,
-                "colorin_encoded": self.colorin_encoded, "processed_maximum": float(self.processed_maximum)}
+                "colorin_encoded": self.colorin_encoded, "processed_maximum": float(self.processed_maximum),
+                "pixel_scale": self.pixel_scale}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ImageContext":
         return cls(d.get("pattern", "RGGB"), d.get("colorin_matrix", np.eye(3).tolist()),
-                   bool(d.get("colorin_encoded", False)), float(d.get("processed_maximum", 1.0)))
+                   bool(d.get("colorin_encoded", False)), float(d.get("processed_maximum", 1.0)),
+                   float(d.get("pixel_scale", 0.0)))
 
 
 def srgb_decode(x: torch.Tensor) -> torch.Tensor:

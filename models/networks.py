@@ -73,7 +73,7 @@ GATE_WIDTH = 16
 BF16_FAMILIES = ("unet", "neighbourhood")
 # the ModelSpec fields the tables above choose
 NETWORK_OPTIONS = ("activation", "stem", "affine", "fields", "field_gates", "mlp", "fine", "upsample", "border",
-                   "gate", "slider_outputs", "curve")
+                   "gate", "slider_outputs", "curve", "pixelate")
 
 
 def new_network_options(family: str, layout: str = "rgb", positional: bool = False) -> dict:
@@ -87,7 +87,7 @@ def new_network_options(family: str, layout: str = "rgb", positional: bool = Fal
             "field_gates": NEW_FIELD_GATES.get(family, 0) if positional else 0, "mlp": True,
             "fine": NEW_FINE.get(family, 0),
             "upsample": NEW_UPSAMPLE.get(family, "bilinear"), "border": False, "gate": False,
-            "slider_outputs": 0, "curve": 0}
+            "slider_outputs": 0, "curve": 0, "pixelate": ""}
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,14 @@ class ModelSpec:
     # heights given by the sliders) of the guided log luminance (models.multiscale.guided_luminance),
     # as darktable's tone equalizer (0: none; checkpoints without the field)
     curve: int = 0
+    # the pixel scale of the training data (utils.data.tapouts.pixel_scale, their median): the
+    # input's last extra plane then holds its own, and the sliders that are pixel lengths
+    # (Slider.pixels) condition the network as the length at this scale (0: none; checkpoints
+    # without the field)
+    pixel_scale: float = 0.0
+    # any family, rgb: the output pixelated as darktable's censorize does, the cells' radius the
+    # slider of this name gives (models.proxy.Proxy._pixelate; "": none, checkpoints without the field)
+    pixelate: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)

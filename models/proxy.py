@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from models.blocks import pixelate
 from models.mosaic import nearest_rgb, pack, unpack, unpack_rgb
 from models.networks import ModelSpec, build_model
 from models.transform import from_network, to_network
@@ -53,6 +54,12 @@ class Proxy(nn.Module):
         return [s.name for s in self.sliders]
 
     @property
+    def steps(self) -> list[int]:
+        """The indices of the sliders whose effect is a step function (``spec.pixelate``'s):
+        slider regression searches them (utils.evaluation.regress.line_search)."""
+        return [self.slider_names.index(self.spec.pixelate)] if self.spec.pixelate else []
+
+    @property
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
 
@@ -62,19 +69,40 @@ class Proxy(nn.Module):
 
     def forward(self, x: torch.Tensor, u: torch.Tensor, pattern: str | Sequence[str] = "RGGB") -> torch.Tensor:
         """For the ``rgb`` layout ``x`` holds the image channels, then ``spec.extra_channels``
-        coordinate planes; mosaic layouts take the mosaic and its CFA ``pattern``."""
-        c = conditioning(self.sliders, u)                  # (B, spec.n_sliders)
+        coordinate planes (the last its pixel scale when ``spec.pixel_scale``); mosaic layouts
+        take the mosaic and its CFA ``pattern``."""
+        scale = self._pixel_scale(x)
+        c = conditioning(self.sliders, u, None if scale is None else scale / self.spec.pixel_scale)
         if self.spec.layout == "rgb":
             k = self.spec.in_channels
             t = to_network(x[:, :k], self.scale)                # (B, C_in, H, W)
             if self.spec.extra_channels:
                 t = torch.cat([t, x[:, k:k + self.spec.extra_channels].to(t.dtype)], 1)
-            return from_network(self._net(t, c), self.scale)   # (B, C_out, H, W)
+            y = from_network(self._net(t, c), self.scale)      # (B, C_out, H, W)
+            return self._pixelate(y, u, scale, x[:, k:]) if self.spec.pixelate else y
         planes = pack(to_network(x, self.scale), pattern)  # (B, 4, H/2, W/2): R, G1, G2, B
         if self.spec.layout == "mosaic":
             return from_network(unpack(self._net(planes, c), pattern), self.scale)   # (B, 1, H, W)
         rgb = self._net(nearest_rgb(planes), c)             # (B, 12, H/2, W/2)
         return from_network(unpack_rgb(rgb, pattern), self.scale)                   # (B, 3, H, W)
+
+    def _pixel_scale(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Each image's pixel scale (B,), float64, from its last extra plane (where it is 0,
+        unknown, the one the proxy was trained at); None when the proxy does not take it."""
+        if not self.spec.pixel_scale:
+            return None
+        given = x[:, self.spec.in_channels + self.spec.extra_channels - 1, 0, 0].double()
+        return torch.where(given > 0, given, torch.full_like(given, self.spec.pixel_scale))
+
+    def _pixelate(self, y: torch.Tensor, u: torch.Tensor, scale: torch.Tensor | None,
+                  planes: torch.Tensor) -> torch.Tensor:
+        """``y`` pixelated as darktable does (models.blocks.pixelate) into cells of the radius
+        the ``spec.pixelate`` slider gives at full size, times the pixel scale, rounded down: a
+        step function of the slider, without slope between its steps (slider regression
+        finds it by screening its starts, utils.evaluation.regress)."""
+        j = self.slider_names.index(self.spec.pixelate)
+        length = self.sliders[j].from_unit(u[:, j].detach().double()) * (1.0 if scale is None else scale)
+        return pixelate(y, length.floor(), planes)
 
     def auxiliary_loss(self, x: torch.Tensor, y: torch.Tensor, u: torch.Tensor,
                        pred: torch.Tensor) -> torch.Tensor:
@@ -83,7 +111,8 @@ class Proxy(nn.Module):
         (``ModelSpec.border``) and of a gate (``ModelSpec.gate``), else 0."""
         if not (self.spec.border or self.spec.gate):
             return x.new_zeros(())
-        k, c = self.spec.in_channels, conditioning(self.sliders, u)
+        scale = self._pixel_scale(x)
+        k, c = self.spec.in_channels, conditioning(self.sliders, u, None if scale is None else scale / self.spec.pixel_scale)
         t, target = to_network(x[:, :k], self.scale), to_network(y, self.scale)
         return (self.net.border_loss(t, x[:, k:k + self.spec.extra_channels], target, c)
                 + self.net.gate_loss(t, target, to_network(pred, self.scale), c))

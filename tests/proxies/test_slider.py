@@ -50,7 +50,7 @@ def test_log_of_a_value_out_of_range_is_finite():
 
 def test_checkpoint_dicts():
     d = LOG.to_dict()
-    assert list(d) == list(CHECKPOINT_KEYS) == ["name", "lo", "hi", "default", "scale", "hsl"]
+    assert list(d) == list(CHECKPOINT_KEYS) == ["name", "lo", "hi", "default", "scale", "hsl", "pixels"]
     assert Slider.from_dict(d) == LOG
     assert Slider.from_dict({**d, "doc": "ignored"}, owner="x").owner == "x"
 

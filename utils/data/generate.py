@@ -50,7 +50,7 @@ from utils.atomic import write_text_atomic
 from utils.darktable.files import write_tiff_atomic
 from utils.darktable.runner import Darktable, Job, Render
 from utils.darktable.xmp import HistoryItem
-from utils.data.images import cfa_pattern
+from utils.data.images import cfa_pattern, image_size
 from utils.data.manifest import MANIFEST, DatasetSpec, _csv_line, _fmt, column, columns, read_rows
 from utils.data.sampling import draw_settings
 from utils.errors import DarktableError, StorageError, UserError
@@ -254,6 +254,7 @@ def generate(dt: Darktable, proxy: ProxyType, sliders: Sequence[Slider], images:
         spec.check_against(folder)
         if proxy.mosaic_input:
             spec.cfa_patterns = {p.name: cfa_pattern(p, dt) for p in images}
+        spec.image_sizes = {p.name: list(known) for p in images if (known := image_size(p))}
         write_text_atomic(folder / "dataset.json", json.dumps(asdict(spec), indent=1) + "\n")
         settings.write_snapshot(folder)
 

@@ -40,8 +40,11 @@ class DatasetSpec:
     layout: str = "rgb"     # utils.proxies.registry.LAYOUTS
     sampler: str | None = None   # manifest column of the upstream slider varied (slider-less modules)
     cfa_patterns: dict[str, str] = field(default_factory=dict)   # image file name -> pattern at the tap-outs
+    # image file name -> [width, height] at full size (utils.data.images.image_size), where known:
+    # with a tap-out's size, darktable's pipe scale there (utils.data.tapouts.pixel_scale)
+    image_sizes: dict[str, list[int]] = field(default_factory=dict)
 
-    NOT_COMPARED = ("source_dir", "cfa_patterns")   # derived from the images, which are compared
+    NOT_COMPARED = ("source_dir", "cfa_patterns", "image_sizes")   # derived from the images, which are compared
 
     def check_against(self, folder: Path) -> None:
         path = folder / "dataset.json"

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from models.mosaic import even_crop, to_rggb
 from utils.darktable.files import read_tiff, tiff_shape
+from utils.data.images import image_size
 from utils.data.manifest import read_manifest, read_spec
 from utils.errors import UserError
 from utils.proxies.schema import Slider
@@ -26,20 +27,37 @@ def to_chw(image: np.ndarray) -> np.ndarray:
 
 
 COORDINATE_PLANES = 4   # what new positional proxies get (checkpoints with 2 keep theirs)
+# what new positional proxies get whose type has a pixel length among its sliders
+# (``Slider.pixels``): the coordinate planes, then the input's pixel scale
+SCALED_PLANES = COORDINATE_PLANES + 1
 
 
-def coordinate_planes(height: int, width: int, planes: int = COORDINATE_PLANES) -> torch.Tensor:
+def pixel_scale(tapout_shape: Sequence[int], full_size: Sequence[int] | None) -> float:
+    """darktable's pipe scale at a tap-out of (H, W[, C]) ``tapout_shape`` for an image of
+    ``full_size`` (W, H) at full size (utils.data.images.image_size): the long sides' ratio,
+    at most 1 (darktable exports never upscale); 0 when the full size is unknown."""
+    if not full_size or min(full_size) <= 0:
+        return 0.0
+    return min(1.0, max(tapout_shape[:2]) / max(full_size))
+
+
+def coordinate_planes(height: int, width: int, planes: int = COORDINATE_PLANES,
+                      scale: float = 0.0) -> torch.Tensor:
     """(planes, H, W): the x and y of every pixel centre, from -1 to 1 across the whole image;
     with 4 planes then x and y again, in units of half the image's longest side (the image's
-    shape kept: a circle in pixels is a circle there).
+    shape kept: a circle in pixels is a circle there); with 5 (SCALED_PLANES) then the
+    image's pixel ``scale`` everywhere (:func:`pixel_scale`; 0: unknown, the proxy takes the
+    scale it was trained at).
 
     Positional proxy types (``ProxyType.positional``: vignette, graduated filter, ...) depend
     on where a pixel is in the image, some in coordinates relative to each side (graduatednd's
     line), some in pixels (vignette's circle); their networks get these planes after the image
     channels, so a random crop still knows where it lies and what shape its image has.
     """
-    if planes not in (2, 4):
-        raise ValueError(f"coordinate planes are 2 or 4, not {planes}")
+    if planes not in (2, 4, SCALED_PLANES):
+        raise ValueError(f"coordinate planes are 2, 4 or {SCALED_PLANES}, not {planes}")
+    if planes == SCALED_PLANES:
+        return torch.cat([coordinate_planes(height, width), torch.full((1, height, width), float(scale))])
     ys = (torch.arange(height, dtype=torch.float32) + 0.5) / height * 2 - 1
     xs = (torch.arange(width, dtype=torch.float32) + 0.5) / width * 2 - 1
     xy = torch.stack([xs[None, :].expand(height, width), ys[:, None].expand(height, width)])
@@ -49,9 +67,10 @@ def coordinate_planes(height: int, width: int, planes: int = COORDINATE_PLANES) 
     return torch.cat([xy, xy * shape])
 
 
-def with_coordinates(x: torch.Tensor, planes: int = COORDINATE_PLANES) -> torch.Tensor:
-    """A whole tap-out (C, H, W) -> (C + planes, H, W) with its coordinate planes appended."""
-    return torch.cat([x, coordinate_planes(*x.shape[-2:], planes).to(x.dtype)], 0)
+def with_coordinates(x: torch.Tensor, planes: int = COORDINATE_PLANES, scale: float = 0.0) -> torch.Tensor:
+    """A whole tap-out (C, H, W) -> (C + planes, H, W) with its coordinate planes appended
+    (and its pixel ``scale``, :func:`coordinate_planes`)."""
+    return torch.cat([x, coordinate_planes(*x.shape[-2:], planes, scale).to(x.dtype)], 0)
 
 
 class TapoutDataset(Dataset):
@@ -65,7 +84,9 @@ class TapoutDataset(Dataset):
     than ``Constants.PRELOAD_MAX_MB``; an input shared by many samples is loaded once.
     Every image is checked for NaN/Inf when it is first read (at construction when preloaded).
     ``positional``: inputs get that many coordinate planes (True: ``COORDINATE_PLANES``) in the
-    whole image (``with_coordinates``) before cropping.
+    whole image (``with_coordinates``) before cropping; with SCALED_PLANES the last holds the
+    image's pixel scale (``pixel_scales``: the full sizes dataset.json records, or the source
+    images' headers for datasets made before it).
     """
 
     def __init__(self, folder: str | Path, sliders: Sequence[Slider], crop: int | None = None,
@@ -81,6 +102,23 @@ class TapoutDataset(Dataset):
         self.preload = True
         self._preload(preload_mb)
         self._crop_geometry(crop)
+        self.pixel_scales = self._pixel_scales() if self.extra_channels == SCALED_PLANES else [0.0] * len(self.rows)
+
+    def _pixel_scales(self) -> list[float]:
+        """Every sample's pixel scale (:func:`pixel_scale`; 0 where its image's full size is unknown)."""
+        spec = read_spec(self.folder)
+        if spec.get("size") == 0:       # rendered at full size
+            return [1.0] * len(self.rows)
+        sizes, source = spec.get("image_sizes", {}), Path(spec.get("source_dir") or ".")
+        for name in {r["image"] for r in self.rows} - set(sizes):
+            sizes[name] = image_size(source / name)
+        return [pixel_scale(tiff_shape(r["output"]), sizes[r["image"]]) for r in self.rows]
+
+    @property
+    def pixel_scale(self) -> float:
+        """The samples' median pixel scale (0: none known): the scale a proxy trained on them knows."""
+        known = [s for s in self.pixel_scales if s > 0]
+        return float(np.median(known)) if known else 0.0
 
     def _read_manifest(self, sliders: Sequence[Slider]) -> list[dict[str, str]]:
         """The manifest's rows; UserError when there are none or a slider has no column."""
@@ -164,7 +202,7 @@ class TapoutDataset(Dataset):
         if x.shape[1:] != y.shape[1:]:
             raise UserError(f"{row['input']} and {row['output']} differ in size")
         if self.extra_channels:
-            x = with_coordinates(x, self.extra_channels)
+            x = with_coordinates(x, self.extra_channels, self.pixel_scales[i])
         if self.crop is not None:
             h, w = y.shape[1:]
             top = 2 * int(torch.randint(0, (h - self.crop) // 2 + 1, ()))

@@ -19,7 +19,7 @@ from utils.errors import UserError
 from utils.evaluation.closed_loop import closed_loop
 from utils.evaluation.fidelity import chw, fidelity, weights_digest
 from utils.evaluation.metrics import psnr
-from utils.evaluation.regress import pick_targets, slider_regression
+from utils.evaluation.regress import METHOD, pick_targets, slider_regression
 from utils.evaluation.report import (RESULT_FORMAT, TargetResult, proxy_metrics, proxy_report, write_metrics,
                                      write_params_csv)
 from utils.journal import Journal, run_lock
@@ -49,7 +49,8 @@ def evaluate(dt: Darktable, proxy: Proxy, proxy_type: ProxyType, name: str, path
         meta = {"weights": weights_digest(proxy), "dataset": str(stage2),
                 "manifest": hashlib.sha1((stage2 / "manifest.csv").read_bytes()).hexdigest()[:16], "seed": seed,
                 "iterations": s.PARAM_TUNING_NUM_ITER, "restarts": s.PARAM_TUNING_RESTARTS,
-                "crop": s.REGRESSION_CROP, "animations": animations is not None, "format": RESULT_FORMAT}
+                "crop": s.REGRESSION_CROP, "animations": animations is not None, "format": RESULT_FORMAT,
+                "method": METHOD}
         with Journal(folder / "regression.jsonl", meta) as journal:
             if len(journal):
                 progress(f"{len(journal)} targets regressed by an earlier run are kept")

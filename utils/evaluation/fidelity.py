@@ -4,6 +4,7 @@ on a darktable render.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -11,7 +12,8 @@ import torch
 
 from models.mosaic import even_crop
 from models.proxy import Proxy, checkpoint_state_dict
-from utils.data.tapouts import TapoutDataset, to_chw, with_coordinates
+from utils.data.images import image_size
+from utils.data.tapouts import TapoutDataset, pixel_scale, to_chw, with_coordinates
 from utils.evaluation.metrics import psnr, ssim
 
 
@@ -31,13 +33,15 @@ def fidelity(proxy: Proxy, data: TapoutDataset, device: torch.device) -> dict[st
 
 @torch.no_grad()
 def proxy_on_render(proxy: Proxy, tap_in: np.ndarray, values: Sequence[float],
-                    device: torch.device, pattern: str = "RGGB") -> torch.Tensor:
-    """Run the proxy on a darktable input tap-out (H, W[, C]) at slider ``values``: (C, H, W).
+                    device: torch.device, pattern: str = "RGGB", image: Path | None = None) -> torch.Tensor:
+    """Run the proxy on a darktable input tap-out (H, W[, C]) of ``image`` at slider ``values``: (C, H, W).
 
     A mosaic needs its CFA ``pattern`` (utils.darktable.cfa.image_pattern); it is cropped to even size
-    (compare with ``chw(tap_out, proxy.layout)``). A positional proxy gets its coordinate planes."""
+    (compare with ``chw(tap_out, proxy.layout)``). A positional proxy gets its coordinate planes,
+    and the pixel scale of the render when it takes one (from ``image``'s full size, where known)."""
     x = chw(tap_in, proxy.layout)
-    x = (with_coordinates(x, proxy.spec.extra_channels) if proxy.spec.extra_channels else x)[None].to(device)
+    scale = pixel_scale(tap_in.shape, image_size(image)) if image is not None else 0.0
+    x = (with_coordinates(x, proxy.spec.extra_channels, scale) if proxy.spec.extra_channels else x)[None].to(device)
     u = proxy.to_unit(torch.tensor([list(values)], dtype=torch.float64, device=device))
     return proxy(x, u, pattern)[0].cpu()
 

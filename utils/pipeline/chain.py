@@ -115,6 +115,14 @@ class Chain(nn.Module):
         self.context = ImageContext()   # the current image's (CFA pattern, colour matrix, ...)
 
     @property
+    def steps(self) -> list[int]:
+        """The indices in the chain's sliders of the recovered ones whose effect is a step
+        (``Proxy.steps``): slider regression searches them."""
+        return [self.slices[k].start + b.recovered.index(b.proxy.slider_names[j])
+                for k, b in enumerate(self.blocks) if not b.exact
+                for j in b.proxy.steps if b.proxy.slider_names[j] in b.recovered]
+
+    @property
     def mosaic(self) -> bool:
         """Whether the chain starts on a raw mosaic (before demosaic)."""
         return self.blocks[0].proxy.layout != "rgb"
@@ -133,10 +141,11 @@ class Chain(nn.Module):
 
     def with_planes(self, x: torch.Tensor) -> torch.Tensor:
         """The chain's input: a whole tap-out (B, C, H, W), before any crop, with the chain's
-        coordinate planes appended (utils.data.tapouts.coordinate_planes; as it is when none)."""
+        coordinate planes appended (utils.data.tapouts.coordinate_planes, the pixel scale the
+        context's; as it is when none)."""
         if not self.planes:
             return x
-        planes = coordinate_planes(*x.shape[-2:], self.planes).to(x.device, x.dtype)
+        planes = coordinate_planes(*x.shape[-2:], self.planes, self.context.pixel_scale).to(x.device, x.dtype)
         return torch.cat([x, planes.expand(x.shape[0], -1, -1, -1)], 1)
 
     def input(self, x: torch.Tensor) -> torch.Tensor:

@@ -33,8 +33,8 @@ from models.fixed import EXACT, ImageContext, srgb_decode
 from utils.darktable.dumps import OPERATIONS, is_raw
 from utils.darktable.runner import Darktable, Render
 from utils.darktable.xmp import HistoryItem
-from utils.data.images import cfa_pattern
-from utils.data.tapouts import to_chw
+from utils.data.images import cfa_pattern, image_size
+from utils.data.tapouts import pixel_scale, to_chw
 from utils.errors import UserError
 from utils.evaluation.metrics import psnr
 from utils.pipeline.config import BlockLine
@@ -175,10 +175,12 @@ def measured_processed_maximum(mosaic_in: np.ndarray, mosaic_out: np.ndarray, pa
 
 def image_context(dt: Darktable, image: Path, render: Render, colorin: bool = True) -> ImageContext:
     """What the fixed blocks need to know about ``image``, from a render that dumped colorin:
-    the CFA pattern and the processed maximum at demosaic (raw) and, with ``colorin``,
+    the CFA pattern and the processed maximum at demosaic (raw), the pipe's pixel scale and, with ``colorin``,
     colorin's matrix, fitted by least squares from colorin's input to its output in XYZ
     (checked to reproduce darktable's Lab to EXACT_MIN_PSNR)."""
     context = ImageContext(pattern=cfa_pattern(image, dt) if is_raw(image) else "")
+    if ("colorin", "in") in render.tapouts:
+        context.pixel_scale = pixel_scale(render.tapouts[("colorin", "in")].shape, image_size(image))
     if context.pattern and ("temperature", "out") in render.tapouts:
         context.processed_maximum = measured_processed_maximum(*render.io("temperature"), context.pattern)
     if not colorin or ("colorin", "in") not in render.tapouts:

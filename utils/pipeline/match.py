@@ -130,7 +130,7 @@ def match_one(dt: Darktable, chain: Chain, job: MatchJob, folder: Path, device: 
     freeze(chain)
     rec = regress(forward, chain.n_sliders, chain.scale, x, goal, iterations, settings.PARAM_TUNING_RESTARTS,
                   torch.Generator().manual_seed(settings.SEED), crop=settings.REGRESSION_CROP if same_size else 0,
-                  margin=chain.context_margin)
+                  margin=chain.context_margin, searched=chain.steps)
     with torch.no_grad():
         found = forward(x, rec.u[None].to(device)).cpu()
 

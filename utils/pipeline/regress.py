@@ -22,7 +22,7 @@ from utils.data.tapouts import to_chw
 from utils.evaluation.closed_loop import closed_loop
 from utils.evaluation.fidelity import weights_digest
 from utils.evaluation.metrics import psnr
-from utils.evaluation.regress import Recovery, freeze, regress
+from utils.evaluation.regress import METHOD, Recovery, freeze, regress
 from utils.evaluation.report import (RESULT_FORMAT, TargetResult, regression_lines, regression_summary,
                                      write_metrics, write_params_csv)
 from utils.journal import Journal
@@ -60,7 +60,7 @@ def regress_target(chain: Chain, target: Target, device: torch.device, iteration
     generator = torch.Generator().manual_seed(seed)
     chain.context = target.context
     rec = regress(chain, chain.n_sliders, chain.scale, x, y, iterations, restarts, generator,
-                  frame_every=frame_every, crop=crop, margin=chain.context_margin)
+                  frame_every=frame_every, crop=crop, margin=chain.context_margin, searched=chain.steps)
     with torch.no_grad():
         score = _psnr(chain(x, rec.u[None].to(device)).cpu(), y.cpu())
     true = [v for b in chain.blocks for v in chain.values(target.u)[b.name].values()]
@@ -174,7 +174,7 @@ def run_regression(dt: Darktable, chain: Chain, targets: Sequence[Target], conve
     meta = {"blocks": [b.name for b in chain.blocks], "sliders": chain.slider_labels(),
             "weights": ["exact" if b.exact else weights_digest(b.proxy) for b in chain.blocks], "targets": [t.key for t in targets],
             "iterations": iterations, "restarts": s.PARAM_TUNING_RESTARTS, "seed": s.SEED,
-            "crop": s.REGRESSION_CROP, "format": RESULT_FORMAT}
+            "crop": s.REGRESSION_CROP, "format": RESULT_FORMAT, "method": METHOD}
     with Journal(paths.pipeline() / "regression.jsonl", meta) as journal:
         rows = [_regress_one(chain, target, i, journal, paths, device, iterations, s)
                 for i, target in enumerate(progress_over(targets, "pipeline regression", "target"))]

@@ -388,13 +388,15 @@ CENSORIZE = ProxyType(
     name="censorize",
     operation="censorize",
     gui_name="censorize",
-    model="unet",
+    model="multiscale",
     positional=True,   # the pixelation grid is fixed to the image
+    # the blur is learned; the pixelation, a step function of its slider, is darktable's own
+    network={"pixelate": "pixelate"},
     doc="censorize: blur, then pixelate (noise off: it is random; the output blur radius_2 "
         "made two identical renders differ in darktable 5.0.1)",
     sliders=(
-        Slider("radius_1", 0.0, 20.0, 0.0, doc="input blur radius"),
-        Slider("pixelate", 0.0, 20.0, 0.0, doc="pixelation radius"),
+        Slider("radius_1", 0.0, 20.0, 0.0, pixels=True, doc="input blur radius"),
+        Slider("pixelate", 0.0, 20.0, 0.0, pixels=True, doc="pixelation radius"),
     ),
     fixed={"noise": 0, "radius_2": 0},
     structs=(Struct(1, fields("radius_1:f=0 pixelate:f=0 radius_2:f=0 noise:f=0")),),

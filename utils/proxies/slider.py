@@ -16,8 +16,8 @@ Value = TypeVar("Value", float, torch.Tensor)
 # so that a stray value gives a finite position and a finite gradient instead of NaN
 LOG_FLOOR = 1e-30
 
-CHECKPOINT_KEYS = ("name", "lo", "hi", "default", "scale", "hsl")   # a slider in a checkpoint
-OPTIONAL_KEYS = {"hsl": ""}    # absent from checkpoints written before it: its default
+CHECKPOINT_KEYS = ("name", "lo", "hi", "default", "scale", "hsl", "pixels")   # a slider in a checkpoint
+OPTIONAL_KEYS = {"hsl": "", "pixels": False}   # absent from checkpoints written before them: their defaults
 SCALES = ("linear", "log", "circular")
 # the roles of sliders that make one colour the way darktable does (hsl2rgb: colorize,
 # graduatednd, splittoning); a missing saturation is taken as 1, a missing lightness as 0.5
@@ -44,6 +44,11 @@ class Slider:
     # of the sliders (:func:`conditioning`). Its range starts at 0 and ends at the
     # component's whole (1, 100 %)
     hsl: str = ""
+    # a length in pixels of the image at full size (a blur's radius, a pixelation's cell):
+    # darktable scales it by the pipe's scale (an export at a quarter of the full width blurs
+    # a quarter as far), so a proxy that knows its input's pixel scale is conditioned on the
+    # length at the scale it was trained at (:func:`conditioning`)
+    pixels: bool = False
 
     def __post_init__(self) -> None:
         if not self.lo < self.hi or not self.lo <= self.default <= self.hi:
@@ -99,14 +104,19 @@ class Slider:
                       for key in CHECKPOINT_KEYS}, owner=owner)
 
 
-def conditioning(sliders: Sequence[Slider], u: torch.Tensor) -> torch.Tensor:
+def conditioning(sliders: Sequence[Slider], u: torch.Tensor,
+                 pixel_ratio: torch.Tensor | None = None) -> torch.Tensor:
     """What a proxy's network is conditioned on, from the positions ``u`` (B, S) of
-    ``sliders``: ``u``, then sin and cos of 2 pi u for each circular slider (a hue of 0.99 is
+    ``sliders``: ``u`` (a pixel length's the position of its value times ``pixel_ratio`` (B,):
+    the input's pixel scale over the one the proxy was trained at), then sin and cos of 2 pi u for each circular slider (a hue of 0.99 is
     then next to one of 0.01, as in darktable); (B, :func:`conditioning_width`).
     Differentiable. Sliders that make an HSL colour with a hue (:data:`HSL_ROLES`) are given
     as that colour's R, G and B instead, all the module itself uses of them: measured on
     colorize's 120 training settings, a network given its own sliders besides the colour
     generalised 10 dB worse."""
+    if pixel_ratio is not None and any(s.pixels for s in sliders):
+        u = torch.stack([s.to_unit(s.from_unit(u[:, j]) * pixel_ratio.to(u.dtype)) if s.pixels else u[:, j]
+                         for j, s in enumerate(sliders)], 1)
     own, roles = _encoding(sliders)
     parts = [u if len(own) == len(sliders) else u[:, own]]
     parts += [torch.stack([torch.sin(2 * math.pi * u[:, j]), torch.cos(2 * math.pi * u[:, j])], 1)

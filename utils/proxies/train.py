@@ -32,7 +32,7 @@ from models.proxy import IncompatibleCheckpoint, Proxy, read_checkpoint, save_ch
 from models.transform import to_network
 from utils.atomic import write_text_atomic
 from utils.data.manifest import read_spec
-from utils.data.tapouts import COORDINATE_PLANES, TapoutDataset
+from utils.data.tapouts import COORDINATE_PLANES, SCALED_PLANES, TapoutDataset
 from utils.devices import resolve_device
 from utils.errors import UserError
 from utils.evaluation.metrics import psnr
@@ -170,7 +170,12 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
     spec = ModelSpec(cfg.family, cfg.size, *network_channels(train_set.layout, train_set.in_channels,
                                                              train_set.out_channels),
                      conditioning_width(sliders), layout=train_set.layout, extra_channels=train_set.extra_channels,
+                     pixel_scale=(resumed.pixel_scale if resumed else
+                                  train_set.pixel_scale if planes == SCALED_PLANES else 0.0),
                      **{**options, "activation": cfg.activation or options["activation"]})
+    if spec.pixel_scale == 0 and planes == SCALED_PLANES:
+        raise UserError(f"dataset {stage1}: the full size of none of its images is known (a raw format "
+                        "only darktable reads); give TIFF, DNG or another TIFF-based raw")
     dataset = read_spec(stage1)
     meta = {"proxy_type": proxy_type.name, "operation": proxy_type.operation, "name": name,
             "darktable_version": dataset.get("darktable_version", ""),
@@ -430,10 +435,13 @@ def _resumed_spec(path: Path) -> ModelSpec | None:
 
 def coordinate_planes_of(proxy_type: ProxyType, resumed: ModelSpec | None) -> int:
     """How many coordinate planes the networks of a ``proxy_type`` proxy get: none unless the
-    type is positional; a resumed proxy keeps its own (checkpoints before the 4 planes have 2)."""
+    type is positional, then the pixel scale too if one of its sliders is a pixel length
+    (``Slider.pixels``); a resumed proxy keeps its own (checkpoints before the 4 planes have 2)."""
     if not proxy_type.positional:
         return 0
-    return resumed.extra_channels if resumed else COORDINATE_PLANES
+    if resumed:
+        return resumed.extra_channels
+    return SCALED_PLANES if any(s.pixels for s in proxy_type.sliders) else COORDINATE_PLANES
 
 
 def cosine_lr(lr: float, progress: float) -> float:
