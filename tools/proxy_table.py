@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """The proxy types table of docs/proxies.md: one markdown row per proxy type.
 
-    python tools/proxy_table.py TYPE [TYPE ...] [--run] [--out ROOT]
+    python tools/proxy_table.py TYPE [TYPE ...] [--run [--jobs N]] [--out ROOT]
 
-With --run, first trains each type, one after the other, with the table's command (below);
+With --run, first trains each type with the table's command (below), N at a time (default
+1; each run then gets its share of the cores, ``OMP_NUM_THREADS``, as the tables' figures
+were measured two at a time on 2 cores; its output goes to ROOT/table-logs/<type>.log);
 then prints, per type, what its run wrote: the validation PSNR of the training (best and
 last epoch of ROOT/<name>_model_weights/log.csv, <name> = <type>_<sliders...>), the network
 family of its checkpoint, and for scale the PSNR of doing nothing (the module's input taken
@@ -14,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
@@ -84,23 +88,50 @@ def row(root: Path, proxy: ProxyType) -> str:
             f"| {val} | {identity} |")
 
 
+def run_all(proxies: list[ProxyType], root: Path, jobs: int) -> list[str]:
+    """Train every type with the table's command, ``jobs`` at a time (one at a time: its output
+    shown; more: each to its log in ROOT/table-logs and a share of the cores); the names of
+    the types whose runs failed."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    logs = root / "table-logs"
+    if jobs > 1:
+        logs.mkdir(parents=True, exist_ok=True)
+
+    def train(proxy: ProxyType) -> str | None:
+        cmd = [sys.executable, *COMMAND.format(type=proxy.name).split()[1:], "--out", str(root)]
+        if jobs == 1:
+            code = subprocess.run(cmd, cwd=ROOT_DIR).returncode
+        else:
+            with open(logs / f"{proxy.name}.log", "w") as log:
+                code = subprocess.run(cmd, cwd=ROOT_DIR, stdout=log, stderr=subprocess.STDOUT,
+                                      env={**os.environ, "OMP_NUM_THREADS": str(threads)}).returncode
+            print(f"{proxy.name}: {'done' if code == 0 else 'failed'}", flush=True)
+        return None if code == 0 else proxy.name
+
+    with ThreadPoolExecutor(jobs) as pool:
+        return [name for name in pool.map(train, proxies) if name]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("types", nargs="*", metavar="TYPE", help="proxy types (default: all)")
     parser.add_argument("--run", action="store_true", help="train each type first: " + COMMAND)
+    parser.add_argument("--jobs", type=int, default=1, metavar="N", help="with --run: types trained at once")
     parser.add_argument("--out", type=Path, default=Path(C.IMAGE_ROOT_DIR), metavar="ROOT",
                         help=f"where the runs are (default {C.IMAGE_ROOT_DIR})")
     args = parser.parse_args()
     proxies = [get_proxy(t) for t in args.types] or list(PROXIES.values())
-    if args.run:
-        for proxy in proxies:
-            cmd = COMMAND.format(type=proxy.name).split()[1:] + ["--out", str(args.out)]
-            if subprocess.run([sys.executable, *cmd], cwd=ROOT_DIR).returncode:
-                raise UserError(f"training {proxy.name} failed: '{' '.join(cmd)}' (see its output above)")
+    if args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs}: give 1 or more")
+    failed = run_all(proxies, args.out, args.jobs) if args.run else []
     print(f"command: {COMMAND.format(type='TYPE')}\n")
     print(HEADER)
     for proxy in proxies:
         print(row(args.out, proxy))
+    if failed:
+        where = "its output above" if args.jobs == 1 else f"{args.out}/table-logs/<type>.log"
+        raise UserError(f"training {', '.join(failed)} failed (see {where}); their rows show what an "
+                        "earlier run left, if any")
 
 
 if __name__ == "__main__":
