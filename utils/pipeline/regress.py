@@ -46,8 +46,8 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def chain_fidelity(chain: Chain, target: Target, device: torch.device) -> list[float]:
     """Each block's output when the chain runs at the TRUE sliders from darktable's first
     input, against darktable's tap-out of that block."""
+    chain.context = target.context     # first: the input's planes carry its pixel scale
     x = target.load(chain.blocks[0].operation, "in", chain).to(device)
-    chain.context = target.context
     _, outputs = chain(x, target.u[None].to(device), keep=True)
     return [_psnr(o.cpu(), target.load(b.operation, "out")) for b, o in zip(chain.blocks, outputs)]
 
@@ -55,10 +55,10 @@ def chain_fidelity(chain: Chain, target: Target, device: torch.device) -> list[f
 def regress_target(chain: Chain, target: Target, device: torch.device, iterations: int, restarts: int,
                    seed: int, frame_every: int = 0, crop: int = DEFAULTS.REGRESSION_CROP) -> tuple[TargetResult, Recovery]:
     """Recover all of ``target``'s sliders jointly through the chain."""
+    chain.context = target.context     # first: the input's planes carry its pixel scale
     x = target.load(chain.blocks[0].operation, "in", chain).to(device)
     y = target.load(chain.blocks[-1].operation, "out").to(device)
     generator = torch.Generator().manual_seed(seed)
-    chain.context = target.context
     rec = regress(chain, chain.n_sliders, chain.scale, x, y, iterations, restarts, generator,
                   frame_every=frame_every, crop=crop, margin=chain.context_margin, searched=chain.steps)
     with torch.no_grad():
