@@ -60,6 +60,8 @@ GUIDED_FEATHERING_AT_START = math.log(math.expm1(0.3))
 # where the per-image curve's bumps start, in ln of the module's values / value scale: linear
 # RGB at value scale 0.01 from 2^-8 to 2 (toneequal's bands span -8..0 EV)
 CURVE_RANGE = (-1.0, 5.3)
+# the gain a curve_gain curve gives, at most: darktable's tone equalizer clamps its correction so
+CURVE_GAIN_RANGE = (0.25, 4.0)
 # the linear map's unit, in the module's values / value scale (Lab L 0..100 at scale 1, linear
 # RGB 0..1 at scale 0.01 alike; Lab types at scale 100 see 0..1, so their coefficients are 10x
 # larger): its inputs are divided, its output multiplied by it, so that its offsets and
@@ -265,7 +267,7 @@ class SliderMultiscale(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, n_sliders: int, extra_channels: int,
                  hidden: int, learned: int, mixes: int, levels: int, fine: int = 0, cond: int = 64,
                  upsample: str = "bilinear", border: bool = False, gate: bool = False, slider_outputs: int = 0,
-                 curve: int = 0):
+                 curve: int = 0, curve_gain: bool = False):
         super().__init__()
         if upsample not in UPSAMPLES:
             raise ValueError(f"unknown upsampling {upsample!r}; choose one of {tuple(UPSAMPLES)}")
@@ -282,6 +284,7 @@ class SliderMultiscale(nn.Module):
         self.n_scales = 2 * (levels + 1)
         self.n_linear = c + mixes * self.q + fine * c       # the per-image linear map's inputs
         self.curve = curve          # bumps of a per-image curve of the guided log luminance
+        self.curve_gain = bool(curve and curve_gain)   # the curve a gain linear in the sliders
         self.n_features = c + learned + mixes * self.q + fine * c + e   # per pixel: what the linear map's result joins
         # the per-pixel MLP sees those features and the linear map's result
         self.cond = nn.Sequential(nn.Linear(n_sliders + 1, cond), nn.LeakyReLU(0.2),
@@ -300,6 +303,10 @@ class SliderMultiscale(nn.Module):
             nn.init.zeros_(self.out_sliders.bias)
         if curve:   # the bumps' centres, in ln of the module's values / value scale
             self.curve_centres = nn.Parameter(torch.linspace(*CURVE_RANGE, curve))
+        if self.curve_gain:   # the bump heights, a linear function of the sliders: gain 1 at the start
+            self.curve_heights = nn.Linear(n_sliders + 1, curve)
+            nn.init.zeros_(self.curve_heights.weight)
+            nn.init.ones_(self.curve_heights.bias)
         self.out = nn.Linear(hidden, out_channels)          # last: start_at_mean_offset sets its bias
         nn.init.zeros_(self.out.weight)                     # with the zero heads: the identity at the start
         nn.init.zeros_(self.out.bias)
@@ -308,7 +315,7 @@ class SliderMultiscale(nn.Module):
         """The sizes of the :class:`Heads`, in their order."""
         return [self.learned, self.mixes * self.q, self.hidden, self.hidden,
                 (self.n_linear + 1) * self.out_channels, self.fine, int(self.border), int(self.gate),
-                self.curve, int(bool(self.curve))]
+                0 if self.curve_gain else self.curve, int(bool(self.curve))]
 
     def forward(self, x: torch.Tensor, sliders: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
@@ -329,6 +336,8 @@ class SliderMultiscale(nn.Module):
             per_pixel += (torch.log(guided_luminance(v, F.softplus(feathering + GUIDED_FEATHERING_AT_START))).flatten(2),)
         a = linear.view(b, self.n_linear + 1, self.out_channels).transpose(1, 2)   # (B, C_out, n_linear + 1)
         mix = self.out_weights(and_one(sliders.to(x.dtype))) if self.slider_outputs else None   # (B, slider_outputs)
+        if self.curve_gain:
+            curve = self.curve_heights(and_one(sliders.to(x.dtype)))                       # (B, bumps)
         y = in_pixel_slices(lambda *part: self._pixels(*part, a=a, gain=gain, shift=shift, mix=mix,
                                                        curve=curve if self.curve else None),
                             *per_pixel, size=PIXEL_CHUNK)
@@ -399,7 +408,11 @@ class SliderMultiscale(nn.Module):
             width = (CURVE_RANGE[1] - CURVE_RANGE[0]) / max(self.curve - 1, 1)
             at = log_lum.clamp(*CURVE_RANGE)        # constant beyond the range, as darktable clamps its EV
             bumps = torch.exp(-0.5 * ((at - self.curve_centres[None, :, None]) / width) ** 2)   # (B, bumps, N)
-            v_out = v_out * torch.exp(torch.bmm(curve[:, None, :], bumps))
+            if self.curve_gain:   # a gain, the bumps normalised to sum to 1, clamped as darktable's correction
+                bumps = bumps / bumps.sum(1, keepdim=True).clamp_min(1e-6)
+                v_out = v_out * torch.bmm(curve[:, None, :], bumps).clamp(*CURVE_GAIN_RANGE)
+            else:
+                v_out = v_out * torch.exp(torch.bmm(curve[:, None, :], bumps))
         lin = asinh(lin + v_out)                                                  # network domain
         table = torch.cat([t, learned, asinh(mixed_values), mixed_learned, *details, extra, lin], 1)
         hid = linear_columns(self.hidden1, table)

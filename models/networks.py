@@ -73,7 +73,7 @@ GATE_WIDTH = 16
 BF16_FAMILIES = ("unet", "neighbourhood")
 # the ModelSpec fields the tables above choose
 NETWORK_OPTIONS = ("activation", "stem", "affine", "fields", "field_gates", "mlp", "fine", "upsample", "border",
-                   "gate", "slider_outputs", "curve", "pixelate")
+                   "gate", "slider_outputs", "curve", "curve_gain", "pixelate", "glow")
 
 
 def new_network_options(family: str, layout: str = "rgb", positional: bool = False) -> dict:
@@ -87,7 +87,7 @@ def new_network_options(family: str, layout: str = "rgb", positional: bool = Fal
             "field_gates": NEW_FIELD_GATES.get(family, 0) if positional else 0, "mlp": True,
             "fine": NEW_FINE.get(family, 0),
             "upsample": NEW_UPSAMPLE.get(family, "bilinear"), "border": False, "gate": False,
-            "slider_outputs": 0, "curve": 0, "pixelate": ""}
+            "slider_outputs": 0, "curve": 0, "curve_gain": False, "pixelate": "", "glow": False}
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,10 @@ class ModelSpec:
     # heights given by the sliders) of the guided log luminance (models.multiscale.guided_luminance),
     # as darktable's tone equalizer (0: none; checkpoints without the field)
     curve: int = 0
+    # multiscale, with a curve: the curve is a gain (clamped 0.25..4, as darktable's tone
+    # equalizer clamps its correction) over bumps that sum to 1, their heights a linear function
+    # of the conditioning, not of the heads' MLP (False: checkpoints without the field)
+    curve_gain: bool = False
     # the pixel scale of the training data (utils.data.tapouts.pixel_scale, their median): the
     # input's last extra plane then holds its own, and the sliders that are pixel lengths
     # (Slider.pixels) condition the network as the length at this scale (0: none; checkpoints
@@ -149,6 +153,10 @@ class ModelSpec:
     # any family, rgb: the output pixelated as darktable's censorize does, the cells' radius the
     # slider of this name gives (models.proxy.Proxy._pixelate; "": none, checkpoints without the field)
     pixelate: str = ""
+    # multiscale, Lab: one more input plane, the lightness darktable's bloom gathers (L times
+    # 2^(min(100, strength + 1) / 100) where that passes the threshold, else 0; from the
+    # sliders "threshold" and "strength"), for the network to blur (False: checkpoints without the field)
+    glow: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -390,8 +398,8 @@ def build_model(spec: ModelSpec) -> nn.Module:
     if spec.family == "neighbourhood":
         return SliderConvStack(spec, 3)
     if spec.family == "multiscale":
-        return SliderMultiscale(spec.in_channels, spec.out_channels, spec.n_sliders, spec.extra_channels,
+        return SliderMultiscale(spec.in_channels, spec.out_channels, spec.n_sliders, spec.extra_channels + spec.glow,
                                 *MULTISCALE_SIZES[spec.size], fine=spec.fine, upsample=spec.upsample,
                                 border=spec.border, gate=spec.gate, slider_outputs=spec.slider_outputs,
-                                curve=spec.curve)
+                                curve=spec.curve, curve_gain=spec.curve_gain)
     raise ValueError(f"unknown model family {spec.family!r}; choose one of {FAMILIES}")

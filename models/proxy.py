@@ -55,9 +55,10 @@ class Proxy(nn.Module):
 
     @property
     def steps(self) -> list[int]:
-        """The indices of the sliders whose effect is a step function (``spec.pixelate``'s):
-        slider regression searches them (utils.evaluation.regress.line_search)."""
-        return [self.slider_names.index(self.spec.pixelate)] if self.spec.pixelate else []
+        """The indices of the sliders whose effect is a step function (``spec.pixelate``'s, the
+        glow's threshold): slider regression searches them (utils.evaluation.regress.line_search)."""
+        return ([self.slider_names.index(self.spec.pixelate)] if self.spec.pixelate else []) + \
+            ([self.slider_names.index("threshold")] if self.spec.glow else [])
 
     @property
     def device(self) -> torch.device:
@@ -78,6 +79,8 @@ class Proxy(nn.Module):
             t = to_network(x[:, :k], self.scale)                # (B, C_in, H, W)
             if self.spec.extra_channels:
                 t = torch.cat([t, x[:, k:k + self.spec.extra_channels].to(t.dtype)], 1)
+            if self.spec.glow:
+                t = torch.cat([t, self._glow(x[:, :1], u).to(t.dtype) / self.scale], 1)
             y = from_network(self._net(t, c), self.scale)      # (B, C_out, H, W)
             return self._pixelate(y, u, scale, x[:, k:]) if self.spec.pixelate else y
         planes = pack(to_network(x, self.scale), pattern)  # (B, 4, H/2, W/2): R, G1, G2, B
@@ -85,6 +88,15 @@ class Proxy(nn.Module):
             return from_network(unpack(self._net(planes, c), pattern), self.scale)   # (B, 1, H, W)
         rgb = self._net(nearest_rgb(planes), c)             # (B, 12, H/2, W/2)
         return from_network(unpack_rgb(rgb, pattern), self.scale)                   # (B, 3, H, W)
+
+    def _glow(self, lightness: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W): the lightness darktable's bloom gathers from Lab ``lightness``
+        (``spec.glow``): L k where L k passes the threshold, else 0, k = 2^(min(100, strength +
+        1) / 100); a step at the threshold (searched by slider regression, ``steps``)."""
+        threshold, strength = (self.sliders[j].from_unit(u[:, j].double())
+                               for j in (self.slider_names.index("threshold"), self.slider_names.index("strength")))
+        gathered = lightness.double() * torch.exp2((strength + 1).clamp(max=100) / 100)[:, None, None, None]
+        return torch.where(gathered > threshold.detach()[:, None, None, None], gathered, torch.zeros_like(gathered)).float()
 
     def _pixel_scale(self, x: torch.Tensor) -> torch.Tensor | None:
         """Each image's pixel scale (B,), float64, from its last extra plane (where it is 0,

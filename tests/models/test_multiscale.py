@@ -276,3 +276,44 @@ def test_a_curve_multiplies_the_values_by_exp_of_bumps_of_the_guided_log_luminan
                                .view(1, 4, 1, 1, 1)) / width) ** 2)
     gain = torch.exp((heights.view(1, 4, 1, 1, 1) * bumps).sum(1))
     torch.testing.assert_close(net(x, u), torch.asinh(v * gain))
+
+
+def test_a_gain_curve_is_linear_in_the_conditioning_and_clamped_as_darktables_correction():
+    """curve_gain: out = v clamp(sum_k h_k phi_k(ln guided luminance), 0.25, 4), the bumps phi
+    summing to 1 and h a linear function of the conditioning (1 at the start: the identity)."""
+    import models.multiscale as ms
+    torch.manual_seed(3)
+    net = build_model(ModelSpec("multiscale", "tiny", 3, 3, 2, curve=4, curve_gain=True)).double()
+    x = torch.randn(2, 3, 12, 10, dtype=torch.float64) * 2 + 3
+    u = torch.rand(2, 2, dtype=torch.float64)
+    torch.testing.assert_close(net(x, u), x)
+    weight = torch.tensor([[1.0, 0.0], [0.0, 3.0], [-2.0, 0.0], [0.5, 0.5]], dtype=torch.float64)
+    with torch.no_grad():
+        net.curve_heights.weight[:, :2] = weight                          # the last column takes the 1
+    v = torch.sinh(x)
+    log_lum = torch.log(guided_luminance(v, torch.full((2, 1), 0.3, dtype=torch.float64)))
+    lo, hi = ms.CURVE_RANGE
+    bumps = torch.exp(-0.5 * ((log_lum.clamp(lo, hi)[:, None] - torch.linspace(lo, hi, 4, dtype=torch.float64)
+                               .view(1, 4, 1, 1, 1)) / ((hi - lo) / 3)) ** 2)
+    heights = (u @ weight.T + 1).view(2, 4, 1, 1, 1)
+    gain = ((heights * bumps).sum(1) / bumps.sum(1)).clamp(0.25, 4.0)
+    torch.testing.assert_close(net(x, u), torch.asinh(v * gain))
+
+
+def test_a_glow_plane_is_the_lightness_blooms_gathers_and_its_threshold_a_searched_step():
+    """glow: L k where L k > threshold (k = 2^(min(100, strength + 1) / 100)), else 0, as
+    darktable's bloom gathers it; the new network is the identity, its threshold a step."""
+    from models.proxy import Proxy
+    from utils.proxies.registry import BLOOM
+    from utils.proxies.slider import conditioning_width
+    spec = ModelSpec("multiscale", "tiny", 3, 3, conditioning_width(BLOOM.sliders), glow=True)
+    proxy = Proxy(spec, BLOOM.sliders, BLOOM.value_scale).eval()
+    lab = torch.stack([torch.linspace(0, 100, 20).view(4, 5), torch.zeros(4, 5), torch.zeros(4, 5)])[None]
+    values = torch.tensor([[20.0, 80.0, 99.5]], dtype=torch.float64)      # size, threshold, strength
+    u = proxy.to_unit(values)
+    k = 2.0 ** (100 / 100)                                                 # strength + 1 capped at 100
+    expected = torch.where(lab[:, :1] * k > 80.0, lab[:, :1] * k, torch.zeros(1))
+    torch.testing.assert_close(proxy._glow(lab[:, :1], u), expected)
+    with torch.no_grad():
+        torch.testing.assert_close(proxy(lab, u), lab, atol=1e-3, rtol=0)
+    assert proxy.steps == [BLOOM.sliders.index(BLOOM.slider("threshold"))]

@@ -50,7 +50,7 @@ def test_log_of_a_value_out_of_range_is_finite():
 
 def test_checkpoint_dicts():
     d = LOG.to_dict()
-    assert list(d) == list(CHECKPOINT_KEYS) == ["name", "lo", "hi", "default", "scale", "hsl", "pixels"]
+    assert list(d) == list(CHECKPOINT_KEYS) == ["name", "lo", "hi", "default", "scale", "hsl", "pixels", "ev"]
     assert Slider.from_dict(d) == LOG
     assert Slider.from_dict({**d, "doc": "ignored"}, owner="x").owner == "x"
 
@@ -155,3 +155,12 @@ def test_a_circular_sliders_error_goes_the_shorter_way_round():
     assert hue.error(0.9997, 0.0006) == pytest.approx(0.0009)
     assert rotation.error(170.0, -170.0) == pytest.approx(20 / 360)
     assert LOG.error(LOG.hi, LOG.lo) == 1.0 and Slider("x", 0.0, 2.0, 1.0).error(0.5, 1.5) == 0.5
+
+
+def test_a_slider_in_ev_also_conditions_networks_on_its_gain():
+    sliders = (Slider("shadows", -2.0, 2.0, 0.0, ev=True), Slider("mix", 0.0, 1.0, 0.5))
+    u = torch.tensor([[0.75, 0.3]], dtype=torch.float64)                # shadows +1 EV
+    c = conditioning(sliders, u)
+    assert conditioning_width(sliders) == c.shape[1] == 3
+    torch.testing.assert_close(c, torch.tensor([[0.75, 0.3, 2.0]], dtype=torch.float64))
+    assert Slider.from_dict({k: v for k, v in sliders[0].to_dict().items() if k != "ev"}).ev is False

@@ -16,8 +16,8 @@ Value = TypeVar("Value", float, torch.Tensor)
 # so that a stray value gives a finite position and a finite gradient instead of NaN
 LOG_FLOOR = 1e-30
 
-CHECKPOINT_KEYS = ("name", "lo", "hi", "default", "scale", "hsl", "pixels")   # a slider in a checkpoint
-OPTIONAL_KEYS = {"hsl": "", "pixels": False}   # absent from checkpoints written before them: their defaults
+CHECKPOINT_KEYS = ("name", "lo", "hi", "default", "scale", "hsl", "pixels", "ev")   # a slider in a checkpoint
+OPTIONAL_KEYS = {"hsl": "", "pixels": False, "ev": False}   # absent from checkpoints written before them: their defaults
 SCALES = ("linear", "log", "circular")
 # the roles of sliders that make one colour the way darktable does (hsl2rgb: colorize,
 # graduatednd, splittoning); a missing saturation is taken as 1, a missing lightness as 0.5
@@ -49,6 +49,9 @@ class Slider:
     # a quarter as far), so a proxy that knows its input's pixel scale is conditioned on the
     # length at the scale it was trained at (:func:`conditioning`)
     pixels: bool = False
+    # an exposure in EV that the module applies as the gain 2^value (toneequal's bands): the
+    # networks also get that gain, of which what darktable computes is then a linear function
+    ev: bool = False
 
     def __post_init__(self) -> None:
         if not self.lo < self.hi or not self.lo <= self.default <= self.hi:
@@ -108,7 +111,8 @@ def conditioning(sliders: Sequence[Slider], u: torch.Tensor,
                  pixel_ratio: torch.Tensor | None = None) -> torch.Tensor:
     """What a proxy's network is conditioned on, from the positions ``u`` (B, S) of
     ``sliders``: ``u`` (a pixel length's the position of its value times ``pixel_ratio`` (B,):
-    the input's pixel scale over the one the proxy was trained at), then sin and cos of 2 pi u for each circular slider (a hue of 0.99 is
+    the input's pixel scale over the one the proxy was trained at), then the gain 2^value of
+    each slider in EV (``Slider.ev``), then sin and cos of 2 pi u for each circular slider (a hue of 0.99 is
     then next to one of 0.01, as in darktable); (B, :func:`conditioning_width`).
     Differentiable. Sliders that make an HSL colour with a hue (:data:`HSL_ROLES`) are given
     as that colour's R, G and B instead, all the module itself uses of them: measured on
@@ -119,6 +123,7 @@ def conditioning(sliders: Sequence[Slider], u: torch.Tensor,
                          for j, s in enumerate(sliders)], 1)
     own, roles = _encoding(sliders)
     parts = [u if len(own) == len(sliders) else u[:, own]]
+    parts += [torch.exp2(s.from_unit(u[:, j]))[:, None].to(u.dtype) for j, s in enumerate(sliders) if s.ev]
     parts += [torch.stack([torch.sin(2 * math.pi * u[:, j]), torch.cos(2 * math.pi * u[:, j])], 1)
               for j in own if sliders[j].scale == "circular"]
     if roles:
@@ -131,7 +136,8 @@ def conditioning(sliders: Sequence[Slider], u: torch.Tensor,
 def conditioning_width(sliders: Sequence[Slider]) -> int:
     """The number of inputs :func:`conditioning` gives a network for ``sliders``."""
     own, roles = _encoding(sliders)
-    return len(own) + 2 * sum(sliders[j].scale == "circular" for j in own) + 3 * bool(roles)
+    return (len(own) + sum(s.ev for s in sliders) + 2 * sum(sliders[j].scale == "circular" for j in own)
+            + 3 * bool(roles))
 
 
 def hsl_to_rgb(hue: torch.Tensor, saturation: torch.Tensor, lightness: torch.Tensor) -> torch.Tensor:
