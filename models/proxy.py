@@ -73,7 +73,7 @@ class Proxy(nn.Module):
         coordinate planes (the last its pixel scale when ``spec.pixel_scale``); mosaic layouts
         take the mosaic and its CFA ``pattern``."""
         scale = self._pixel_scale(x)
-        c = conditioning(self.sliders, u, None if scale is None else scale / self.spec.pixel_scale)
+        c = self._conditioning(u, scale)
         if self.spec.layout == "rgb":
             k = self.spec.in_channels
             t = to_network(x[:, :k], self.scale)                # (B, C_in, H, W)
@@ -98,6 +98,11 @@ class Proxy(nn.Module):
         gathered = lightness.double() * torch.exp2((strength + 1).clamp(max=100) / 100)[:, None, None, None]
         return torch.where(gathered > threshold.detach()[:, None, None, None], gathered, torch.zeros_like(gathered)).float()
 
+    def _conditioning(self, u: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+        """What the network is conditioned on (utils.proxies.slider.conditioning), the pixel
+        lengths at the scale the proxy was trained at when it knows the input's ``scale``."""
+        return conditioning(self.sliders, u, None if scale is None else scale / self.spec.pixel_scale)
+
     def _pixel_scale(self, x: torch.Tensor) -> torch.Tensor | None:
         """Each image's pixel scale (B,), float64, from its last extra plane (where it is 0,
         unknown, the one the proxy was trained at); None when the proxy does not take it."""
@@ -111,7 +116,7 @@ class Proxy(nn.Module):
         """``y`` pixelated as darktable does (models.blocks.pixelate) into cells of the radius
         the ``spec.pixelate`` slider gives at full size, times the pixel scale, rounded down: a
         step function of the slider, without slope between its steps (slider regression
-        finds it by screening its starts, utils.evaluation.regress)."""
+        searches it, utils.evaluation.regress.line_search)."""
         j = self.slider_names.index(self.spec.pixelate)
         length = self.sliders[j].from_unit(u[:, j].detach().double()) * (1.0 if scale is None else scale)
         return pixelate(y, length.floor(), planes)
@@ -123,8 +128,7 @@ class Proxy(nn.Module):
         (``ModelSpec.border``) and of a gate (``ModelSpec.gate``), else 0."""
         if not (self.spec.border or self.spec.gate):
             return x.new_zeros(())
-        scale = self._pixel_scale(x)
-        k, c = self.spec.in_channels, conditioning(self.sliders, u, None if scale is None else scale / self.spec.pixel_scale)
+        k, c = self.spec.in_channels, self._conditioning(u, self._pixel_scale(x))
         t, target = to_network(x[:, :k], self.scale), to_network(y, self.scale)
         return (self.net.border_loss(t, x[:, k:k + self.spec.extra_channels], target, c)
                 + self.net.gate_loss(t, target, to_network(pred, self.scale), c))
