@@ -227,6 +227,14 @@ class GenerationReport:
         return self.generated / self.seconds if self.seconds > 0 else 0.0
 
 
+def describe_images(spec: DatasetSpec, proxy: ProxyType, images: Sequence[Path], dt: Darktable) -> None:
+    """What ``spec`` records of its images beyond their names: each one's CFA pattern at the
+    tap-outs (mosaic types) and its full size (``image_sizes``, where its header tells)."""
+    if proxy.mosaic_input:
+        spec.cfa_patterns = {p.name: cfa_pattern(p, dt) for p in images}
+    spec.image_sizes = {p.name: list(known) for p in images if (known := image_size(p))}
+
+
 def generate(dt: Darktable, proxy: ProxyType, sliders: Sequence[Slider], images: Sequence[Path],
              folder: Path, per_image: int, seed: int, stage: int, size: int, workers: int,
              shard: Shard = Shard(1, 1), batch_size: int | None = None,
@@ -252,9 +260,7 @@ def generate(dt: Darktable, proxy: ProxyType, sliders: Sequence[Slider], images:
                            str(images[0].parent.resolve()) if images else "", proxy.layout,
                            column(drawn[0], proxy.name) if drawn and not sliders else None)
         spec.check_against(folder)
-        if proxy.mosaic_input:
-            spec.cfa_patterns = {p.name: cfa_pattern(p, dt) for p in images}
-        spec.image_sizes = {p.name: list(known) for p in images if (known := image_size(p))}
+        describe_images(spec, proxy, images, dt)
         write_text_atomic(folder / "dataset.json", json.dumps(asdict(spec), indent=1) + "\n")
         settings.write_snapshot(folder)
 

@@ -95,6 +95,7 @@ class TapoutDataset(Dataset):
         self.extra_channels = (COORDINATE_PLANES if positional is True else int(positional))
         self.rows = self._read_manifest(sliders)
         self.sliders = list(sliders)
+        self.spec = read_spec(self.folder)
         self.layout, self.patterns = self._read_spec()
         self.u = torch.tensor([[s.to_unit(float(r[s.name])) for s in self.sliders] for r in self.rows],
                               dtype=torch.float32).reshape(len(self.rows), len(self.sliders))
@@ -106,13 +107,12 @@ class TapoutDataset(Dataset):
 
     def _pixel_scales(self) -> list[float]:
         """Every sample's pixel scale (:func:`pixel_scale`; 0 where its image's full size is unknown)."""
-        spec = read_spec(self.folder)
-        if spec.get("size") == 0:       # rendered at full size
+        if self.spec.get("size") == 0:       # rendered at full size
             return [1.0] * len(self.rows)
-        sizes, source = spec.get("image_sizes", {}), Path(spec.get("source_dir") or ".")
+        sizes, source = dict(self.spec.get("image_sizes", {})), Path(self.spec.get("source_dir") or ".")
         for name in {r["image"] for r in self.rows} - set(sizes):
             sizes[name] = image_size(source / name)
-        return [pixel_scale(tiff_shape(r["output"]), sizes[r["image"]]) for r in self.rows]
+        return [pixel_scale(shape, sizes[r["image"]]) for r, shape in zip(self.rows, self.output_sizes)]
 
     @property
     def pixel_scale(self) -> float:
@@ -133,8 +133,7 @@ class TapoutDataset(Dataset):
 
     def _read_spec(self) -> tuple[str, dict[str, str]]:
         """(layout, image -> CFA pattern) from dataset.json; mosaic layouts need every image's."""
-        spec = read_spec(self.folder)
-        layout, patterns = spec.get("layout", "rgb"), spec.get("cfa_patterns", {})
+        layout, patterns = self.spec.get("layout", "rgb"), self.spec.get("cfa_patterns", {})
         if layout != "rgb":
             missing = sorted({r["image"] for r in self.rows} - set(patterns))
             if missing:
@@ -163,8 +162,8 @@ class TapoutDataset(Dataset):
 
     def _crop_geometry(self, crop: int | None) -> None:
         """The crop side (even, at most the smallest image's side) and the crops per sample
-        that cover its pixels about once per epoch."""
-        sizes = [tiff_shape(r["output"])[:2] for r in self.rows]
+        that cover its pixels about once per epoch; every output's (H, W) (``output_sizes``)."""
+        self.output_sizes = sizes = [tiff_shape(r["output"])[:2] for r in self.rows]
         self.min_side = min(min(s) for s in sizes)
         self.crop = None if crop is None else max(2, min(crop, self.min_side) // 2 * 2)
         area = float(np.mean([h * w for h, w in sizes[:50]]))   # an estimate is enough

@@ -29,8 +29,7 @@ from utils.darktable.dumps import is_raw
 from utils.darktable.files import write_tiff_atomic
 from utils.darktable.runner import Darktable, Job, Render
 from utils.darktable.xmp import HistoryItem
-from utils.data.generate import Sample, SampleWriter, merge_manifest
-from utils.data.images import cfa_pattern, image_size
+from utils.data.generate import Sample, SampleWriter, describe_images, merge_manifest
 from utils.data.manifest import DatasetSpec, columns, read_rows, save_dataset_preview
 from utils.data.sampling import latin_hypercube
 from utils.errors import StorageError, UserError
@@ -114,9 +113,7 @@ class ChainData:
                                [f"{p.name}:{p.stat().st_size}" for p in images], str(images[0].parent.resolve()),
                                proxy_type.layout)
             spec.check_against(folder)
-            if proxy_type.mosaic_input:
-                spec.cfa_patterns = {p.name: cfa_pattern(p, dt) for p in images}
-            spec.image_sizes = {p.name: list(known) for p in images if (known := image_size(p))}
+            describe_images(spec, proxy_type, images, dt)
             write_text_atomic(folder / "dataset.json", json.dumps({**asdict(spec), "chain": self.digest}, indent=1) + "\n")
             writers[line.name] = (SampleWriter(folder, drawn, headers[line.name], folder / "parts" / "chain.csv"))
         done_path = self.folder(self.lines[-1].name, stage).parent / f".chain-{self.digest}-stage{stage}.done"
