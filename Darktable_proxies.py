@@ -22,7 +22,7 @@ import logging
 import os
 from pathlib import Path
 
-from models.networks import FAMILIES
+from models.networks import EXACT_FAMILY, FAMILIES
 from utils.cli import (add_proxy_args, ask, check_name, check_number, check_out, named_proxy, parse,
                        script_parser)
 from utils.darktable.runner import Darktable
@@ -64,7 +64,7 @@ def parse_args() -> tuple[argparse.Namespace, Settings, RunPaths]:
     train.add_argument("--epochs", type=int, help=f"epochs (default PROXY_MODEL_NUM_EPOCH = {DEFAULTS.PROXY_MODEL_NUM_EPOCH})")
     train.add_argument("--batch-size", type=int, help=f"samples per step (default {DEFAULTS.PROXY_MODEL_BATCH_SIZE})")
     train.add_argument("--lr", type=float, help=f"Adam learning rate (default {DEFAULTS.PROXY_MODEL_LR:g})")
-    train.add_argument("--model", choices=FAMILIES, dest="family",
+    train.add_argument("--model", choices=FAMILIES + (EXACT_FAMILY,), dest="family",
                        help="network family (default: the proxy type's, see docs/proxies.md)")
     train.add_argument("--max-minutes", type=float, metavar="M", help="stop training after M minutes")
     train.add_argument("--resume", action="store_true",

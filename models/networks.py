@@ -45,6 +45,9 @@ STACK_SIZES = {"tiny": (8, 2), "small": (32, 3), "base": (64, 4), "large": (128,
 MULTISCALE_SIZES = {"tiny": (8, 2, 1, 2), "small": (16, 4, 2, 6), "base": (32, 4, 2, 7),
                     "large": (64, 8, 3, 8)}
 FAMILIES = ("unet", "pointwise", "neighbourhood", "multiscale")
+# not a network: the proxy is its prior (ModelSpec.prior, darktable's own operation computed
+# exactly), with nothing to learn; for the types that have one
+EXACT_FAMILY = "exact"
 ACTIVATIONS = {"leaky": lambda: nn.LeakyReLU(0.2, inplace=True), "silu": nn.SiLU}
 # the activation new proxies of a family are trained with (older checkpoints name theirs)
 NEW_ACTIVATION = {"pointwise": "silu"}
@@ -73,7 +76,7 @@ GATE_WIDTH = 16
 BF16_FAMILIES = ("unet", "neighbourhood")
 # the ModelSpec fields the tables above choose
 NETWORK_OPTIONS = ("activation", "stem", "affine", "fields", "field_gates", "mlp", "fine", "upsample", "border",
-                   "gate", "slider_outputs", "curve", "curve_gain", "pixelate", "glow")
+                   "gate", "slider_outputs", "curve", "curve_gain", "pixelate", "glow", "prior")
 
 
 def new_network_options(family: str, layout: str = "rgb", positional: bool = False) -> dict:
@@ -87,7 +90,8 @@ def new_network_options(family: str, layout: str = "rgb", positional: bool = Fal
             "field_gates": NEW_FIELD_GATES.get(family, 0) if positional else 0, "mlp": True,
             "fine": NEW_FINE.get(family, 0),
             "upsample": NEW_UPSAMPLE.get(family, "bilinear"), "border": False, "gate": False,
-            "slider_outputs": 0, "curve": 0, "curve_gain": False, "pixelate": "", "glow": False}
+            "slider_outputs": 0, "curve": 0, "curve_gain": False, "pixelate": "", "glow": False,
+            "prior": ""}
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,10 @@ class ModelSpec:
     # 2^(min(100, strength + 1) / 100) where that passes the threshold, else 0; from the
     # sliders "threshold" and "strength"), for the network to blur (False: checkpoints without the field)
     glow: bool = False
+    # any family, rgb: the network starts from darktable's own operation, computed exactly
+    # (models.priors.PRIORS, by name): it takes the prior's output for its input and learns
+    # what is left ("": none; checkpoints without the field)
+    prior: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -390,7 +398,22 @@ def _residual(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return y + (x if x.shape[1] == y.shape[1] else x.mean(1, keepdim=True))
 
 
+class Unlearned(nn.Module):
+    """The exact family's network: none (the proxy's prior is the whole operation)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("anchor", torch.zeros(()))   # where the proxy is (Proxy.device)
+
+    def forward(self, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return t
+
+
 def build_model(spec: ModelSpec) -> nn.Module:
+    if spec.family == EXACT_FAMILY:
+        if not spec.prior:
+            raise ValueError("the exact family is a prior alone: give ModelSpec.prior")
+        return Unlearned()
     if spec.family == "unet":
         return SliderUNet(spec)
     if spec.family == "pointwise":
@@ -402,4 +425,4 @@ def build_model(spec: ModelSpec) -> nn.Module:
                                 *MULTISCALE_SIZES[spec.size], fine=spec.fine, upsample=spec.upsample,
                                 border=spec.border, gate=spec.gate, slider_outputs=spec.slider_outputs,
                                 curve=spec.curve, curve_gain=spec.curve_gain)
-    raise ValueError(f"unknown model family {spec.family!r}; choose one of {FAMILIES}")
+    raise ValueError(f"unknown model family {spec.family!r}; choose one of {FAMILIES + (EXACT_FAMILY,)}")

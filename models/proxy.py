@@ -16,6 +16,7 @@ sliders whose range spans decades): ``Slider.to_unit`` / ``Slider.from_unit``
 from __future__ import annotations
 
 import io
+import itertools
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -25,6 +26,7 @@ from torch import nn
 from models.blocks import pixelate
 from models.mosaic import nearest_rgb, pack, unpack, unpack_rgb
 from models.networks import ModelSpec, build_model
+from models.priors import PRIORS
 from models.transform import from_network, to_network
 from utils.atomic import write_atomic
 from utils.proxies.slider import Slider, conditioning
@@ -56,13 +58,22 @@ class Proxy(nn.Module):
     @property
     def steps(self) -> list[int]:
         """The indices of the sliders whose effect is a step function (``spec.pixelate``'s, the
-        glow's threshold): slider regression searches them (utils.evaluation.regress.line_search)."""
-        return ([self.slider_names.index(self.spec.pixelate)] if self.spec.pixelate else []) + \
-            ([self.slider_names.index("threshold")] if self.spec.glow else [])
+        glow's threshold, the prior's steps): slider regression searches them
+        (utils.evaluation.regress.line_search)."""
+        names = [self.spec.pixelate, "threshold" if self.spec.glow else "",
+                 *(PRIORS[self.spec.prior].steps if self.spec.prior else ())]
+        return [self.slider_names.index(name) for name in names if name in self.slider_names]
+
+    @property
+    def whole_image(self) -> bool:
+        """Whether the proxy computes on the whole image only (its prior, as darktable's
+        operation, depends on all of it: on a crop it would compute something else), so that
+        slider regression fits whole images rather than crops."""
+        return bool(self.spec.prior)
 
     @property
     def device(self) -> torch.device:
-        return next(self.net.parameters()).device
+        return next(itertools.chain(self.net.parameters(), self.net.buffers())).device
 
     @property
     def layout(self) -> str:
@@ -76,7 +87,8 @@ class Proxy(nn.Module):
         c = self._conditioning(u, scale)
         if self.spec.layout == "rgb":
             k = self.spec.in_channels
-            t = to_network(x[:, :k], self.scale)                # (B, C_in, H, W)
+            image = self._prior(x[:, :k], u, scale) if self.spec.prior else x[:, :k]
+            t = to_network(image, self.scale)                   # (B, C_in, H, W)
             if self.spec.extra_channels:
                 t = torch.cat([t, x[:, k:k + self.spec.extra_channels].to(t.dtype)], 1)
             if self.spec.glow:
@@ -98,6 +110,15 @@ class Proxy(nn.Module):
         gathered = lightness.double() * torch.exp2((strength + 1).clamp(max=100) / 100)[:, None, None, None]
         return torch.where(gathered > threshold.detach()[:, None, None, None], gathered, torch.zeros_like(gathered)).float()
 
+    def _prior(self, image: torch.Tensor, u: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+        """darktable's own operation on ``image`` at sliders ``u`` (``spec.prior``,
+        models.priors), at each image's pixel scale (1 where the proxy knows none: it was
+        trained at full size)."""
+        values = self.from_unit(u)
+        scale = torch.ones(len(image), dtype=torch.float64, device=image.device) if scale is None else scale
+        return PRIORS[self.spec.prior].operation(image, {s.name: values[:, j] for j, s in enumerate(self.sliders)},
+                                                 scale)
+
     def _conditioning(self, u: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
         """What the network is conditioned on (utils.proxies.slider.conditioning), the pixel
         lengths at the scale the proxy was trained at when it knows the input's ``scale``."""
@@ -105,9 +126,12 @@ class Proxy(nn.Module):
 
     def _pixel_scale(self, x: torch.Tensor) -> torch.Tensor | None:
         """Each image's pixel scale (B,), float64, from its last extra plane (where it is 0,
-        unknown, the one the proxy was trained at); None when the proxy does not take it."""
+        unknown, the one the proxy was trained at; a proxy without coordinate planes always takes
+        that one); None when the proxy does not take it."""
         if not self.spec.pixel_scale:
             return None
+        if not self.spec.extra_channels:
+            return torch.full((len(x),), self.spec.pixel_scale, dtype=torch.float64, device=x.device)
         given = x[:, self.spec.in_channels + self.spec.extra_channels - 1, 0, 0].double()
         return torch.where(given > 0, given, torch.full_like(given, self.spec.pixel_scale))
 

@@ -85,8 +85,8 @@ class TapoutDataset(Dataset):
     Every image is checked for NaN/Inf when it is first read (at construction when preloaded).
     ``positional``: inputs get that many coordinate planes (True: ``COORDINATE_PLANES``) in the
     whole image (``with_coordinates``) before cropping; with SCALED_PLANES the last holds the
-    image's pixel scale (``pixel_scales``: the full sizes dataset.json records, or the source
-    images' headers for datasets made before it).
+    image's pixel scale (``pixel_scales``, known when a slider is a pixel length: the full
+    sizes dataset.json records, or the source images' headers for datasets made before it).
     """
 
     def __init__(self, folder: str | Path, sliders: Sequence[Slider], crop: int | None = None,
@@ -103,7 +103,9 @@ class TapoutDataset(Dataset):
         self.preload = True
         self._preload(preload_mb)
         self._crop_geometry(crop)
-        self.pixel_scales = self._pixel_scales() if self.extra_channels == SCALED_PLANES else [0.0] * len(self.rows)
+        # a proxy knows the pixel scale when one of its sliders is a length at full size
+        self.pixel_scales = (self._pixel_scales() if any(s.pixels for s in self.sliders)
+                             else [0.0] * len(self.rows))
 
     def _pixel_scales(self) -> list[float]:
         """Every sample's pixel scale (:func:`pixel_scale`; 0 where its image's full size is unknown)."""

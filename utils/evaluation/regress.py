@@ -182,7 +182,7 @@ def slider_regression(proxy: Proxy, proxy_type: ProxyType, data: TapoutDataset, 
         x, y, u_true = (t[None].to(device) for t in data[i])
         generator = torch.Generator().manual_seed(seed * 1000003 + i)
         rec = regress(proxy, len(proxy.sliders), proxy.scale, x, y, iterations, restarts, generator,
-                      frame_every=frame_every, crop=crop, searched=proxy.steps)
+                      frame_every=frame_every, crop=0 if proxy.whole_image else crop, searched=proxy.steps)
         true = _values(proxy, u_true[0].cpu())
         found = _values(proxy, rec.u)
         with torch.no_grad():

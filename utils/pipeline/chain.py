@@ -134,6 +134,12 @@ class Chain(nn.Module):
         return max((getattr(b.proxy, "context_margin", 0) for b in self.blocks), default=0)
 
     @property
+    def whole_image(self) -> bool:
+        """Whether a block computes on the whole image only (``Proxy.whole_image``): slider
+        regression then fits whole images."""
+        return any(getattr(b.proxy, "whole_image", False) for b in self.blocks)
+
+    @property
     def planes(self) -> int:
         """Coordinate planes the chain's input carries after its image channels: the most a
         positional block's proxy takes (0: none)."""

@@ -60,7 +60,8 @@ def regress_target(chain: Chain, target: Target, device: torch.device, iteration
     y = target.load(chain.blocks[-1].operation, "out").to(device)
     generator = torch.Generator().manual_seed(seed)
     rec = regress(chain, chain.n_sliders, chain.scale, x, y, iterations, restarts, generator,
-                  frame_every=frame_every, crop=crop, margin=chain.context_margin, searched=chain.steps)
+                  frame_every=frame_every, crop=0 if chain.whole_image else crop, margin=chain.context_margin,
+                  searched=chain.steps)
     with torch.no_grad():
         score = _psnr(chain(x, rec.u[None].to(device)).cpu(), y.cpu())
     true = [v for b in chain.blocks for v in chain.values(target.u)[b.name].values()]

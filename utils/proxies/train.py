@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from models.mosaic import network_channels
-from models.networks import FAMILIES, NETWORK_OPTIONS, UNET_SIZES, ModelSpec, new_network_options
+from models.networks import EXACT_FAMILY, FAMILIES, NETWORK_OPTIONS, UNET_SIZES, ModelSpec, new_network_options
 from models.proxy import IncompatibleCheckpoint, Proxy, read_checkpoint, save_checkpoint
 from models.transform import to_network
 from utils.atomic import write_text_atomic
@@ -99,7 +99,9 @@ def default_config(proxy: ProxyType, settings: Settings = DEFAULTS, **flags) -> 
             setattr(cfg, key, value)
     if flags.get("lr") is None:
         cfg.lr *= s.PROXY_MODEL_LR_FACTOR.get(cfg.family, 1)
-    if cfg.family not in FAMILIES:
+    if cfg.family == EXACT_FAMILY and not proxy.network.get("prior"):
+        raise UserError(f"--model {EXACT_FAMILY}: {proxy.name} has no exact prior; choose one of {', '.join(FAMILIES)}")
+    if cfg.family not in FAMILIES + (EXACT_FAMILY,):
         raise UserError(f"--model {cfg.family!r}: choose one of {', '.join(FAMILIES)}")
     if not cfg.crop:
         cfg.crop = s.PROXY_MODEL_CROP.get(cfg.family, 64)
@@ -158,7 +160,10 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
 
     resumed = _resumed_spec(paths.weights(name) / "last.pt")
     planes = coordinate_planes_of(proxy_type, resumed)
-    train_set = TapoutDataset(stage1, sliders, crop=cfg.crop, positional=planes, preload_mb=cfg.preload_mb)
+    # the exact family validates its prior on whole images (darktable's operation sees the
+    # whole image: a crop's would differ), and has nothing to train
+    crop = None if (resumed.family if resumed else cfg.family) == EXACT_FAMILY else cfg.crop
+    train_set = TapoutDataset(stage1, sliders, crop=crop, positional=planes, preload_mb=cfg.preload_mb)
     val_set = (TapoutDataset(stage2, sliders, positional=planes, preload_mb=cfg.preload_mb)
                if stage2 is not None and (stage2 / "manifest.csv").exists() else None)
     if val_set is None:
@@ -167,11 +172,14 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
     options = ({k: getattr(resumed, k) for k in NETWORK_OPTIONS} if resumed
                else {**new_network_options(cfg.family, train_set.layout, positional=planes > 0),
                      **proxy_type.network})
+    if cfg.family != EXACT_FAMILY and not resumed:
+        # a network that starts from the prior learns it away: shadhi 31-39 dB in its first
+        # minute against 147-158 dB for the prior alone (docs/proxies.md)
+        options["prior"] = ""
     spec = ModelSpec(cfg.family, cfg.size, *network_channels(train_set.layout, train_set.in_channels,
                                                              train_set.out_channels),
                      conditioning_width(sliders), layout=train_set.layout, extra_channels=train_set.extra_channels,
-                     pixel_scale=(resumed.pixel_scale if resumed else
-                                  train_set.pixel_scale if planes == SCALED_PLANES else 0.0),
+                     pixel_scale=resumed.pixel_scale if resumed else train_set.pixel_scale,
                      **{**options, "activation": cfg.activation or options["activation"]})
     if spec.pixel_scale == 0 and planes == SCALED_PLANES:
         raise UserError(f"dataset {stage1}: the full size of none of its images is known (a raw format "
@@ -184,8 +192,14 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
     proxy = Proxy(spec, sliders, proxy_type.value_scale, meta)
     start_at_mean_offset(proxy, train_set)
     proxy = proxy.to(device)
+    weights_to_learn = list(proxy.parameters())
+    if not weights_to_learn:    # the exact family: one epoch validates and saves the prior
+        cfg.epochs = 1
+        log.info("%s has nothing to learn (the %s family): its prior is validated and saved", name, spec.family)
     # beta2 0.99 rather than 0.999: slider-conditioned targets change scale from batch to batch
-    optimizer = torch.optim.Adam(proxy.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
+    # (an empty tensor stands in for the weights of a proxy that has none)
+    optimizer = torch.optim.Adam(weights_to_learn or [torch.zeros(0, requires_grad=True)], lr=cfg.lr,
+                                 betas=(0.9, 0.99))
 
     weights = paths.weights(name)
     # one writer per weights folder (rank 0 under torchrun); held until the process ends
@@ -242,7 +256,8 @@ def _train(run: _Run) -> TrainResult:
     if world.main:
         run.weights.mkdir(parents=True, exist_ok=True)
 
-    model = DistributedDataParallel(run.proxy) if world.size > 1 else run.proxy
+    learns = any(p.requires_grad for p in run.proxy.parameters())
+    model = DistributedDataParallel(run.proxy) if world.size > 1 and learns else run.proxy
     loss_fn = parse_loss(cfg.loss)
     writer = _tensorboard(run.weights) if world.main else None
     # an interrupted run continues its time budget; --resume of a completed run gets a new one
@@ -250,7 +265,7 @@ def _train(run: _Run) -> TrainResult:
     epoch = start_epoch
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t0 = time.monotonic()
-        train_loss = _train_epoch(run, model, loss_fn, epoch)
+        train_loss = _train_epoch(run, model, loss_fn, epoch) if learns else float("nan")
         last_psnr = _end_epoch(run, epoch, train_loss, t0, writer)
         if run.stopped:
             log.info("time budget of %g min spent after epoch %d", cfg.max_minutes, epoch)
@@ -401,7 +416,10 @@ def start_at_mean_offset(proxy: Proxy, data: TapoutDataset, count: int = 16, thr
     start for exposure but not for colorin (camera RGB 0..1 -> Lab, L 0..100), whose output
     sits ~5 units away in the network domain, more than short training moves a bias. When
     the mean of t(output) - t(input) over ``count`` samples exceeds ``threshold`` for some
-    channel, it goes into the bias of the network's last layer (3-channel layouts only)."""
+    channel, it goes into the bias of the network's last layer (3-channel layouts only). A
+    proxy with a prior (``ModelSpec.prior``) starts at the prior's output, as it is."""
+    if proxy.spec.prior:
+        return
     last = [m for m in proxy.net.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
     if proxy.layout != "rgb" or last.bias is None or last.bias.numel() != data.in_channels:
         return
