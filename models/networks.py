@@ -399,21 +399,23 @@ def _residual(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class Unlearned(nn.Module):
-    """The exact family's network: none (the proxy's prior is the whole operation)."""
+    """The exact family's network: none (the proxy's prior is the whole operation); it
+    passes the image channels through, without the planes after them."""
 
-    def __init__(self):
+    def __init__(self, channels: int):
         super().__init__()
+        self.channels = channels
         self.register_buffer("anchor", torch.zeros(()))   # where the proxy is (Proxy.device)
 
     def forward(self, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return t
+        return t[:, :self.channels]
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
     if spec.family == EXACT_FAMILY:
         if not spec.prior:
             raise ValueError("the exact family is a prior alone: give ModelSpec.prior")
-        return Unlearned()
+        return Unlearned(spec.out_channels)
     if spec.family == "unet":
         return SliderUNet(spec)
     if spec.family == "pointwise":

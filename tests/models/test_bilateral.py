@@ -18,7 +18,7 @@ from models.networks import EXACT_FAMILY, ModelSpec
 from models.proxy import Proxy
 from tests.conftest import ROOT
 from utils.data.images import image_size
-from utils.data.tapouts import pixel_scale
+from utils.data.tapouts import SCALED_PLANES, coordinate_planes, pixel_scale
 from utils.errors import UserError
 from utils.proxies.registry import PROXIES
 from utils.proxies.slider import conditioning_width
@@ -95,18 +95,22 @@ def test_the_base_has_a_gradient_in_the_lightness():
 
 def exact_shadhi(pixel_scale: float = 0.25) -> Proxy:
     t = PROXIES["shadhi"]
-    spec = ModelSpec(EXACT_FAMILY, "base", 3, 3, conditioning_width(t.sliders), pixel_scale=pixel_scale, **t.network)
+    spec = ModelSpec(EXACT_FAMILY, "base", 3, 3, conditioning_width(t.sliders), extra_channels=SCALED_PLANES,
+                     pixel_scale=pixel_scale, **t.network)
     return Proxy(spec, t.sliders, t.value_scale).eval()
 
 
-def test_an_exact_shadhi_proxy_is_its_prior_at_the_training_scale_its_radius_a_searched_step():
+def test_an_exact_shadhi_proxy_is_its_prior_at_each_images_scale_its_radius_a_searched_step():
     proxy = exact_shadhi(0.25)
     lab = torch.rand(2, 3, 20, 30, generator=torch.Generator().manual_seed(2)) * 100
     values = torch.tensor([[50.0, -50.0, 0.0, 40.0, 50.0], [-80.0, 90.0, 2.0, 120.0, 10.0]], dtype=torch.float64)
     u = proxy.to_unit(values)
     named = {s.name: proxy.from_unit(u)[:, j] for j, s in enumerate(proxy.sliders)}
-    torch.testing.assert_close(proxy(lab, u), priors.shadhi(lab, named, torch.full((2,), 0.25, dtype=torch.float64)))
-    assert proxy.steps == [proxy.slider_names.index("radius")]
+    for given, used in ((0.3, 0.3), (0.0, 0.25)):          # 0: unknown, the training scale
+        x = torch.cat([lab, coordinate_planes(20, 30, SCALED_PLANES, given).expand(2, -1, -1, -1)], 1)
+        expected = priors.shadhi(lab, named, torch.full((2,), used, dtype=torch.float64))
+        torch.testing.assert_close(proxy(x, u), expected)
+    assert proxy.steps == [proxy.slider_names.index("radius")] and proxy.whole_image
     assert list(proxy.parameters()) == [] and proxy.device == torch.device("cpu")
     with pytest.raises(ValueError, match="prior"):
         Proxy(ModelSpec(EXACT_FAMILY, "base", 3, 3, 5), proxy.sliders, 100.0)

@@ -452,6 +452,9 @@ SHADHI = ProxyType(
     # darktable's operation itself, exact (models.priors.shadhi): 147-158 dB on the held-out
     # samples; the multiscale family reached 41.35-41.45 dB (docs/proxies.md)
     model="exact",
+    # the bilateral grid's cells are fixed to the image, and its size in cells follows the
+    # pipe's pixel scale: the planes bring each image's (the prior uses that alone)
+    positional=True,
     value_scale=100.0,      # L's range: bright errors count as dark ones (docs/proxies.md)
     # the exact family takes the prior; the multiscale family (--model multiscale) the outputs
     # the sliders weight: its change is close to linear in them (41.45 dB with, 40.55 without)
