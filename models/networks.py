@@ -161,9 +161,10 @@ class ModelSpec:
     # 2^(min(100, strength + 1) / 100) where that passes the threshold, else 0; from the
     # sliders "threshold" and "strength"), for the network to blur (False: checkpoints without the field)
     glow: bool = False
-    # any family, rgb: the network starts from darktable's own operation, computed exactly
-    # (models.priors.PRIORS, by name): it takes the prior's output for its input and learns
-    # what is left ("": none; checkpoints without the field)
+    # rgb: darktable's own operation, computed exactly (models.priors.PRIORS, by name), that
+    # the network takes the output of for its input; the whole proxy in the exact family
+    # (training gives the learned families none: they learn an exact prior away,
+    # docs/proxies.md; "": none, checkpoints without the field)
     prior: str = ""
 
     def to_dict(self) -> dict:
