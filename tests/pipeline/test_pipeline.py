@@ -11,15 +11,16 @@ import torch
 
 from models.colorspace import lab_to_rgb, rgb_to_lab
 from models.fixed import ImageContext
-from models.networks import ModelSpec
+from models.networks import EXACT_FAMILY, ModelSpec
 from models.proxy import Proxy, save_checkpoint
 from tests.conftest import ROOT
 from utils.errors import UserError
 from utils.evaluation.regress import freeze, regress
 from utils.pipeline.chain import Block, Chain
 from utils.pipeline.config import BlockLine, parse_config
-from utils.proxies.registry import COLORBALANCERGB, EXPOSURE, split_proxy_name
-from utils.proxies.slider import Slider
+from utils.data.tapouts import SCALED_PLANES
+from utils.proxies.registry import COLORBALANCERGB, EXPOSURE, SHADHI, split_proxy_name
+from utils.proxies.slider import Slider, conditioning_width
 from utils.proxies.trained import missing_proxies
 from utils.runs import RunPaths
 
@@ -103,6 +104,20 @@ def test_gradient_reaches_every_block(conversion):
     for k, block in enumerate(chain.blocks):
         grad = u.grad[:, chain.slices[k]]
         assert (grad.abs() > 0).all(), f"no gradient for {block.name}"
+
+
+def test_a_chain_with_an_exact_block_fits_whole_images_and_searches_its_step():
+    spec = ModelSpec(EXACT_FAMILY, "base", 3, 3, conditioning_width(SHADHI.sliders), extra_channels=SCALED_PLANES,
+                     pixel_scale=0.25, **SHADHI.network)
+    names = [s.name for s in SHADHI.sliders]
+    shadhi = Block(BlockLine(2, "shadhi", None, True), Proxy(spec, SHADHI.sliders, SHADHI.value_scale).eval(),
+                   SHADHI, names)
+    chain = Chain([two_blocks()[0], shadhi], ["rgb_to_lab"])
+    assert chain.whole_image and not Chain(two_blocks(), ["identity"]).whole_image
+    assert chain.planes == SCALED_PLANES and chain.slider_labels()[chain.steps[0]] == "shadhi.radius"
+    with torch.no_grad():
+        out = chain(chain.input(torch.rand(1, 3, 16, 16) * 0.5 + 0.05), torch.full((1, chain.n_sliders), 0.4))
+    assert out.shape == (1, 3, 16, 16) and torch.isfinite(out).all()
 
 
 def test_non_recovered_sliders_stay_at_default():

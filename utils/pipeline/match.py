@@ -121,7 +121,8 @@ def match_one(dt: Darktable, chain: Chain, job: MatchJob, folder: Path, device: 
     if all(0 <= e <= 1 for e in extra):    # the chain's input was cropped to even sides
         goal = goal[..., :x.shape[-2], :x.shape[-1]]
     # random crops compare like with like only when the chain runs at the target's size; a
-    # mosaic chain runs at full size, and its whole output is scaled down to the target's
+    # mosaic chain runs at full size, and its whole output is scaled down to the target's; a
+    # block that computes on whole images only (Chain.whole_image) needs them too
     same_size = tuple(x.shape[-2:]) == tuple(goal.shape[-2:])
 
     def forward(inputs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -129,7 +130,8 @@ def match_one(dt: Darktable, chain: Chain, job: MatchJob, folder: Path, device: 
 
     freeze(chain)
     rec = regress(forward, chain.n_sliders, chain.scale, x, goal, iterations, settings.PARAM_TUNING_RESTARTS,
-                  torch.Generator().manual_seed(settings.SEED), crop=settings.REGRESSION_CROP if same_size else 0,
+                  torch.Generator().manual_seed(settings.SEED),
+                  crop=settings.REGRESSION_CROP if same_size and not chain.whole_image else 0,
                   margin=chain.context_margin, searched=chain.steps)
     with torch.no_grad():
         found = forward(x, rec.u[None].to(device)).cpu()
