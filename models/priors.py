@@ -12,6 +12,11 @@ that act in steps: slider regression searches them, ``Proxy.steps``).
   utils.proxies.registry.SHADHI pins): darktable's bilateral base of L (models.bilateral)
   at the radius times the pixel scale, inverted, overlaid on the image. Measured 147-158 dB
   against darktable 5.0.1 on the held-out samples (float rounding).
+- ``hazeremoval``: haze removal (models.dehaze): the dark channel's ambient light, the
+  closed transmission map through darktable's guided filter; its windows are pixels of the
+  image it gets, at any pixel scale. Measured 49.7-98.0 dB (mean 72.2) against darktable
+  5.0.1 on the held-out samples: the rest is exact, darktable's ambient light differs on
+  some images (models.dehaze).
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from typing import Callable, Mapping
 import torch
 
 from models.bilateral import bilateral_base
+from models.dehaze import hazeremoval as dehaze
 
 LOW_APPROXIMATION = 1e-6    # shadhi's low_approximation (the registry pins it)
 MAX_OVERLAYS = 4            # shadhi overlays its mask (2 slider / 100)^2 times: at most 4, the last a part
@@ -54,11 +60,17 @@ def _overlay(lab: tuple[torch.Tensor, ...], mask: torch.Tensor, amount: torch.Te
 SHADHI_DEFAULTS = {"shadows": 50.0, "highlights": -50.0, "whitepoint": 0.0, "radius": 100.0, "compress": 50.0}
 
 
-def shadhi(x: torch.Tensor, sliders: Mapping[str, torch.Tensor], scale: torch.Tensor) -> torch.Tensor:
-    """darktable's shadows and highlights of Lab ``x`` (B, 3, H, W)."""
+def _values(x: torch.Tensor, sliders: Mapping[str, torch.Tensor], defaults: Mapping[str, float]):
+    """A function of a slider's name: its values (B,), float64; ``defaults``' where not given."""
     def value(name: str) -> torch.Tensor:
         v = sliders.get(name)
-        return torch.full((len(x),), SHADHI_DEFAULTS[name], dtype=torch.float64, device=x.device) if v is None else v
+        return torch.full((len(x),), defaults[name], dtype=torch.float64, device=x.device) if v is None else v
+    return value
+
+
+def shadhi(x: torch.Tensor, sliders: Mapping[str, torch.Tensor], scale: torch.Tensor) -> torch.Tensor:
+    """darktable's shadows and highlights of Lab ``x`` (B, 3, H, W)."""
+    value = _values(x, sliders, SHADHI_DEFAULTS)
     def per_image(name: str) -> torch.Tensor:
         return value(name).view(-1, 1, 1).to(x.dtype)
     shadows, highlights = (2 * (per_image(name) / 100).clamp(-1, 1) for name in ("shadows", "highlights"))
@@ -79,10 +91,20 @@ def shadhi(x: torch.Tensor, sliders: Mapping[str, torch.Tensor], scale: torch.Te
     return torch.stack([lab[0] * 100, lab[1] * 128, lab[2] * 128], 1)
 
 
+HAZEREMOVAL_DEFAULTS = {"strength": 0.2, "distance": 0.2}
+
+
+def hazeremoval(x: torch.Tensor, sliders: Mapping[str, torch.Tensor], scale: torch.Tensor) -> torch.Tensor:
+    """darktable's haze removal of linear RGB ``x`` (B, 3, H, W); its windows do not follow
+    the pixel ``scale``."""
+    value = _values(x, sliders, HAZEREMOVAL_DEFAULTS)
+    return dehaze(x, value("strength"), value("distance"))
+
+
 @dataclass(frozen=True)
 class Prior:
     operation: Callable[[torch.Tensor, Mapping[str, torch.Tensor], torch.Tensor], torch.Tensor]
     steps: tuple[str, ...] = ()     # the sliders whose effect is a step function
 
 
-PRIORS = {"shadhi": Prior(shadhi, steps=("radius",))}
+PRIORS = {"shadhi": Prior(shadhi, steps=("radius",)), "hazeremoval": Prior(hazeremoval)}

@@ -247,7 +247,10 @@ HAZEREMOVAL = ProxyType(
     name="hazeremoval",
     operation="hazeremoval",
     gui_name="haze removal",
-    model="unet",
+    # darktable's operation computed exactly (models.dehaze): 72.2 dB mean on the held-out
+    # samples, where a unet reached 37.60 dB in the table's 10 minutes (identity 31.93)
+    model="exact",
+    network={"prior": "hazeremoval"},
     doc="haze removal: dark-channel haze estimate subtracted (negative strength adds haze)",
     sliders=(
         # haze removal only (negative strengths add haze, and there distance acts not at all);
