@@ -56,18 +56,37 @@ def test_the_guided_filter_is_guided_filter_c_box_by_box():
         np.testing.assert_allclose(ours, loop_guided(guide[0].numpy(), p[0, 0].numpy(), w, eps), rtol=1e-9, atol=1e-12)
 
 
-def test_the_ambient_light_averages_the_brightest_of_the_haziest_pixels():
+@pytest.mark.parametrize("values, nth, expected", [
+    ([5.0, 1.0, 4.0, 2.0, 3.0], 2, [2.0, 1.0, 3.0, 4.0, 5.0]),
+    ([3.0, 9.0, 1.0, 7.0, 5.0, 2.0, 8.0, 6.0, 4.0, 0.0], 9, [0.0, 3.0, 1.0, 2.0, 9.0, 5.0, 7.0, 6.0, 4.0, 8.0]),
+    ([3.0, 9.0, 1.0, 7.0, 5.0, 2.0, 8.0, 6.0, 4.0, 0.0], 5, [0.0, 2.0, 1.0, 9.0, 3.0, 4.0, 5.0, 7.0, 8.0, 6.0]),
+    ([2.0, 2.0, 1.0, 2.0, 0.0, 2.0], 3, [0.0, 2.0, 1.0, 2.0, 2.0, 2.0]),
+])
+def test_quick_select_leaves_what_darktables_leaves(values, nth, expected):
+    """darktable 5.0.1's selection is not exact: the second case leaves 8 at the place of 9."""
+    dehaze.quick_select(values, 0, nth, len(values))
+    assert values == expected
+
+
+def test_quick_select_permutes_and_lands_near_the_order_statistic():
+    rng = np.random.default_rng(8)
+    values = rng.random(5000).astype(np.float32).tolist()
+    kept = sorted(values)
+    nth = 4750
+    dehaze.quick_select(values, 0, nth, len(values))
+    assert sorted(values) == kept
+    assert abs(kept.index(values[nth]) - nth) < 250
+
+
+def test_the_ambient_light_is_among_the_brightest_hazy_pixels_and_remembered():
     x = torch.rand(3, 40, 50, generator=torch.Generator().manual_seed(5))
     a, depth = dehaze.ambient_light(x)
-    dark = dehaze.box_min(x.amin(0, keepdim=True)[None], dehaze.DARK_WINDOW).flatten().numpy()
-    haze = np.sort(dark)[int(np.float32(dark.size) * np.float32(0.95))]
-    sums = ((x[0] + x[1]) + x[2]).flatten().numpy()
-    hazy = dark >= haze
-    bright = np.sort(sums[hazy])[int(np.float32(hazy.sum()) * np.float32(0.95))]
-    chosen = hazy & (sums >= bright)
-    np.testing.assert_allclose(a.numpy(), x.flatten(1).numpy()[:, chosen].mean(1), rtol=1e-6)
-    assert 0 < chosen.sum() < hazy.sum() < dark.size
-    assert depth == pytest.approx(-1.125 * math.log(haze), rel=1e-6)
+    dark = dehaze.box_min(x.amin(0, keepdim=True)[None], dehaze.DARK_WINDOW).flatten()
+    sums = x.sum(0).flatten()
+    assert float(a.sum()) > float(sums[dark >= dark.quantile(0.9)].quantile(0.9))
+    assert 0 < depth < -1.125 * math.log(float(dark.quantile(0.8)))
+    again, _ = dehaze.ambient_light(x.clone())
+    assert again is a                                   # the same image: the remembered light
 
 
 def test_haze_removal_follows_its_sliders_and_has_their_gradient():
@@ -102,5 +121,5 @@ def test_darktables_hazeremoval_is_the_prior(dt, raw_image):
     x = torch.from_numpy(np.ascontiguousarray(tap_in[..., :3].transpose(2, 0, 1)))[None]
     ours = dehaze.hazeremoval(x, torch.tensor([0.6]), torch.tensor([0.1]))
     target = torch.from_numpy(np.ascontiguousarray(tap_out[..., :3].transpose(2, 0, 1)))[None]
-    assert float(psnr(ours, target)[0]) > 45           # measured 49.7-98.0 dB on the held-out samples
+    assert float(psnr(ours, target)[0]) > 100          # float rounding (measured: the 120 dB cap)
     assert np.abs(tap_out[..., :3] - tap_in[..., :3]).max() > 0.01     # and the module did change the image

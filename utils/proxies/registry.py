@@ -247,7 +247,7 @@ HAZEREMOVAL = ProxyType(
     name="hazeremoval",
     operation="hazeremoval",
     gui_name="haze removal",
-    # darktable's operation computed exactly (models.dehaze): 72.2 dB mean on the held-out
+    # darktable's operation computed exactly (models.dehaze): the 120 dB cap on the held-out
     # samples, where a unet reached 37.60 dB in the table's 10 minutes (identity 31.93)
     model="exact",
     network={"prior": "hazeremoval"},
