@@ -270,7 +270,8 @@ DENOISEPROFILE = ProxyType(
     name="denoiseprofile",
     operation="denoiseprofile",
     gui_name="denoise (profiled)",
-    model="unet",
+    # 43.75 dB at the table's 10 minutes, unet 42.01, identity 42.33 (docs/proxies.md)
+    model="multiscale",
     doc="denoise (profiled), wavelets mode, with the generic noise profile (a[0] = -1); "
         "bias correction changes the output by < 1e-3 of its mean: not learned",
     sliders=(
