@@ -121,52 +121,58 @@ def _cramer(s00, s01, s02, s11, s12, s22, c0, c1, c2) -> torch.Tensor:
     return torch.cat([d1, d2, d3], 1) / safe * regular.to(det.dtype)
 
 
-def quick_select(values: list, first: int, nth: int, last: int) -> None:
+def quick_select(values: np.ndarray, first: int, nth: int, last: int) -> None:
     """darktable 5.0.1's quick select of ``values[first:last]`` toward ``nth``, in place, as its
     binary runs it (hazeremoval.c's new mode): the median of three (first, nth, last - 1) at
     last - 1 for the pivot, a two-sided partition that skips ``first`` and takes the pivot's
-    slot too, the pivot swapped to where the scan met, then the side holding ``nth``. Not an
+    slot too, the pivot swapped to where the scans met, then the side holding ``nth``. Not an
     exact selection: the element it leaves at ``nth`` is near, not at, that order statistic,
     and darktable's ambient light is the average of the pixels at or above it (measured: with
-    the exact statistic the held-out samples reached 49.7-98.0 dB, with this 120 dB, the cap)."""
+    the exact statistic the held-out samples reached 49.7-98.0 dB, with this 120 dB, the cap).
+    Read off the machine code of darktable 5.0.1's libhazeremoval.so, whose source is not at
+    hand: its older source's selection (the partition's result unused) is another one.
+
+    Each partition runs as whole-array operations: the forward scan stops at the elements
+    not under the pivot, the backward one at those not over it, and the k-th stop of each
+    are swapped while the forward one lies before the backward one."""
+    def swap(i: int, j: int) -> None:
+        values[i], values[j] = values[j], values[i]
+
     while first + 1 < last:
         if not values[last - 1] > values[first]:
-            values[first], values[last - 1] = values[last - 1], values[first]
+            swap(first, last - 1)
         if not values[nth] > values[first]:
-            values[first], values[nth] = values[nth], values[first]
+            swap(first, nth)
         if not values[nth] > values[last - 1]:
-            values[nth], values[last - 1] = values[last - 1], values[nth]
+            swap(nth, last - 1)
         pivot = values[last - 1]
-        i, j = first + 1, last
-        while True:
-            while i < j and pivot > values[i]:
-                i += 1
-            j -= 1
-            while i < j and values[j] > pivot:
-                j -= 1
-            if i >= j:
-                break
-            values[i], values[j] = values[j], values[i]
-            i += 1
-        values[last - 1], values[i] = values[i], values[last - 1]
+        part = values[first + 1:last]
+        forward = np.flatnonzero(~(pivot > part)) + first + 1            # ascending
+        backward = np.flatnonzero(~(part > pivot))[::-1] + first + 1     # descending; last - 1 first
+        k = min(len(forward), len(backward))
+        crossed = forward[:k] >= backward[:k]
+        m = int(crossed.argmax()) if crossed.any() else k                # the swaps made
+        values[forward[:m]], values[backward[:m]] = values[backward[:m]], values[forward[:m]].copy()
+        i = min(forward[m] if m < len(forward) else last, backward[m - 1] if m else last)
+        swap(last - 1, int(i))
         if nth == i:
             return
         if nth > i:
             if i + 2 >= last:
                 return
-            first = i + 1
+            first = int(i) + 1
         else:
             if first + 1 >= i:
                 return
-            last = i
+            last = int(i)
 
 
-def _at_quantile(values: list, first: int, last: int, quantile: float) -> float:
+def _at_quantile(values: np.ndarray, first: int, last: int, quantile: float) -> float:
     """What darktable's quick select leaves at first + (size_t)(n * quantile) (a float32
     product) of ``values[first:last]``."""
     nth = first + int(np.float32(last - first) * np.float32(quantile))
     quick_select(values, first, nth, last)
-    return values[nth]
+    return float(values[nth])
 
 
 _LIGHTS: dict = {}      # ambient lights by image content: slider regression asks for one image's each step
@@ -187,7 +193,7 @@ def ambient_light(x: torch.Tensor, w: int = DARK_WINDOW) -> tuple[torch.Tensor, 
 
 def _ambient_light(x: torch.Tensor, w: int) -> tuple[torch.Tensor, float]:
     dark = box_min(x.amin(0, keepdim=True)[None], w).flatten()
-    values = dark.tolist()            # float32 values as Python floats: the same order, faster to index
+    values = dark.numpy().copy()
     n = len(values)
     haze = _at_quantile(values, 0, n, HAZY_QUANTILE)
     sums = ((x[0] + x[1]) + x[2]).flatten()
@@ -195,9 +201,9 @@ def _ambient_light(x: torch.Tensor, w: int) -> tuple[torch.Tensor, float]:
     # two sections gather the hazy pixels' sums about the middle: the first half's backwards
     # below it, the second half's in order from it
     half = n // 2
-    below, above = sums[:half][hazy[:half]].flip(0).tolist(), sums[half:][hazy[half:]].tolist()
+    below, above = sums[:half][hazy[:half]].flip(0).numpy(), sums[half:][hazy[half:]].numpy()
     first, last = half - len(below), half + len(above)
-    values[first:last] = below + above
+    values[first:half], values[half:last] = below, above
     bright = hazy & (sums >= _at_quantile(values, first, last, BRIGHT_QUANTILE))
     a = x.flatten(1)[:, bright].double().mean(1)
     depth = float(-np.float32(DEPTH_FACTOR) * np.log(np.float32(haze))) if haze > 0 else math.log(FLT_MAX) / 2

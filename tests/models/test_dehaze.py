@@ -64,18 +64,19 @@ def test_the_guided_filter_is_guided_filter_c_box_by_box():
 ])
 def test_quick_select_leaves_what_darktables_leaves(values, nth, expected):
     """darktable 5.0.1's selection is not exact: the second case leaves 8 at the place of 9."""
+    values = np.array(values, dtype=np.float32)
     dehaze.quick_select(values, 0, nth, len(values))
-    assert values == expected
+    assert values.tolist() == expected
 
 
 def test_quick_select_permutes_and_lands_near_the_order_statistic():
     rng = np.random.default_rng(8)
-    values = rng.random(5000).astype(np.float32).tolist()
-    kept = sorted(values)
+    values = rng.random(5000).astype(np.float32)
+    kept = np.sort(values)
     nth = 4750
     dehaze.quick_select(values, 0, nth, len(values))
-    assert sorted(values) == kept
-    assert abs(kept.index(values[nth]) - nth) < 250
+    np.testing.assert_array_equal(np.sort(values), kept)
+    assert abs(int(np.searchsorted(kept, values[nth])) - nth) < 250
 
 
 def test_the_ambient_light_is_among_the_brightest_hazy_pixels_and_remembered():
