@@ -69,6 +69,50 @@ def test_quick_select_leaves_what_darktables_leaves(values, nth, expected):
     assert values.tolist() == expected
 
 
+def loop_quick_select(a: list, first: int, nth: int, last: int) -> None:
+    """The quick select of darktable 5.0.1's libhazeremoval.so, one element at a time as its
+    machine code steps: median of three, forward and backward scans, swaps, the pivot put
+    where the forward scan stopped, then the side holding ``nth``."""
+    if first + 1 >= last:
+        return
+    while True:
+        if not a[last - 1] > a[first]:
+            a[first], a[last - 1] = a[last - 1], a[first]
+        if not a[nth] > a[first]:
+            a[first], a[nth] = a[nth], a[first]
+        if not a[nth] > a[last - 1]:
+            a[nth], a[last - 1] = a[last - 1], a[nth]
+        pivot, i, j = a[last - 1], first, last
+        while True:
+            i += 1
+            if i < j and pivot > a[i]:
+                continue
+            j -= 1
+            while i < j and a[j] > pivot:
+                j -= 1
+            if i >= j:
+                break
+            a[i], a[j] = a[j], a[i]
+        a[last - 1], a[i] = a[i], a[last - 1]
+        if nth == i or (nth > i and i + 2 >= last) or (nth < i and first + 1 >= i):
+            return
+        first, last = (i + 1, last) if nth > i else (first, i)
+
+
+def test_quick_select_moves_what_the_step_by_step_selection_moves():
+    rng = np.random.default_rng(9)
+    for trial in range(400):
+        n = int(rng.integers(1, 120))
+        a = (rng.integers(0, 5, n) if trial % 2 else rng.random(n)).astype(np.float32)
+        first = int(rng.integers(0, n))
+        last = int(rng.integers(first + 1, n + 1))
+        nth = int(rng.integers(first, last))
+        expected = a.tolist()
+        loop_quick_select(expected, first, nth, last)
+        dehaze.quick_select(a, first, nth, last)
+        assert a.tolist() == expected
+
+
 def test_quick_select_permutes_and_lands_near_the_order_statistic():
     rng = np.random.default_rng(8)
     values = rng.random(5000).astype(np.float32)
