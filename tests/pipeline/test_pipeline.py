@@ -343,3 +343,31 @@ def test_a_positional_block_gets_the_coordinates_of_its_pixels_in_the_whole_imag
     assert not torch.allclose(whole, chain(chain.with_planes(x.flip(-1)), u).flip(-1))   # position matters
     with pytest.raises(ValueError, match="positional"):
         chain.block(1, x, chain.block_u(1, u))
+
+
+def test_chain_fine_tuning_fits_whole_images_when_a_block_computes_on_them(tmp_path, monkeypatch):
+    """A hazeremoval block (the exact family: its ambient light is the whole image's) makes
+    every fine-tuning step take the whole image rather than a crop of it."""
+    from utils.darktable.files import write_tiff
+    from utils.pipeline import finetune
+    from utils.proxies.registry import HAZEREMOVAL
+    spec = ModelSpec(EXACT_FAMILY, "base", 3, 3, conditioning_width(HAZEREMOVAL.sliders), **HAZEREMOVAL.network)
+    haze = Block(BlockLine(2, "hazeremoval", None, True), Proxy(spec, HAZEREMOVAL.sliders, HAZEREMOVAL.value_scale).eval(),
+                 HAZEREMOVAL, [s.name for s in HAZEREMOVAL.sliders])
+    chain = Chain([two_blocks()[0], haze], ["identity"])
+    assert chain.whole_image
+    rng = np.random.default_rng(0)
+    paths = {}
+    for name in ("input", "middle", "output"):          # larger than the fine-tuning crop
+        paths[name] = tmp_path / f"{name}.tif"
+        write_tiff(paths[name], (rng.random((80, 96, 3)) * 0.5 + 0.1).astype(np.float32))
+    first = chain.blocks[0].name
+    sample = finetune.ChainSample("k", "image", {first: (paths["input"], paths["middle"]),
+                                                 "hazeremoval": (paths["middle"], paths["output"])},
+                                  {first: torch.tensor([0.5, 0.5]), "hazeremoval": torch.tensor([0.3, 0.5])},
+                                  paths["output"])
+    seen, run = [], chain.run
+    monkeypatch.setattr(chain, "run", lambda x, u, **kw: (seen.append(tuple(x.shape[-2:])), run(x, u, **kw))[1])
+    loss = finetune._sample_loss(chain, sample, {"image": ImageContext()}, {}, first,
+                                 torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert seen == [(80, 96)] and torch.isfinite(loss)

@@ -155,7 +155,9 @@ def fine_tune_chain(chain: Chain, data: ChainData, contexts: dict[str, ImageCont
 def _sample_loss(chain: Chain, s: ChainSample, contexts: dict[str, ImageContext],
                  cache: dict[tuple[Path, bool], torch.Tensor], first: str, generator: torch.Generator,
                  device: torch.device) -> torch.Tensor:
-    """The fine-tuning loss of one random crop of sample ``s``."""
+    """The fine-tuning loss of one random crop of sample ``s``: the whole image when a block
+    computes on whole images only (``Chain.whole_image``: on a crop its prior would compute
+    something else than darktable did)."""
     def load(path: Path, as_input: bool = False) -> torch.Tensor:
         if (path, as_input) not in cache:
             cache[path, as_input] = s.load(path, chain if as_input else None)
@@ -166,11 +168,12 @@ def _sample_loss(chain: Chain, s: ChainSample, contexts: dict[str, ImageContext]
     planes = x[:, x.shape[1] - chain.planes:]
     final = load(s.final)
     h, w = final.shape[-2:]
-    top = 2 * int(torch.randint(0, max(1, (h - CROP) // 2 + 1), (1,), generator=generator))
-    left = 2 * int(torch.randint(0, max(1, (w - CROP) // 2 + 1), (1,), generator=generator))
-    crop = lambda t: t[..., top:top + CROP, left:left + CROP].to(device)
-    (rows, inner_rows), (cols, inner_cols) = (with_margin(top, CROP, h, chain.context_margin),
-                                              with_margin(left, CROP, w, chain.context_margin))
+    ch, cw = (h, w) if chain.whole_image else (CROP, CROP)
+    top = 2 * int(torch.randint(0, max(1, (h - ch) // 2 + 1), (1,), generator=generator))
+    left = 2 * int(torch.randint(0, max(1, (w - cw) // 2 + 1), (1,), generator=generator))
+    crop = lambda t: t[..., top:top + ch, left:left + cw].to(device)
+    (rows, inner_rows), (cols, inner_cols) = (with_margin(top, ch, h, chain.context_margin),
+                                              with_margin(left, cw, w, chain.context_margin))
     block_u = _block_u(chain, s, device)
     loss = torch.zeros((), device=device)
     for k, b in enumerate(chain.blocks):
