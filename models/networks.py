@@ -161,7 +161,7 @@ class ModelSpec:
     # 2^(min(100, strength + 1) / 100) where that passes the threshold, else 0; from the
     # sliders "threshold" and "strength"), for the network to blur (False: checkpoints without the field)
     glow: bool = False
-    # rgb: darktable's own operation, computed exactly (models.priors.PRIORS, by name), that
+    # darktable's own operation, computed exactly (models.priors.PRIORS, by name), that
     # the network takes the output of for its input; the whole proxy in the exact family
     # (training gives the learned families none: they learn an exact prior away,
     # docs/proxies.md; "": none, checkpoints without the field)

@@ -16,16 +16,29 @@ that act in steps: slider regression searches them, ``Proxy.steps``).
   darktable selects it, the closed transmission map through darktable's guided filter; its
   windows are pixels of the image it gets, at any pixel scale. Measured at the 120 dB cap
   against darktable 5.0.1 on every one of 140 samples (8 images).
+- ``temperature``: white balance on the raw mosaic, each photosite times its colour's
+  multiplier (the greens both by ``green``); ``highlights``: its clip mode, the mosaic
+  clipped at ``clip``; ``demosaic``: darktable's RCD (models.demosaic_exact); ``colorout``:
+  Lab to display sRGB (models.fixed.ColorOut). Measured on the types' held-out samples
+  against darktable 5.0.1: the 120 dB cap for temperature and demosaic, 78-120 dB for
+  highlights, 111-120 dB for colorout (darktable's float rounding).
+
+Mosaic priors take the CFA ``pattern`` of each image (models.mosaic); the others ignore it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
 
 import torch
 
 from models.bilateral import bilateral_base
 from models.dehaze import hazeremoval as dehaze
+from models.demosaic_exact import rcd_demosaic
+from models.fixed import ColorOut
+from models.mosaic import pack, unpack
+
+Sliders = Mapping[str, torch.Tensor]   # each slider's values by name, (B,) float64
 
 LOW_APPROXIMATION = 1e-6    # shadhi's low_approximation (the registry pins it)
 MAX_OVERLAYS = 4            # shadhi overlays its mask (2 slider / 100)^2 times: at most 4, the last a part
@@ -59,23 +72,14 @@ def _overlay(lab: tuple[torch.Tensor, ...], mask: torch.Tensor, amount: torch.Te
 SHADHI_DEFAULTS = {"shadows": 50.0, "highlights": -50.0, "whitepoint": 0.0, "radius": 100.0, "compress": 50.0}
 
 
-def _values(x: torch.Tensor, sliders: Mapping[str, torch.Tensor], defaults: Mapping[str, float]):
-    """A function of a slider's name: its values (B,), float64; ``defaults``' where not given."""
-    def value(name: str) -> torch.Tensor:
-        v = sliders.get(name)
-        return torch.full((len(x),), defaults[name], dtype=torch.float64, device=x.device) if v is None else v
-    return value
-
-
-def shadhi(x: torch.Tensor, sliders: Mapping[str, torch.Tensor], scale: torch.Tensor) -> torch.Tensor:
+def shadhi(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, pattern: object = None) -> torch.Tensor:
     """darktable's shadows and highlights of Lab ``x`` (B, 3, H, W)."""
-    value = _values(x, sliders, SHADHI_DEFAULTS)
     def per_image(name: str) -> torch.Tensor:
-        return value(name).view(-1, 1, 1).to(x.dtype)
+        return sliders[name].view(-1, 1, 1).to(x.dtype)
     shadows, highlights = (2 * (per_image(name) / 100).clamp(-1, 1) for name in ("shadows", "highlights"))
     whitepoint = (1 - per_image("whitepoint") / 100).clamp(min=0.01)
     compress = (per_image("compress") / 100).clamp(0, 0.99)
-    radius = value("radius").detach().clamp(min=0.1) * scale
+    radius = sliders["radius"].detach().clamp(min=0.1) * scale
     base = torch.stack([bilateral_base(x[i, 0], float(radius[i])) for i in range(len(x))])
     mask = (100 - base) / 100
     L, a, b = x[:, 0] / 100, x[:, 1] / 128, x[:, 2] / 128
@@ -93,17 +97,67 @@ def shadhi(x: torch.Tensor, sliders: Mapping[str, torch.Tensor], scale: torch.Te
 HAZEREMOVAL_DEFAULTS = {"strength": 0.2, "distance": 0.2}
 
 
-def hazeremoval(x: torch.Tensor, sliders: Mapping[str, torch.Tensor], scale: torch.Tensor) -> torch.Tensor:
+def hazeremoval(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, pattern: object = None) -> torch.Tensor:
     """darktable's haze removal of linear RGB ``x`` (B, 3, H, W); its windows do not follow
     the pixel ``scale``."""
-    value = _values(x, sliders, HAZEREMOVAL_DEFAULTS)
-    return dehaze(x, value("strength"), value("distance"))
+    return dehaze(x, sliders["strength"], sliders["distance"])
+
+
+TEMPERATURE_DEFAULTS = {"red": 2.0, "green": 1.0, "blue": 1.6}
+
+
+def temperature(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor,
+                pattern: str | Sequence[str] = "RGGB") -> torch.Tensor:
+    """darktable's white balance of the raw mosaic ``x`` (B, 1, H, W): each photosite times
+    its colour's multiplier."""
+    gains = torch.stack([sliders["red"], sliders["green"], sliders["green"], sliders["blue"]], 1)   # R G1 G2 B
+    return unpack(pack(x, pattern) * gains.to(x.dtype)[:, :, None, None], pattern)
+
+
+def highlights(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, pattern: object = None) -> torch.Tensor:
+    """darktable's highlight reconstruction in clip mode: the mosaic clipped at ``clip``
+    (white-balanced units: times the smallest multiplier, 1 at the type's white balance)."""
+    return torch.minimum(x, sliders["clip"].to(x.dtype).view(-1, 1, 1, 1))
+
+
+# darktable's processed maximum at the demosaic type's renders: the largest of the white
+# balance multipliers its samples hold, the temperature type's defaults (red 2) with the
+# sampled green (0.5..2); it sets RCD's epsilons (measured: the 120 dB cap with it, 92-120
+# dB with 1)
+DEMOSAIC_PROCESSED_MAXIMUM = 2.0
+
+
+def demosaic(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, pattern: str | Sequence[str] = "RGGB"
+             ) -> torch.Tensor:
+    """darktable's RCD demosaic of the white-balanced mosaic ``x`` (B, 1, H, W) -> camera RGB."""
+    return rcd_demosaic(x, pattern, DEMOSAIC_PROCESSED_MAXIMUM)
+
+
+def colorout(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, pattern: object = None) -> torch.Tensor:
+    """darktable's output colour profile (sRGB) of Lab ``x`` (B, 3, H, W)."""
+    return ColorOut()(x, sliders)
 
 
 @dataclass(frozen=True)
 class Prior:
-    operation: Callable[[torch.Tensor, Mapping[str, torch.Tensor], torch.Tensor], torch.Tensor]
+    operation: Callable[[torch.Tensor, Sliders, torch.Tensor, object], torch.Tensor]
+    defaults: Mapping[str, float] = field(default_factory=dict)   # darktable's, of the sliders a proxy may leave out
     steps: tuple[str, ...] = ()     # the sliders whose effect is a step function
+    # computed on the whole image only (darktable's operation depends on all of it, or on
+    # the image's edges); False: pixel by pixel, the same on a crop
+    whole_image: bool = True
+
+    def __call__(self, x: torch.Tensor, sliders: Sliders, scale: torch.Tensor,
+                 pattern: str | Sequence[str] = "RGGB") -> torch.Tensor:
+        """The operation on ``x`` at ``sliders``, a slider not given at its default."""
+        given = {name: torch.full((len(x),), value, dtype=torch.float64, device=x.device)
+                 for name, value in self.defaults.items()}
+        return self.operation(x, {**given, **sliders}, scale, pattern)
 
 
-PRIORS = {"shadhi": Prior(shadhi, steps=("radius",)), "hazeremoval": Prior(hazeremoval)}
+PRIORS = {"shadhi": Prior(shadhi, SHADHI_DEFAULTS, steps=("radius",)),
+          "hazeremoval": Prior(hazeremoval, HAZEREMOVAL_DEFAULTS),
+          "temperature": Prior(temperature, TEMPERATURE_DEFAULTS, whole_image=False),
+          "highlights": Prior(highlights, {"clip": 1.0}, whole_image=False),
+          "demosaic": Prior(demosaic),
+          "colorout": Prior(colorout, whole_image=False)}

@@ -25,7 +25,7 @@ from torch import nn
 
 from models.blocks import pixelate
 from models.mosaic import nearest_rgb, pack, unpack, unpack_rgb
-from models.networks import ModelSpec, build_model
+from models.networks import EXACT_FAMILY, ModelSpec, build_model
 from models.priors import PRIORS
 from models.transform import from_network, to_network
 from utils.atomic import write_atomic
@@ -46,6 +46,8 @@ class Proxy(nn.Module):
         self.spec, self.scale = spec, float(scale)
         self.sliders = tuple(sliders)
         self.meta = dict(meta or {})
+        if spec.prior and spec.layout == "mosaic_rgb" and spec.family != EXACT_FAMILY:
+            raise ValueError("a mosaic_rgb proxy's prior is the whole proxy: the exact family")
         self.net = build_model(spec)
         # autocast dtype of forward passes without gradients (None: fp32, as in training);
         # utils.devices.inference_dtype chooses it for a loaded proxy
@@ -69,7 +71,7 @@ class Proxy(nn.Module):
         """Whether the proxy computes on the whole image only (its prior, as darktable's
         operation, depends on all of it: on a crop it would compute something else), so that
         slider regression fits whole images rather than crops."""
-        return bool(self.spec.prior)
+        return bool(self.spec.prior) and PRIORS[self.spec.prior].whole_image
 
     @property
     def device(self) -> torch.device:
@@ -95,6 +97,10 @@ class Proxy(nn.Module):
                 t = torch.cat([t, self._glow(x[:, :1], u).to(t.dtype) / self.scale], 1)
             y = from_network(self._net(t, c), self.scale)      # (B, C_out, H, W)
             return self._pixelate(y, u, scale, x[:, k:]) if self.spec.pixelate else y
+        if self.spec.prior:
+            x = self._prior(x, u, scale, pattern)
+            if self.spec.layout == "mosaic_rgb":    # the exact family: the prior is the whole proxy
+                return x
         planes = pack(to_network(x, self.scale), pattern)  # (B, 4, H/2, W/2): R, G1, G2, B
         if self.spec.layout == "mosaic":
             return from_network(unpack(self._net(planes, c), pattern), self.scale)   # (B, 1, H, W)
@@ -110,14 +116,15 @@ class Proxy(nn.Module):
         gathered = lightness.double() * torch.exp2((strength + 1).clamp(max=100) / 100)[:, None, None, None]
         return torch.where(gathered > threshold.detach()[:, None, None, None], gathered, torch.zeros_like(gathered)).float()
 
-    def _prior(self, image: torch.Tensor, u: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    def _prior(self, image: torch.Tensor, u: torch.Tensor, scale: torch.Tensor | None,
+               pattern: str | Sequence[str] = "RGGB") -> torch.Tensor:
         """darktable's own operation on ``image`` at sliders ``u`` (``spec.prior``,
         models.priors), at each image's pixel scale (1 where the proxy knows none: it was
-        trained at full size)."""
+        trained at full size), for a mosaic of CFA ``pattern``."""
         values = self.from_unit(u)
         scale = torch.ones(len(image), dtype=torch.float64, device=image.device) if scale is None else scale
-        return PRIORS[self.spec.prior].operation(image, {s.name: values[:, j] for j, s in enumerate(self.sliders)},
-                                                 scale)
+        return PRIORS[self.spec.prior](image, {s.name: values[:, j] for j, s in enumerate(self.sliders)},
+                                       scale, pattern)
 
     def _conditioning(self, u: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
         """What the network is conditioned on (utils.proxies.slider.conditioning), the pixel

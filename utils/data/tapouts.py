@@ -80,7 +80,10 @@ class TapoutDataset(Dataset):
     for whole images. Raw mosaics (and demosaic's output) are returned in the RGGB frame of
     models.mosaic: cropped to even sizes and mirrored by their image's CFA pattern (from
     dataset.json), so a proxy takes them with its default ``pattern="RGGB"``; metrics do
-    not change under mirroring. Images are loaded once and kept in memory when the dataset is smaller
+    not change under mirroring. With ``native``, whole mosaics are returned as darktable
+    rendered them (cropped to even size only), for a proxy that computes darktable's own
+    operation, which mirroring changes (its tiles and borders start at the top left), given
+    each sample's ``pattern``. Images are loaded once and kept in memory when the dataset is smaller
     than ``Constants.PRELOAD_MAX_MB``; an input shared by many samples is loaded once.
     Every image is checked for NaN/Inf when it is first read (at construction when preloaded).
     ``positional``: inputs get that many coordinate planes (True: ``COORDINATE_PLANES``) in the
@@ -90,13 +93,17 @@ class TapoutDataset(Dataset):
     """
 
     def __init__(self, folder: str | Path, sliders: Sequence[Slider], crop: int | None = None,
-                 positional: bool | int = False, preload_mb: float = DEFAULTS.PRELOAD_MAX_MB):
+                 positional: bool | int = False, preload_mb: float = DEFAULTS.PRELOAD_MAX_MB,
+                 native: bool = False):
         self.folder = Path(folder)
+        self.native = native
         self.extra_channels = (COORDINATE_PLANES if positional is True else int(positional))
         self.rows = self._read_manifest(sliders)
         self.sliders = list(sliders)
         self.spec = read_spec(self.folder)
         self.layout, self.patterns = self._read_spec()
+        if native and crop is not None and self.layout != "rgb":
+            raise ValueError("mosaics in their native frame serve whole images (crop=None): a batch has one CFA pattern")
         self.u = torch.tensor([[s.to_unit(float(r[s.name])) for s in self.sliders] for r in self.rows],
                               dtype=torch.float32).reshape(len(self.rows), len(self.sliders))
         self.cache: dict[str, torch.Tensor] = {}
@@ -176,7 +183,13 @@ class TapoutDataset(Dataset):
         RGB layouts; for mosaics cropped to even size and mirrored into the RGGB frame."""
         if self.layout == "rgb":
             return image
+        if self.native:
+            return even_crop(image).contiguous()
         return to_rggb(even_crop(image)[None], self.patterns[row["image"]])[0].contiguous()
+
+    def pattern(self, i: int) -> str:
+        """The CFA pattern sample ``i`` is returned in (a proxy's ``pattern`` argument)."""
+        return self.patterns[self.rows[i]["image"]] if self.native and self.layout != "rgb" else "RGGB"
 
     def _load(self, path: str, row: dict[str, str]) -> torch.Tensor:
         if path in self.cache:

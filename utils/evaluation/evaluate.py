@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from models.networks import EXACT_FAMILY
 from models.proxy import Proxy
 from utils.darktable.runner import Darktable, Job
 from utils.data.manifest import read_spec
@@ -38,7 +39,8 @@ def evaluate(dt: Darktable, proxy: Proxy, proxy_type: ProxyType, name: str, path
     DARKTABLE_BATCH_SIZE, PRELOAD_MAX_MB."""
     s = settings
     slider_names = proxy.slider_names
-    data = TapoutDataset(stage2, proxy.sliders, positional=proxy.spec.extra_channels, preload_mb=s.PRELOAD_MAX_MB)
+    data = TapoutDataset(stage2, proxy.sliders, positional=proxy.spec.extra_channels, preload_mb=s.PRELOAD_MAX_MB,
+                         native=proxy.spec.family == EXACT_FAMILY)
     progress(f"fidelity on {len(data)} held-out samples")
     fid = fidelity(proxy, data, device)
     targets = pick_targets(n_targets, len(data), seed) if proxy.sliders else []

@@ -22,8 +22,8 @@ def fidelity(proxy: Proxy, data: TapoutDataset, device: torch.device) -> dict[st
     """PSNR (project definition), SSIM and mean absolute error over every sample of ``data``."""
     proxy.eval()
     scores = {"psnr": [], "ssim": [], "mae": []}
-    for x, y, u in data:
-        pred = proxy(x[None].to(device), u[None].to(device))
+    for i, (x, y, u) in enumerate(data):
+        pred = proxy(x[None].to(device), u[None].to(device), data.pattern(i))
         y = y[None].to(device)
         scores["psnr"].append(float(psnr(pred, y)[0]))
         scores["ssim"].append(float(ssim(pred, y)[0]))

@@ -8,6 +8,8 @@ start with the lowest loss at the end wins.
 """
 from __future__ import annotations
 
+import functools
+
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,12 +183,14 @@ def slider_regression(proxy: Proxy, proxy_type: ProxyType, data: TapoutDataset, 
             continue
         x, y, u_true = (t[None].to(device) for t in data[i])
         generator = torch.Generator().manual_seed(seed * 1000003 + i)
-        rec = regress(proxy, len(proxy.sliders), proxy.scale, x, y, iterations, restarts, generator,
+        pattern = data.pattern(i)     # of a mosaic (crops at even offsets keep it)
+        forward = functools.partial(proxy, pattern=pattern)
+        rec = regress(forward, len(proxy.sliders), proxy.scale, x, y, iterations, restarts, generator,
                       frame_every=frame_every, crop=0 if proxy.whole_image else crop, searched=proxy.steps)
         true = _values(proxy, u_true[0].cpu())
         found = _values(proxy, rec.u)
         with torch.no_grad():
-            score = float(psnr(proxy(x, rec.u[None].to(device)), y)[0])
+            score = float(psnr(forward(x, rec.u[None].to(device)), y)[0])
         rows.append(TargetResult(key, data.rows[i]["image"], true, found,
                                   [s.error(a, b) for s, a, b in zip(proxy.sliders, found, true)], score))
         if animation_dir is not None:

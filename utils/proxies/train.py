@@ -162,9 +162,11 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
     planes = coordinate_planes_of(proxy_type, resumed)
     # the exact family validates its prior on whole images (darktable's operation sees the
     # whole image: a crop's would differ), and has nothing to train
-    crop = None if (resumed.family if resumed else cfg.family) == EXACT_FAMILY else cfg.crop
-    train_set = TapoutDataset(stage1, sliders, crop=crop, positional=planes, preload_mb=cfg.preload_mb)
-    val_set = (TapoutDataset(stage2, sliders, positional=planes, preload_mb=cfg.preload_mb)
+    # (and, for mosaics, in the frame darktable rendered: mirrored its tiles would differ)
+    exact = (resumed.family if resumed else cfg.family) == EXACT_FAMILY
+    train_set = TapoutDataset(stage1, sliders, crop=None if exact else cfg.crop, positional=planes,
+                              preload_mb=cfg.preload_mb, native=exact)
+    val_set = (TapoutDataset(stage2, sliders, positional=planes, preload_mb=cfg.preload_mb, native=exact)
                if stage2 is not None and (stage2 / "manifest.csv").exists() else None)
     if val_set is None:
         log.warning("no stage-2 dataset at %s: no validation PSNR; 'best' is the last epoch", stage2)
@@ -526,7 +528,7 @@ def _validate(proxy: Proxy, val_set: TapoutDataset, device: torch.device, world:
     scores = []
     for i in range(world.rank, len(val_set), world.size):
         x, y, u = (t[None].to(device) for t in val_set[i])
-        scores.append(float(psnr(proxy(x, u).float(), y)[0]))
+        scores.append(float(psnr(proxy(x, u, val_set.pattern(i)).float(), y)[0]))
     return world.mean(float(np.mean(scores)) if scores else 0.0, len(scores))
 
 
@@ -538,7 +540,7 @@ def _prediction_grid(proxy: Proxy, val_set: TapoutDataset, device: torch.device,
     rows, labels = [], []
     for i in range(min(count, len(val_set))):
         x, y, u = (t[None].to(device) for t in val_set[i])
-        pred = proxy(x, u).float()
+        pred = proxy(x, u, val_set.pattern(i)).float()
         score = float(psnr(pred, y)[0])
         tiles = [x[0, :proxy.spec.in_channels], y[0], pred[0], (pred[0] - y[0]).abs() * 10]
         rows.append([to_display(t.permute(1, 2, 0).cpu().numpy()) for t in tiles])
