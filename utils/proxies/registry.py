@@ -215,19 +215,22 @@ SHARPEN = ProxyType(
     name="sharpen",
     operation="sharpen",
     gui_name="sharpen",
-    model="multiscale",     # the best measured (docs/proxies.md)
+    # darktable's operation computed exactly (models.priors.sharpen), where the multiscale
+    # family reached 57.21-59.53 dB at the table command (identity 52.14)
+    model="exact",
     value_scale=1.0,        # 100 measured worse here
-    # its blurs are the fine ones: with the pyramid centred (expand) 53.30-53.64 dB in three
-    # runs, against 54.21-54.33 bilinear (docs/proxies.md)
-    # its untouched border, and a gate that leaves the images it barely changes as they are
-    # (56.83-57.67 dB without the gate, 57.98-59.53 with it: docs/proxies.md)
-    network={"upsample": "bilinear", "border": True, "gate": True},
-    # it leaves a border as wide as its blur untouched: the border needs the coordinates
+    # with --model multiscale: its blurs are the fine ones (with the pyramid centred (expand)
+    # 53.30-53.64 dB in three runs, against 54.21-54.33 bilinear), its untouched border, and a
+    # gate that leaves the images it barely changes as they are (56.83-57.67 dB without the
+    # gate, 57.98-59.53 with it: docs/proxies.md)
+    network={"upsample": "bilinear", "border": True, "gate": True, "prior": "sharpen"},
+    # it leaves a border as wide as its blur untouched, and its sigma is the radius times the
+    # pipe's pixel scale: the planes bring each pixel's place and each image's scale
     positional=True,
     doc="sharpen: unsharp mask on Lab lightness",
     sliders=(
         # radii below 1 (full-resolution pixels) left 128 px renders unchanged
-        Slider("radius", 1.0, 8.0, 2.0, scale="log", doc="blur radius of the mask"),
+        Slider("radius", 1.0, 8.0, 2.0, scale="log", pixels=True, doc="blur radius of the mask"),
         Slider("amount", 0.0, 2.0, 0.5, doc="strength of the sharpening"),
         Slider("threshold", 0.0, 2.0, 0.5, doc="contrast below which nothing is sharpened (L units)"),
     ),
@@ -302,11 +305,16 @@ LOWPASS = ProxyType(
     name="lowpass",
     operation="lowpass",
     gui_name="lowpass",
-    model="multiscale",     # blurs at a slider-set size (docs/proxies.md, spatial modules)
+    # darktable's operation computed exactly (models.lowpass): its recursive Gaussian and
+    # curves, where the multiscale family reached 37.43-38.79 dB at the table command
+    model="exact",
+    network={"prior": "lowpass"},
+    # the blur's sigma is the radius times the pipe's pixel scale: the planes bring each image's
+    positional=True,
     value_scale=100.0,      # L's range: bright errors count as dark ones (docs/proxies.md)
     doc="lowpass: gaussian blur of Lab with contrast, brightness and saturation",
     sliders=(
-        Slider("radius", 1.0, 50.0, 10.0, scale="log", doc="blur radius"),
+        Slider("radius", 1.0, 50.0, 10.0, scale="log", pixels=True, doc="blur radius"),
         Slider("contrast", -1.0, 2.0, 1.0, doc="contrast of the blurred image"),
         Slider("brightness", -1.0, 1.0, 0.0),
         Slider("saturation", 0.0, 2.0, 1.0),
