@@ -12,6 +12,7 @@ from models.proxy import load_proxy
 from tests.conftest import ROOT
 from tests.conftest import train_tiny as train
 from utils.data.tapouts import TapoutDataset
+from utils.errors import UserError
 from utils.proxies.registry import EXPOSURE
 
 pytestmark = pytest.mark.darktable
@@ -79,7 +80,28 @@ def test_other_model_into_the_same_weights_is_refused(trained):
     cmd = [sys.executable, "Darktable_proxies.py", "exposure", "-d", NAME, "--out", str(trained),
            "--model", "unet", "--epochs", "30", "--device", "cpu"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 2 and "holds a proxy with another model" in proc.stderr
+    assert proc.returncode == 2 and "holds a proxy of the pointwise family, not unet" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_proxy_of_a_family_no_longer_the_types_default_is_named_not_rebuilt(tmp_path):
+    """shadhi's default became the exact family: an earlier multiscale proxy in the weights
+    folder is refused with what to do, before any network of the new family is built."""
+    from models.networks import ModelSpec
+    from models.proxy import Proxy, save_checkpoint
+    from utils.proxies.registry import PROXIES
+    from utils.proxies.slider import conditioning_width
+    from utils.proxies.train import default_config
+    from utils.proxies.train import train as train_proxy
+    from utils.runs import RunPaths
+    shadhi = PROXIES["shadhi"]
+    spec = ModelSpec("multiscale", "tiny", 3, 3, conditioning_width(shadhi.sliders), extra_channels=4)
+    weights = RunPaths(tmp_path).weights("shadhi_old")
+    weights.mkdir(parents=True)
+    save_checkpoint(weights / "last.pt", Proxy(spec, shadhi.sliders, shadhi.value_scale))
+    with pytest.raises(UserError, match="multiscale family, not exact .shadhi's default now.; give --model multiscale"):
+        train_proxy(shadhi, shadhi.sliders, "shadhi_old", tmp_path / "missing", None, RunPaths(tmp_path),
+                    default_config(shadhi))
 
 
 def test_torchrun_two_processes_on_cpu(tiny_dataset, tmp_path):

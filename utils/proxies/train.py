@@ -159,6 +159,11 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
     np.random.seed(cfg.seed + world.rank)
 
     resumed = _resumed_spec(paths.weights(name) / "last.pt")
+    if resumed and resumed.family != cfg.family:    # before building the other family's network
+        default = "" if cfg.family != proxy_type.model else f" ({proxy_type.name}'s default now)"
+        raise UserError(f"{paths.weights(name) / 'last.pt'} holds a proxy of the {resumed.family} family, not "
+                        f"{cfg.family}{default}; give --model {resumed.family} to go on with it, or use another "
+                        f"-c NAME or move {paths.weights(name)} away to make one of the {cfg.family} family")
     planes = coordinate_planes_of(proxy_type, resumed)
     # the exact family validates its prior on whole images (darktable's operation sees the
     # whole image: a crop's would differ), and has nothing to train
