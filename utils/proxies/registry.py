@@ -305,7 +305,7 @@ LOWPASS = ProxyType(
     name="lowpass",
     operation="lowpass",
     gui_name="lowpass",
-    # darktable's operation computed exactly (models.lowpass): its recursive Gaussian and
+    # darktable's operation computed exactly (models.priors.lowpass_lab): its recursive Gaussian and
     # curves, where the multiscale family reached 37.43-38.79 dB at the table command
     model="exact",
     network={"prior": "lowpass"},
