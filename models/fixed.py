@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from models.colorspace import D50, _BRADFORD, _matmul, _xy_to_xyz, lab_to_xyz, xyz_to_lab
-from models.demosaic_exact import rcd_demosaic
+from models.darktable.demosaic import rcd_demosaic
 
 
 @dataclass
@@ -52,17 +52,19 @@ class ImageContext:
     # darktable's pipe scale where the chain runs (utils.data.tapouts.pixel_scale; 0: unknown),
     # which proxies whose sliders are pixel lengths take
     pixel_scale: float = 0.0
+    # the image's full size (W, H; None: unknown), which positional proxies' coordinate planes span
+    full_size: tuple[int, int] | None = None
 
     def to_dict(self) -> dict:
         return {"pattern": self.pattern, "colorin_matrix": self.colorin_matrix,
                 "colorin_encoded": self.colorin_encoded, "processed_maximum": float(self.processed_maximum),
-                "pixel_scale": self.pixel_scale}
+                "pixel_scale": self.pixel_scale, "full_size": self.full_size}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ImageContext":
         return cls(d.get("pattern", "RGGB"), d.get("colorin_matrix", np.eye(3).tolist()),
                    bool(d.get("colorin_encoded", False)), float(d.get("processed_maximum", 1.0)),
-                   float(d.get("pixel_scale", 0.0)))
+                   float(d.get("pixel_scale", 0.0)), tuple(d["full_size"]) if d.get("full_size") else None)
 
 
 def srgb_decode(x: torch.Tensor) -> torch.Tensor:

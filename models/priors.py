@@ -9,26 +9,38 @@ differentiable in ``x`` and in the sliders whose effect is continuous (``steps``
 that act in steps: slider regression searches them, ``Proxy.steps``).
 
 - ``shadhi``: shadows and highlights, bilateral algorithm (shadhi.c at the fields
-  utils.proxies.registry.SHADHI pins): darktable's bilateral base of L (models.bilateral)
+  utils.proxies.registry.SHADHI pins): darktable's bilateral base of L (models.darktable.bilateral)
   at the radius times the pixel scale, inverted, overlaid on the image. Measured 147-158 dB
   against darktable 5.0.1 on the held-out samples (float rounding).
-- ``hazeremoval``: haze removal (models.dehaze): the dark channel's ambient light as
+- ``hazeremoval``: haze removal (models.darktable.dehaze): the dark channel's ambient light as
   darktable selects it, the closed transmission map through darktable's guided filter; its
   windows are pixels of the image it gets, at any pixel scale. Measured at the 120 dB cap
   against darktable 5.0.1 on every one of 140 samples (8 images).
 - ``lowpass``: darktable's recursive Gaussian of Lab at the radius times the pixel scale,
-  its contrast and brightness tables on L, saturation on a and b (:func:`lowpass_lab`); measured
+  its contrast and brightness tables on L, saturation on a and b (models.darktable.lowpass); measured
   98-127 dB against darktable 5.0.1 on its held-out samples (its tables' steps).
 - ``sharpen``: darktable's unsharp mask of L (:func:`sharpen`); measured 142-210 dB on its
   held-out samples, 149 dB at full size where the kernel is cut at 12 px.
 - ``temperature``: white balance on the raw mosaic, each photosite times its colour's
   multiplier (the greens both by ``green``); ``highlights``: its clip mode, the mosaic
-  clipped at ``clip``; ``demosaic``: darktable's RCD (models.demosaic_exact); ``colorout``:
+  clipped at ``clip``; ``demosaic``: darktable's RCD (models.darktable.demosaic); ``colorout``:
   Lab to display sRGB (models.fixed.ColorOut). Measured on the types' held-out samples
   against darktable 5.0.1: the 120 dB cap for temperature and demosaic, 78-120 dB for
   highlights, 111-120 dB for colorout (darktable's float rounding).
+- ``bloom``: the lightness over the threshold, darktable's box blur of it (8 passes at a whole
+  pixel radius from the size and the pixel scale), screened over L
+  (models.darktable.boxblur); the 120 dB cap on all 140 samples of its table dataset.
+- ``soften``: its brightened copy (HSL saturation and lightness), box-blurred at a radius from
+  the size and the full image's diagonal, mixed in (models.darktable.boxblur); 114-120 dB on
+  the 140 samples of its table dataset (darktable's float32 sums at radius 1).
+- ``colorbalance``: the legacy colour balance's slope, offset and power of ProPhoto RGB, with
+  darktable's SSE approximations (models.darktable.colorbalance); the 120 dB cap on all 140
+  samples of its table dataset.
+- ``vignette``: the vignette's weight from each pixel's distance to the centre (the coordinate
+  planes), brightness then saturation; measured 144-167 dB on its held-out samples.
 
-Mosaic priors take the CFA ``pattern`` of each image (models.mosaic); the others ignore it.
+Mosaic priors take the CFA ``pattern`` of each image (models.mosaic), positional ones the
+image's coordinate planes instead; the others ignore it.
 """
 from __future__ import annotations
 
@@ -39,9 +51,12 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from models.bilateral import bilateral_base
-from models.dehaze import hazeremoval as dehaze
-from models.demosaic_exact import rcd_demosaic
+from models.darktable.bilateral import bilateral_base
+from models.darktable.boxblur import bloom_lab, soften_rgb
+from models.darktable.colorbalance import colorbalance_lab
+from models.darktable.dehaze import hazeremoval as dehaze
+from models.darktable.demosaic import rcd_demosaic
+from models.darktable.lowpass import lowpass_lab
 from models.fixed import ColorOut
 from models.mosaic import pack, unpack
 
@@ -112,110 +127,6 @@ def hazeremoval(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, pattern:
 
 # darktable's lowpass (gaussian algorithm, unbounded), computed exactly and differentiably.
 #
-# darktable blurs the Lab image with its recursive Gaussian (``common/gaussian.c``: Deriche's
-# zero-order filter, alpha = 1.695 / sigma, a causal and an anti-causal pass per axis started
-# at their steady state on the edge pixel) at sigma = radius x the pipe's pixel scale, then
-# maps L through a contrast curve and a brightness curve (65536-entry tables below 100, a power
-# law fitted to them above) and scales a and b by the saturation, clipped to +-128.
-#
-# Here each axis' filter is a matrix: the two passes are a convolution of the signal extended
-# by its edge values with their impulse responses, known in closed form (a double pole at
-# exp(-alpha)), and the edge columns gather the responses' tails. A blur is then two matrix
-# products, differentiable in the image and in sigma; the curves are read where darktable
-# reads its tables, with the slopes of the continuous functions it tabulates. Measured against darktable 5.0.1's tap-outs: 130-180
-# dB on a and b, 106-134 dB on L (the tables' steps).
-
-ALPHA = 1.695             # Deriche's alpha x sigma, as darktable sets it
-TABLE = 0x10000           # darktable's curve tables: entries over L 0..100
-SIGMOID_BOOST = 5.0       # darktable's contrast curve beyond |contrast| 1
-EXTRAPOLATION_AT = (0.7, 0.8, 0.9, 1.0)   # where dt_iop_estimate_exp reads a table (x L/100)
-
-
-def deriche_matrix(n: int, sigma: torch.Tensor) -> torch.Tensor:
-    """(n, n) float64: darktable's recursive Gaussian along an axis of ``n`` pixels, y = M x,
-    for a scalar ``sigma`` (float64 tensor, differentiable)."""
-    alpha = ALPHA / sigma
-    r = torch.exp(-alpha)
-    k = (1 - r) ** 2 / (1 + 2 * alpha * r - r * r)
-    a0, a1, a2, a3 = k, k * (alpha - 1) * r, k * (alpha + 1) * r, -k * r * r
-    d = torch.arange(n, dtype=torch.float64, device=sigma.device)
-    # causal response at lag d >= 0: (a0 + a1 z^-1) / (1 - r z^-1)^2; anti-causal at lead m >= 1
-    causal = a0 * (d + 1) * r ** d + a1 * d * r ** (d - 1).clamp_min(0)
-    lead = d[1:]
-    anti = a2 * lead * r ** (lead - 1) + a3 * (lead - 1) * r ** (lead - 2).clamp_min(0)
-    # their sums (the steady state on a constant signal) less the lags inside the image: the
-    # weights of the edge pixels, repeated outward
-    gain = (1 - r) ** 2                  # 1 + b1 + b2: the passes' sums are (a0 + a1) / gain, (a2 + a3) / gain
-    before = (a0 + a1) / gain - torch.cumsum(causal, 0)          # row i: the lags beyond i
-    after = (a2 + a3) / gain - torch.cumsum(anti, 0)             # row i: the leads beyond n - 1 - i
-    lag = torch.arange(n, device=sigma.device)[:, None] - torch.arange(n, device=sigma.device)[None, :]
-    leads = torch.cat([anti, anti.new_zeros(1)])                  # (a lead of n is never read)
-    m = torch.where(lag >= 0, causal[lag.clamp_min(0)], leads[(-lag - 1).clamp_min(0)])
-    edges = torch.zeros_like(m)
-    edges[:, 0] = before                                          # the first pixel, repeated outward
-    edges[:, -1] += torch.cat([((a2 + a3) / gain).view(1), after]).flip(0)   # the last one
-    return m + edges
-
-
-def gaussian(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """darktable's recursive Gaussian of (B, C, H, W) ``x`` at each image's ``sigma`` (B,),
-    unbounded (no clipping of the values)."""
-    h, w = x.shape[-2:]
-    out = []
-    for image, s in zip(x, sigma):
-        rows, cols = deriche_matrix(h, s).to(x.dtype), deriche_matrix(w, s).to(x.dtype)
-        out.append(rows @ image @ cols.T)
-    return torch.stack(out)
-
-
-def contrast_curve(index: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
-    """darktable's contrast table at (continuous) ``index`` 0..TABLE for each image's
-    ``contrast`` (broadcast): a line through L 50 up to |contrast| 1, a sigmoid beyond."""
-    line = contrast * (100 * index / TABLE - 50) + 50
-    spread = SIGMOID_BOOST * (contrast.abs() - 1) ** 2
-    kx = 2 * index / TABLE - 1
-    sigmoid = 50 * (torch.sign(contrast) * torch.sqrt(1 + spread) * kx / torch.sqrt(1 + spread * kx * kx) + 1)
-    return torch.where(contrast.abs() <= 1, line, sigmoid)
-
-
-def brightness_curve(index: torch.Tensor, brightness: torch.Tensor) -> torch.Tensor:
-    """darktable's brightness table: a gamma curve, 1 / (1 + brightness) up, 1 - brightness down."""
-    gamma = torch.where(brightness >= 0, 1 / (1 + brightness), 1 - brightness)
-    return 100 * (index / TABLE).clamp_min(1e-20) ** gamma     # 0 at index 0, with a finite gradient
-
-
-def _extrapolated(curve, value: torch.Tensor, parameter: torch.Tensor) -> torch.Tensor:
-    """darktable's use of a table on L ``value``: the table below 100 (its first entry below
-    0), above it the power law dt_iop_estimate_exp fits to the entries at 0.7, 0.8, 0.9 and
-    1 (its last entry) x TABLE."""
-    index = (value / 100 * TABLE).clamp(0, TABLE - 1)
-    # the entry darktable reads (the index truncated), with the continuous curve's slope
-    inside = curve(index + (index.floor() - index).detach(), parameter)
-    at = [curve(torch.full_like(parameter, min(int(x * TABLE), TABLE - 1)), parameter) for x in EXTRAPOLATION_AT]
-    y0, exponents = at[-1], []
-    for x, y in zip(EXTRAPOLATION_AT[:-1], at[:-1]):
-        ratio = y / y0
-        exponent = torch.log(ratio.clamp_min(1e-30)) / math.log(x)
-        exponents.append(torch.where((ratio > 0) & (exponent.abs() < 100), exponent, torch.full_like(exponent, math.nan)))
-    exponents = torch.stack(exponents)
-    counted = (~exponents.isnan()).sum(0)
-    mean = torch.where(counted > 0, torch.nan_to_num(exponents).sum(0) / counted.clamp_min(1), torch.ones_like(y0))
-    above = y0 * (value / 100).clamp_min(1) ** mean
-    return torch.where(value < 100, inside, above)
-
-
-def lowpass_lab(lab: torch.Tensor, radius: torch.Tensor, contrast: torch.Tensor, brightness: torch.Tensor,
-            saturation: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """darktable's lowpass of Lab ``lab`` (B, 3, H, W); the sliders and each image's pixel
-    ``scale`` are (B,) float64."""
-    blurred = gaussian(lab, radius.clamp_min(0.1) * scale)
-    per_image = lambda v: v.to(lab.dtype).view(-1, 1, 1)   # noqa: E731
-    L = _extrapolated(contrast_curve, blurred[:, 0], per_image(contrast))
-    L = _extrapolated(brightness_curve, L, per_image(brightness))
-    ab = (blurred[:, 1:] * per_image(saturation)[:, None]).clamp(-128, 128)
-    return torch.cat([L[:, None], ab], 1)
-
-
 def lowpass(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, pattern: object = None) -> torch.Tensor:
     """darktable's lowpass of Lab ``x`` (B, 3, H, W): its radius a length at full size."""
     return lowpass_lab(x, sliders["radius"], sliders["contrast"], sliders["brightness"], sliders["saturation"], scale)
@@ -284,21 +195,100 @@ def colorout(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, pattern: ob
     return ColorOut()(x, sliders)
 
 
+BLOOM_DEFAULTS = {"size": 20.0, "threshold": 90.0, "strength": 25.0}
+
+
+def bloom(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, pattern: object = None) -> torch.Tensor:
+    """darktable's bloom of Lab ``x`` (B, 3, H, W): the lightness over the threshold,
+    box-blurred at a radius that follows the size and the pixel ``scale``, screened over L
+    (models.darktable.boxblur)."""
+    return bloom_lab(x, sliders["size"], sliders["threshold"], sliders["strength"], scale)
+
+
+SOFTEN_DEFAULTS = {"size": 50.0, "saturation": 100.0, "brightness": 0.33, "amount": 50.0}
+
+
+def full_sizes(planes: torch.Tensor, scale: torch.Tensor) -> list[tuple[int, int]]:
+    """Each whole image's full size (W, H) from its coordinate planes (B, >= 4, H, W) and pixel
+    ``scale`` (B,): the long side its pixels over the scale, the other by the image's shape
+    the planes span (utils.data.tapouts.coordinate_planes)."""
+    h, w = planes.shape[-2:]
+    sizes = []
+    for p, k in zip(planes.double(), scale.double().tolist()):
+        shape = []
+        for axis in (0, 1):    # x then y: the planes in half the longest side over those in half this side
+            at = int(p[axis].abs().flatten().argmax())
+            shape.append(float(p[axis + 2].flatten()[at] / p[axis].flatten()[at]))
+        longest = max(h, w) / k
+        sizes.append((round(longest * shape[0]), round(longest * shape[1])))
+    return sizes
+
+
+def soften(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, planes: torch.Tensor) -> torch.Tensor:
+    """darktable's soften of linear RGB ``x`` (B, 3, H, W), a whole image with its coordinate
+    planes: a brightened copy, box-blurred at a share of the full image's diagonal, mixed in
+    (models.darktable.boxblur)."""
+    return soften_rgb(x, sliders["size"], sliders["saturation"], sliders["brightness"], sliders["amount"], scale,
+                      full_sizes(planes, scale))
+
+
+COLORBALANCE_DEFAULTS = {"saturation": 1.0, "contrast": 1.0, "lift_0": 1.0, "gamma_0": 1.0, "gain_0": 1.0}
+
+
+def colorbalance(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, pattern: object = None) -> torch.Tensor:
+    """darktable's colour balance of Lab ``x`` (B, 3, H, W): slope, offset and power
+    (models.darktable.colorbalance)."""
+    return colorbalance_lab(x, *(sliders[k] for k in ("saturation", "contrast", "lift_0", "gamma_0", "gain_0")))
+
+
+VIGNETTE_DEFAULTS = {"scale": 80.0, "falloff_scale": 50.0, "brightness": -0.5, "saturation": -0.5}
+
+
+def vignette(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, planes: torch.Tensor) -> torch.Tensor:
+    """darktable's vignetting of RGB ``x`` (B, 3, H, W) at the fields the registry pins
+    (centred, a circle, no dithering, unbounded), where ``planes`` (B, >= 4, H, W) are the
+    image's coordinate planes (utils.data.tapouts.coordinate_planes, spanning its full size):
+    darktable measures from pixel corners, half a pixel before their centres. The weight
+    rises linearly from 0 at ``scale`` % to 1 at ``scale + falloff_scale`` % of half the
+    longest side; brightness below 0 darkens (x (1 + w b)), above 0 lifts (x + w b), then
+    saturation moves each channel from the pixel's mean (x - (mean - x) w s). (darktable's
+    least fall-off, 100 / the short side in pixels, is below the slider's range for images
+    over 20 px.)"""
+    px, py = planes[:, 2].double(), planes[:, 3].double()
+    h, w = x.shape[-2:]
+    step = px[:, 0, 1] - px[:, 0, 0] if w > 1 else (py[:, 1, 0] - py[:, 0, 0] if h > 1 else px.new_zeros(len(x)))
+    half = (step / 2)[:, None, None]
+    distance = torch.hypot(px - half, py - half)[:, None]                   # (B, 1, H, W)
+    start, width = (sliders[k][:, None, None, None] / 100 for k in ("scale", "falloff_scale"))
+    weight = ((distance - start) / width).clamp(0, 1)
+    brightness, saturation = (sliders[k][:, None, None, None] for k in ("brightness", "saturation"))
+    v = x.double()
+    v = torch.where(brightness < 0, v * (1 + weight * brightness), v + weight * brightness)
+    v = v - (v.mean(1, keepdim=True) - v) * weight * saturation
+    return v.to(x.dtype)
+
+
 @dataclass(frozen=True)
 class Prior:
     operation: Callable[[torch.Tensor, Sliders, torch.Tensor, object], torch.Tensor]
     defaults: Mapping[str, float] = field(default_factory=dict)   # darktable's, of the sliders a proxy may leave out
     steps: tuple[str, ...] = ()     # the sliders whose effect is a step function
     # computed on the whole image only (darktable's operation depends on all of it, or on
-    # the image's edges); False: pixel by pixel, the same on a crop
+    # the image's edges), or fitted on it (a crop says too little: the vignette's centre
+    # does not move with its sliders); False: pixel by pixel, the same on a crop
     whole_image: bool = True
+    # depends on where a pixel lies in its image: the operation takes the image's coordinate
+    # planes where the others take the CFA pattern
+    positional: bool = False
 
     def __call__(self, x: torch.Tensor, sliders: Sliders, scale: torch.Tensor,
-                 pattern: str | Sequence[str] = "RGGB") -> torch.Tensor:
+                 pattern: str | Sequence[str] = "RGGB", planes: torch.Tensor | None = None) -> torch.Tensor:
         """The operation on ``x`` at ``sliders``, a slider not given at its default."""
         given = {name: torch.full((len(x),), value, dtype=torch.float64, device=x.device)
                  for name, value in self.defaults.items()}
-        return self.operation(x, {**given, **sliders}, scale, pattern)
+        if self.positional and (planes is None or planes.shape[1] < 4):
+            raise ValueError("a positional prior needs the image's 4 coordinate planes")
+        return self.operation(x, {**given, **sliders}, scale, planes if self.positional else pattern)
 
 
 PRIORS = {"shadhi": Prior(shadhi, SHADHI_DEFAULTS, steps=("radius",)),
@@ -308,4 +298,8 @@ PRIORS = {"shadhi": Prior(shadhi, SHADHI_DEFAULTS, steps=("radius",)),
           "temperature": Prior(temperature, TEMPERATURE_DEFAULTS, whole_image=False),
           "highlights": Prior(highlights, {"clip": 1.0}, whole_image=False),
           "demosaic": Prior(demosaic),
-          "colorout": Prior(colorout, whole_image=False)}
+          "colorout": Prior(colorout, whole_image=False),
+          "bloom": Prior(bloom, BLOOM_DEFAULTS, steps=("size", "threshold")),
+          "soften": Prior(soften, SOFTEN_DEFAULTS, steps=("size",), positional=True),
+          "colorbalance": Prior(colorbalance, COLORBALANCE_DEFAULTS, whole_image=False),
+          "vignette": Prior(vignette, VIGNETTE_DEFAULTS, whole_image=True, positional=True)}

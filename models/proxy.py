@@ -64,7 +64,7 @@ class Proxy(nn.Module):
         (utils.evaluation.regress.line_search)."""
         names = [self.spec.pixelate, "threshold" if self.spec.glow else "",
                  *(PRIORS[self.spec.prior].steps if self.spec.prior else ())]
-        return [self.slider_names.index(name) for name in names if name in self.slider_names]
+        return [self.slider_names.index(name) for name in dict.fromkeys(names) if name in self.slider_names]
 
     @property
     def whole_image(self) -> bool:
@@ -89,7 +89,7 @@ class Proxy(nn.Module):
         c = self._conditioning(u, scale)
         if self.spec.layout == "rgb":
             k = self.spec.in_channels
-            image = self._prior(x[:, :k], u, scale) if self.spec.prior else x[:, :k]
+            image = self._prior(x[:, :k], u, scale, planes=x[:, k:]) if self.spec.prior else x[:, :k]
             t = to_network(image, self.scale)                   # (B, C_in, H, W)
             if self.spec.extra_channels:
                 t = torch.cat([t, x[:, k:k + self.spec.extra_channels].to(t.dtype)], 1)
@@ -117,14 +117,15 @@ class Proxy(nn.Module):
         return torch.where(gathered > threshold.detach()[:, None, None, None], gathered, torch.zeros_like(gathered)).float()
 
     def _prior(self, image: torch.Tensor, u: torch.Tensor, scale: torch.Tensor | None,
-               pattern: str | Sequence[str] = "RGGB") -> torch.Tensor:
+               pattern: str | Sequence[str] = "RGGB", planes: torch.Tensor | None = None) -> torch.Tensor:
         """darktable's own operation on ``image`` at sliders ``u`` (``spec.prior``,
         models.priors), at each image's pixel scale (1 where the proxy knows none: it was
-        trained at full size), for a mosaic of CFA ``pattern``."""
+        trained at full size), for a mosaic of CFA ``pattern``, at the coordinate ``planes``
+        of a positional type."""
         values = self.from_unit(u)
         scale = torch.ones(len(image), dtype=torch.float64, device=image.device) if scale is None else scale
         return PRIORS[self.spec.prior](image, {s.name: values[:, j] for j, s in enumerate(self.sliders)},
-                                       scale, pattern)
+                                       scale, pattern, planes)
 
     def _conditioning(self, u: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
         """What the network is conditioned on (utils.proxies.slider.conditioning), the pixel

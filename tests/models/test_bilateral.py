@@ -1,4 +1,4 @@
-"""darktable's bilateral grid (models.bilateral) and shadows and highlights (models.priors,
+"""darktable's bilateral grid (models.darktable.bilateral) and shadows and highlights (models.priors,
 the exact family): the grid against a plain loop over pixels and cells as bilateral.c runs
 it, its sizes, its gradient; the prior against a transcription of shadhi.c's overlay, the
 exact proxy and its searched step (fast); the prior against darktable's own shadhi (marked
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from models import priors
-from models.bilateral import bilateral_base, grid_geometry
+from models.darktable.bilateral import bilateral_base, grid_geometry
 from models.networks import EXACT_FAMILY, ModelSpec
 from models.proxy import Proxy
 from tests.conftest import ROOT

@@ -1,4 +1,4 @@
-"""darktable's haze removal (models.dehaze, the hazeremoval prior of the exact family): the box
+"""darktable's haze removal (models.darktable.dehaze, the hazeremoval prior of the exact family): the box
 filters and the guided filter against plain loops over pixels as hazeremoval.c and
 guided_filter.c run them, the ambient light against sorted order statistics, the operation's
 gradient (fast); the prior against darktable's own hazeremoval (marked ``darktable``)."""
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from models import dehaze, priors
+from models import priors
+from models.darktable import dehaze
 from models.networks import EXACT_FAMILY, ModelSpec
 from models.proxy import Proxy
 from utils.evaluation.metrics import psnr

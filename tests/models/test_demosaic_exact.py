@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.demosaic_exact import colour_map, rcd_demosaic
+from models.darktable.demosaic import colour_map, rcd_demosaic
 from models.fixed import EXACT, Demosaic, ImageContext
 
 PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")

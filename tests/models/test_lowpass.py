@@ -1,9 +1,9 @@
-"""darktable's lowpass, exact (models.priors.lowpass_lab): its recursive Gaussian and curves."""
+"""darktable's lowpass, exact (models.darktable.lowpass.lowpass_lab): its recursive Gaussian and curves."""
 import numpy as np
 import pytest
 import torch
 
-from models import priors as lp
+from models.darktable import lowpass as lp
 from models.priors import PRIORS
 from utils.data.images import image_size
 from utils.data.tapouts import pixel_scale

@@ -1,20 +1,23 @@
-"""darktable's operations as priors (models.priors): the mosaic and profile types' exact proxies,
-and what every prior shares with the registry."""
+"""darktable's operations as priors (models.priors): the mosaic and profile types' and the
+vignette's exact proxies, and what every prior shares with the registry."""
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
 
 from models import priors
-from models.demosaic_exact import rcd_demosaic
+from models.darktable.demosaic import rcd_demosaic
 from models.fixed import ColorOut
 from models.networks import EXACT_FAMILY, ModelSpec
 from models.proxy import Proxy
 from tests.data.test_mosaic_darktable import colour_mask
 from utils.darktable.files import write_tiff
 from utils.data.manifest import columns
-from utils.data.tapouts import TapoutDataset
+from utils.data.images import image_size
+from utils.data.tapouts import SCALED_PLANES, TapoutDataset, coordinate_planes
+from utils.evaluation.fidelity import proxy_on_render
 from utils.evaluation.metrics import psnr
 from utils.proxies.registry import PROXIES
 from utils.proxies.slider import conditioning_width
@@ -32,11 +35,14 @@ def test_every_prior_is_a_registry_types_exact_model_with_its_defaults():
         assert priors.PRIORS[name].defaults == {s.name: s.default for s in proxy_type.sliders}, name
 
 
-def exact(type_name: str, scale_planes: int = 0) -> Proxy:
+def exact(type_name: str, planes: int = 0) -> Proxy:
+    """A ``type_name`` proxy of the exact family with ``planes`` coordinate planes (with
+    SCALED_PLANES it takes each image's pixel scale from the last, as a trained one does)."""
     proxy_type = PROXIES[type_name]
     channels = {"rgb": (3, 3), "mosaic": (4, 4), "mosaic_rgb": (12, 12)}[proxy_type.layout]
     spec = ModelSpec(EXACT_FAMILY, "base", *channels, conditioning_width(proxy_type.sliders),
-                     layout=proxy_type.layout, prior=proxy_type.network["prior"])
+                     layout=proxy_type.layout, prior=proxy_type.network["prior"], extra_channels=planes,
+                     pixel_scale=0.25 if planes == SCALED_PLANES else 0.0)
     return Proxy(spec, proxy_type.sliders, proxy_type.value_scale)
 
 
@@ -113,3 +119,51 @@ def test_a_native_dataset_returns_mosaics_as_rendered_with_their_pattern(tmp_pat
     assert mirrored.pattern(0) == "RGGB"
     with pytest.raises(ValueError, match="whole images"):
         TapoutDataset(tmp_path, [], crop=4, native=True)
+
+
+def loop_vignette(rgb: np.ndarray, full_size: tuple[int, int], values: dict) -> np.ndarray:
+    """vignette.c's pass over (H, W, 3) RGB at the registry's fields, pixel by pixel: the
+    distance from the centre of the image's full extent at this scale, from pixel corners."""
+    h, w = rgb.shape[:2]
+    ratio = max(h, w) / max(full_size)
+    centre = (full_size[0] * ratio / 2, full_size[1] * ratio / 2)
+    unit = 2 / (max(full_size) * ratio)
+    out = rgb.copy()
+    for j in range(h):
+        for i in range(w):
+            d = math.hypot((i - centre[0]) * unit, (j - centre[1]) * unit)
+            weight = min(1.0, max(0.0, (d - values["scale"] / 100) / (values["falloff_scale"] / 100)))
+            col = rgb[j, i] * (1 + weight * values["brightness"]) if values["brightness"] < 0 \
+                else rgb[j, i] + weight * values["brightness"]
+            out[j, i] = col - (col.mean() - col) * weight * values["saturation"]
+    return out
+
+
+@pytest.mark.parametrize("values", [{"scale": 20.0, "falloff_scale": 30.0, "brightness": -0.7, "saturation": 0.4},
+                                    {"scale": 0.0, "falloff_scale": 5.0, "brightness": 0.3, "saturation": -1.0}])
+def test_the_vignette_is_vignette_c_pixel_by_pixel_and_the_same_on_a_crop(values):
+    """From the coordinate planes of an image of 45 x 31 at full size, shown as 16 x 11 (its
+    short side 11.02 in darktable's pipe): darktable's weight from pixel corners."""
+    rgb = np.random.default_rng(0).random((11, 16, 3)) + 0.05
+    proxy = exact("vignette", planes=4)
+    x = torch.cat([torch.from_numpy(rgb.transpose(2, 0, 1)), coordinate_planes(11, 16, 4, full_size=(45, 31)).double()])[None]
+    u = proxy.to_unit(torch.tensor([[values[s.name] for s in proxy.sliders]], dtype=torch.float64))
+    y = proxy(x, u).double()
+    np.testing.assert_allclose(y[0].numpy().transpose(1, 2, 0), loop_vignette(rgb, (45, 31), values), atol=2e-6)
+    np.testing.assert_allclose(proxy(x[..., 3:9, 5:13], u).double().numpy(), y[..., 3:9, 5:13].numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="coordinate planes"):
+        priors.PRIORS["vignette"](x[:, :3], {}, torch.ones(1))
+
+
+@pytest.mark.darktable
+def test_darktables_vignette_is_the_exact_proxy_on_a_render(dt, raw_image):
+    """An export of 100 px, not a whole number of pixels on its short side in darktable's pipe."""
+    vignette, values = PROXIES["vignette"], {"scale": 30.0, "falloff_scale": 20.0, "brightness": -0.6, "saturation": 0.8}
+    render = dt.render(raw_image, [vignette.history_item(dt, values)], dump=["vignette"], size=100, hq=False)
+    tap_in, tap_out = render.io("vignette")
+    assert (max(image_size(raw_image)) * min(tap_in.shape[:2]) / max(tap_in.shape[:2])) % 1     # fractional
+    proxy = exact("vignette", planes=4)
+    y = proxy_on_render(proxy, tap_in, [values[s.name] for s in vignette.sliders], torch.device("cpu"), image=raw_image)
+    target = torch.from_numpy(np.ascontiguousarray(tap_out[..., :3].transpose(2, 0, 1)))[None]
+    assert float(psnr(y[None], target)[0]) > 110                      # measured 120 dB (the cap)
+    assert float(psnr(torch.from_numpy(np.ascontiguousarray(tap_in[..., :3].transpose(2, 0, 1)))[None], target)[0]) < 40

@@ -265,7 +265,7 @@ def test_exact_demosaic_follows_the_white_balance_block_and_passes_gradient():
     """temperature-like mosaic block -> exact demosaic -> exposure: demosaic's processed
     maximum is the white-balance block's largest multiplier, and the white-balance sliders get
     gradient through it."""
-    from models.demosaic_exact import rcd_demosaic
+    from models.darktable.demosaic import rcd_demosaic
     from models.fixed import Demosaic
     from models.mosaic import network_channels
     from utils.proxies.registry import get_proxy

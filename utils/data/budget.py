@@ -26,14 +26,14 @@ def tapout_shape(size_wh: tuple[int, int], proxy: ProxyType, size: int) -> tuple
 
 def check_image_sizes(images: Sequence[Path], proxy: ProxyType, size: int) -> None:
     """Refuse an image whose tap-outs would be smaller than MIN_TAPOUT_SIDE on a side, and one
-    whose full size is unknown (a raw format only darktable reads) when a slider of ``proxy`` is
-    a pixel length and the tap-outs are downscaled: its pipe scale would be unknown."""
+    whose full size is unknown (a raw format only darktable reads) when ``proxy`` takes the pipe
+    scale (a slider is a pixel length, ...) and the tap-outs are downscaled: it would be unknown."""
     for image in images:
         known = image_size(image)
         if known is None:
-            if size and any(s.pixels for s in proxy.sliders):
+            if size and proxy.takes_pixel_scale:
                 raise UserError(f"image {image}: its size cannot be read, and {proxy.name} needs it at "
-                                f"--size {size} (its sliders are lengths at full size); convert it to DNG "
+                                f"--size {size} (it follows the pipe's pixel scale); convert it to DNG "
                                 "or TIFF, or use --size 0")
             continue
         w, h = tapout_shape(known, proxy, size)

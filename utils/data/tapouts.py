@@ -42,12 +42,17 @@ def pixel_scale(tapout_shape: Sequence[int], full_size: Sequence[int] | None) ->
 
 
 def coordinate_planes(height: int, width: int, planes: int = COORDINATE_PLANES,
-                      scale: float = 0.0) -> torch.Tensor:
+                      scale: float = 0.0, full_size: Sequence[int] | None = None) -> torch.Tensor:
     """(planes, H, W): the x and y of every pixel centre, from -1 to 1 across the whole image;
     with 4 planes then x and y again, in units of half the image's longest side (the image's
     shape kept: a circle in pixels is a circle there); with 5 (SCALED_PLANES) then the
     image's pixel ``scale`` everywhere (:func:`pixel_scale`; 0: unknown, the proxy takes the
     scale it was trained at).
+
+    With the image's ``full_size`` (W, H), the image spans what darktable's pipe holds: the
+    full size times the long sides' ratio, of which the tap-out's H x W pixels are the whole
+    part (an image of 450 x 300 at 128 px is 128 x 85.33 there, 85 rows in the tap-out);
+    without it, just the tap-out's pixels.
 
     Positional proxy types (``ProxyType.positional``: vignette, graduated filter, ...) depend
     on where a pixel is in the image, some in coordinates relative to each side (graduatednd's
@@ -57,20 +62,26 @@ def coordinate_planes(height: int, width: int, planes: int = COORDINATE_PLANES,
     if planes not in (2, 4, SCALED_PLANES):
         raise ValueError(f"coordinate planes are 2, 4 or {SCALED_PLANES}, not {planes}")
     if planes == SCALED_PLANES:
-        return torch.cat([coordinate_planes(height, width), torch.full((1, height, width), float(scale))])
-    ys = (torch.arange(height, dtype=torch.float32) + 0.5) / height * 2 - 1
-    xs = (torch.arange(width, dtype=torch.float32) + 0.5) / width * 2 - 1
+        return torch.cat([coordinate_planes(height, width, full_size=full_size),
+                          torch.full((1, height, width), float(scale))])
+    extent_x, extent_y = float(width), float(height)
+    if full_size and min(full_size) > 0:
+        ratio = max(height, width) / max(full_size)
+        extent_x, extent_y = full_size[0] * ratio, full_size[1] * ratio
+    ys = ((torch.arange(height, dtype=torch.float64) + 0.5) / extent_y * 2 - 1).float()
+    xs = ((torch.arange(width, dtype=torch.float64) + 0.5) / extent_x * 2 - 1).float()
     xy = torch.stack([xs[None, :].expand(height, width), ys[:, None].expand(height, width)])
     if planes == 2:
         return xy
-    shape = torch.tensor([width, height], dtype=torch.float32)[:, None, None] / max(height, width)
+    shape = torch.tensor([extent_x, extent_y], dtype=torch.float32)[:, None, None] / max(extent_x, extent_y)
     return torch.cat([xy, xy * shape])
 
 
-def with_coordinates(x: torch.Tensor, planes: int = COORDINATE_PLANES, scale: float = 0.0) -> torch.Tensor:
+def with_coordinates(x: torch.Tensor, planes: int = COORDINATE_PLANES, scale: float = 0.0,
+                     full_size: Sequence[int] | None = None) -> torch.Tensor:
     """A whole tap-out (C, H, W) -> (C + planes, H, W) with its coordinate planes appended
-    (and its pixel ``scale``, :func:`coordinate_planes`)."""
-    return torch.cat([x, coordinate_planes(*x.shape[-2:], planes, scale).to(x.dtype)], 0)
+    (its pixel ``scale`` and its image's ``full_size``: :func:`coordinate_planes`)."""
+    return torch.cat([x, coordinate_planes(*x.shape[-2:], planes, scale, full_size).to(x.dtype)], 0)
 
 
 class TapoutDataset(Dataset):
@@ -87,7 +98,8 @@ class TapoutDataset(Dataset):
     than ``Constants.PRELOAD_MAX_MB``; an input shared by many samples is loaded once.
     Every image is checked for NaN/Inf when it is first read (at construction when preloaded).
     ``positional``: inputs get that many coordinate planes (True: ``COORDINATE_PLANES``) in the
-    whole image (``with_coordinates``) before cropping; with SCALED_PLANES the last holds the
+    whole image (``with_coordinates``, spanning its image's full size where known: ``full_sizes``)
+    before cropping; with SCALED_PLANES the last holds the
     image's pixel scale (``pixel_scales``, known when a slider is a pixel length: the full
     sizes dataset.json records, or the source images' headers for datasets made before it).
     """
@@ -110,18 +122,27 @@ class TapoutDataset(Dataset):
         self.preload = True
         self._preload(preload_mb)
         self._crop_geometry(crop)
-        # a proxy knows the pixel scale when one of its sliders is a length at full size
+        # each sample's image's full size (W, H) where known, for the coordinate planes
+        self.full_sizes = self._full_sizes() if self.extra_channels else [None] * len(self.rows)
+        # a proxy knows the pixel scale when one of its sliders is a length at full size, or
+        # its planes carry the scale (its operation follows it)
         self.pixel_scales = (self._pixel_scales() if any(s.pixels for s in self.sliders)
-                             else [0.0] * len(self.rows))
+                             or self.extra_channels == SCALED_PLANES else [0.0] * len(self.rows))
+
+    def _full_sizes(self) -> list[tuple[int, int] | None]:
+        """Every sample's image's full size (W, H): the one dataset.json records, or the source
+        image's header for datasets made before it; None where neither is at hand."""
+        sizes, source = dict(self.spec.get("image_sizes", {})), Path(self.spec.get("source_dir") or ".")
+        for name in {r["image"] for r in self.rows} - set(sizes):
+            sizes[name] = image_size(source / name)
+        return [tuple(sizes[r["image"]]) if sizes[r["image"]] else None for r in self.rows]
 
     def _pixel_scales(self) -> list[float]:
         """Every sample's pixel scale (:func:`pixel_scale`; 0 where its image's full size is unknown)."""
         if self.spec.get("size") == 0:       # rendered at full size
             return [1.0] * len(self.rows)
-        sizes, source = dict(self.spec.get("image_sizes", {})), Path(self.spec.get("source_dir") or ".")
-        for name in {r["image"] for r in self.rows} - set(sizes):
-            sizes[name] = image_size(source / name)
-        return [pixel_scale(shape, sizes[r["image"]]) for r, shape in zip(self.rows, self.output_sizes)]
+        sizes = self.full_sizes if self.extra_channels else self._full_sizes()
+        return [pixel_scale(shape, size) for size, shape in zip(sizes, self.output_sizes)]
 
     @property
     def pixel_scale(self) -> float:
@@ -216,7 +237,7 @@ class TapoutDataset(Dataset):
         if x.shape[1:] != y.shape[1:]:
             raise UserError(f"{row['input']} and {row['output']} differ in size")
         if self.extra_channels:
-            x = with_coordinates(x, self.extra_channels, self.pixel_scales[i])
+            x = with_coordinates(x, self.extra_channels, self.pixel_scales[i], self.full_sizes[i])
         if self.crop is not None:
             h, w = y.shape[1:]
             top = 2 * int(torch.randint(0, (h - self.crop) // 2 + 1, ()))

@@ -38,10 +38,11 @@ def proxy_on_render(proxy: Proxy, tap_in: np.ndarray, values: Sequence[float],
 
     A mosaic needs its CFA ``pattern`` (utils.darktable.cfa.image_pattern); it is cropped to even size
     (compare with ``chw(tap_out, proxy.layout)``). A positional proxy gets its coordinate planes,
-    and the pixel scale of the render when it takes one (from ``image``'s full size, where known)."""
+    in ``image``'s full size where known, and the pixel scale of the render when it takes one."""
     x = chw(tap_in, proxy.layout)
-    scale = pixel_scale(tap_in.shape, image_size(image)) if image is not None else 0.0
-    x = (with_coordinates(x, proxy.spec.extra_channels, scale) if proxy.spec.extra_channels else x)[None].to(device)
+    size = image_size(image) if image is not None else None
+    scale = pixel_scale(tap_in.shape, size)
+    x = (with_coordinates(x, proxy.spec.extra_channels, scale, size) if proxy.spec.extra_channels else x)[None].to(device)
     u = proxy.to_unit(torch.tensor([list(values)], dtype=torch.float64, device=device))
     return proxy(x, u, pattern)[0].cpu()
 

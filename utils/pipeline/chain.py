@@ -147,11 +147,12 @@ class Chain(nn.Module):
 
     def with_planes(self, x: torch.Tensor) -> torch.Tensor:
         """The chain's input: a whole tap-out (B, C, H, W), before any crop, with the chain's
-        coordinate planes appended (utils.data.tapouts.coordinate_planes, the pixel scale the
-        context's; as it is when none)."""
+        coordinate planes appended (utils.data.tapouts.coordinate_planes, the pixel scale and
+        full size the context's; as it is when none)."""
         if not self.planes:
             return x
-        planes = coordinate_planes(*x.shape[-2:], self.planes, self.context.pixel_scale).to(x.device, x.dtype)
+        planes = coordinate_planes(*x.shape[-2:], self.planes, self.context.pixel_scale,
+                                   self.context.full_size).to(x.device, x.dtype)
         return torch.cat([x, planes.expand(x.shape[0], -1, -1, -1)], 1)
 
     def input(self, x: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from models.colorspace import lab_to_xyz, xyz_to_lab
-from models.demosaic_exact import colour_map
+from models.darktable.demosaic import colour_map
 from models.fixed import EXACT, ImageContext, srgb_decode
 from utils.darktable.dumps import OPERATIONS, is_raw
 from utils.darktable.runner import Darktable, Render
@@ -180,7 +180,8 @@ def image_context(dt: Darktable, image: Path, render: Render, colorin: bool = Tr
     (checked to reproduce darktable's Lab to EXACT_MIN_PSNR)."""
     context = ImageContext(pattern=cfa_pattern(image, dt) if is_raw(image) else "")
     if ("colorin", "in") in render.tapouts:
-        context.pixel_scale = pixel_scale(render.tapouts[("colorin", "in")].shape, image_size(image))
+        context.full_size = image_size(image)
+        context.pixel_scale = pixel_scale(render.tapouts[("colorin", "in")].shape, context.full_size)
     if context.pattern and ("temperature", "out") in render.tapouts:
         context.processed_maximum = measured_processed_maximum(*render.io("temperature"), context.pattern)
     if not colorin or ("colorin", "in") not in render.tapouts:

@@ -37,6 +37,10 @@ class ProxyType:
     # the output depends on where a pixel is in the whole image (vignette, graduated filter):
     # the networks also get its coordinates (utils.data.tapouts.coordinate_planes)
     positional: bool = False
+    # the output depends on the pipe's pixel scale beyond its sliders' pixel lengths
+    # (``Slider.pixels``): soften's radius is a share of the full image's diagonal, rounded
+    # there; a positional type's planes then carry the scale (``takes_pixel_scale``)
+    scaled: bool = False
     layout: str = "rgb"             # "rgb", "mosaic" (1ch -> 1ch) or "mosaic_rgb" (1ch -> 3ch)
     # (proxy type, slider) varied upstream for a module without sliders of its own
     sampler: tuple[str, str] | None = None
@@ -51,6 +55,12 @@ class ProxyType:
             raise ValueError(f"{self.name}: layout {self.layout!r} is not one of {LAYOUTS}")
         if not self.sliders and self.sampler is None:
             raise ValueError(f"{self.name}: a module without sliders needs a sampler")
+
+    @property
+    def takes_pixel_scale(self) -> bool:
+        """Whether its proxies need each image's pipe scale (utils.data.tapouts.pixel_scale): a
+        slider is a length at full size, or the operation depends on the scale (``scaled``)."""
+        return self.scaled or any(s.pixels for s in self.sliders)
 
     @property
     def mosaic_input(self) -> bool:

@@ -460,13 +460,13 @@ def _resumed_spec(path: Path) -> ModelSpec | None:
 
 def coordinate_planes_of(proxy_type: ProxyType, resumed: ModelSpec | None) -> int:
     """How many coordinate planes the networks of a ``proxy_type`` proxy get: none unless the
-    type is positional, then the pixel scale too if one of its sliders is a pixel length
-    (``Slider.pixels``); a resumed proxy keeps its own (checkpoints before the 4 planes have 2)."""
+    type is positional, then the pixel scale too if it takes one (``ProxyType.takes_pixel_scale``:
+    a slider is a pixel length, or the operation follows the scale); a resumed proxy keeps its own (checkpoints before the 4 planes have 2)."""
     if not proxy_type.positional:
         return 0
     if resumed:
         return resumed.extra_channels
-    return SCALED_PLANES if any(s.pixels for s in proxy_type.sliders) else COORDINATE_PLANES
+    return SCALED_PLANES if proxy_type.takes_pixel_scale else COORDINATE_PLANES
 
 
 def cosine_lr(lr: float, progress: float) -> float:
