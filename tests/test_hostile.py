@@ -132,6 +132,17 @@ def test_tiny_and_broken_images_are_refused_by_name(tmp_path):
     assert proc.returncode == 2
 
 
+def test_an_exact_colorin_proxy_refuses_images_without_a_dng_colour_matrix_before_rendering(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    write_tiff(photos / "photo.tif", np.full((64, 96, 3), 0.5, np.float32))
+    proc = run("Darktable_proxies.py", "colorin", "-n", "1", "--images", str(photos), "--eval-images", str(photos),
+               "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    one_line(proc, "photo.tif: no DNG colour matrix for D65")
+    assert "--model pointwise" in proc.stderr and not (tmp_path / "out" / "stage_1").exists()
+
+
 def test_config_with_a_byte_order_mark_and_a_folder_as_config(tmp_path):
     config = tmp_path / "bom.txt"
     config.write_bytes("\ufeffexposure full 1\n".encode("utf-8"))

@@ -174,3 +174,4 @@ def test_sliderless_colorin_sampler_and_evaluation(folders, tmp_path):
     metrics = json.loads((tmp_path / "eval" / "colorin" / "metrics.json").read_text())
     assert metrics["params"] == [] and np.isfinite(metrics["val_psnr"])
     assert "no sliders" in metrics["regression"]["skipped"]
+    assert metrics["val_psnr"] > 70         # exact, from each DNG's colour matrix (measured 96 dB at 128 px)

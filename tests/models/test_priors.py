@@ -9,14 +9,15 @@ import torch
 
 from models import priors
 from models.darktable.demosaic import rcd_demosaic
-from models.fixed import ColorOut
+from models.colorspace import D50, camera_to_xyz_d50
+from models.fixed import ColorIn, ColorOut, ImageContext
 from models.networks import EXACT_FAMILY, ModelSpec
 from models.proxy import Proxy
 from tests.data.test_mosaic_darktable import colour_mask
 from utils.darktable.files import write_tiff
 from utils.data.manifest import columns
-from utils.data.images import image_size
-from utils.data.tapouts import SCALED_PLANES, TapoutDataset, coordinate_planes
+from utils.data.images import builtin_images, dng_colour_matrix, image_size, list_images
+from utils.data.tapouts import MATRIX_PLANES, SCALED_PLANES, TapoutDataset, coordinate_planes, with_coordinates
 from utils.evaluation.fidelity import proxy_on_render
 from utils.evaluation.metrics import psnr
 from utils.proxies.registry import PROXIES
@@ -151,7 +152,7 @@ def test_the_vignette_is_vignette_c_pixel_by_pixel_and_the_same_on_a_crop(values
     y = proxy(x, u).double()
     np.testing.assert_allclose(y[0].numpy().transpose(1, 2, 0), loop_vignette(rgb, (45, 31), values), atol=2e-6)
     np.testing.assert_allclose(proxy(x[..., 3:9, 5:13], u).double().numpy(), y[..., 3:9, 5:13].numpy(), atol=1e-6)
-    with pytest.raises(ValueError, match="coordinate planes"):
+    with pytest.raises(ValueError, match="needs the image.s planes"):
         priors.PRIORS["vignette"](x[:, :3], {}, torch.ones(1))
 
 
@@ -167,3 +168,26 @@ def test_darktables_vignette_is_the_exact_proxy_on_a_render(dt, raw_image):
     target = torch.from_numpy(np.ascontiguousarray(tap_out[..., :3].transpose(2, 0, 1)))[None]
     assert float(psnr(y[None], target)[0]) > 110                      # measured 120 dB (the cap)
     assert float(psnr(torch.from_numpy(np.ascontiguousarray(tap_in[..., :3].transpose(2, 0, 1)))[None], target)[0]) < 40
+
+
+def test_colorin_from_a_dngs_matrix_maps_the_d65_white_to_d50_and_follows_its_planes(tmp_path):
+    """darktable's embedded-matrix profile: the white-balanced camera's (1, 1, 1) is the D65
+    white, adapted to D50; the exact proxy reads the matrix from its planes."""
+    image = list_images(builtin_images("eval"))[0]
+    embedded = dng_colour_matrix(image)
+    matrix = camera_to_xyz_d50(embedded)
+    np.testing.assert_allclose(matrix @ np.ones(3), D50, atol=1e-12)
+    assert dng_colour_matrix(tmp_path / "x.tif") is None
+    rgb = torch.rand(3, 5, 6, dtype=torch.float64)
+    x = with_coordinates(rgb, MATRIX_PLANES, matrix=matrix)[None]
+    expected = ColorIn()(rgb[None], torch.zeros(1, 0), ImageContext(colorin_matrix=matrix.tolist()))
+    assert float(psnr(exact("colorin", planes=MATRIX_PLANES)(x, torch.zeros(1, 0)), expected)[0]) > 100
+
+
+@pytest.mark.darktable
+def test_darktables_colorin_is_the_exact_proxy_from_the_dngs_matrix(dt, raw_image):
+    render = dt.render(raw_image, dump=["colorin"], size=200, hq=False)
+    tap_in, tap_out = render.io("colorin")
+    y = proxy_on_render(exact("colorin", planes=MATRIX_PLANES), tap_in, [], torch.device("cpu"), image=raw_image)
+    target = torch.from_numpy(np.ascontiguousarray(tap_out[..., :3].transpose(2, 0, 1)))[None]
+    assert float(psnr(y[None], target)[0]) > 70                 # measured 85.6 dB (coffee.dng, 200 px)

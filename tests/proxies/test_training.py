@@ -130,5 +130,8 @@ def test_new_positional_proxies_get_four_coordinate_planes_and_resumed_ones_keep
     assert coordinate_planes_of(vignette, None) == 4
     older = ModelSpec("pointwise", "base", 3, 3, 4, extra_channels=2)
     assert coordinate_planes_of(vignette, older) == 2
+    colorin = PROXIES["colorin"]              # the camera matrix's planes, for its exact proxies only
+    assert coordinate_planes_of(colorin, None, "exact") == 9 and coordinate_planes_of(colorin, None, "pointwise") == 0
+    assert coordinate_planes_of(PROXIES["soften"], None) == 5               # the scale: soften is ``scaled``
     assert new_network_options("pointwise", positional=True)["fields"] > 0
     assert new_network_options("pointwise")["fields"] == 0       # no planes, no fields of them

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-from utils.data.images import image_size
+from utils.data.images import dng_colour_matrix, image_size
 from utils.errors import UserError
 from utils.proxies.schema import ProxyType, render_size
 from utils.runs import existing_ancestor
@@ -22,6 +22,17 @@ def tapout_shape(size_wh: tuple[int, int], proxy: ProxyType, size: int) -> tuple
     w, h = size_wh
     scale = min(1.0, export / max(w, h)) if export else 1.0
     return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def check_camera_matrices(images: Sequence[Path], proxy: ProxyType, exact: bool) -> None:
+    """Refuse an image without a DNG colour matrix for an ``exact`` proxy of a type that takes
+    the image's camera matrix (``ProxyType.matrix``: colorin), before any rendering."""
+    if not (proxy.matrix and exact):
+        return
+    for image in images:
+        if dng_colour_matrix(image) is None:
+            raise UserError(f"image {image}: no DNG colour matrix for D65, which an exact {proxy.name} proxy "
+                            f"needs; use DNG images, or --model pointwise")
 
 
 def check_image_sizes(images: Sequence[Path], proxy: ProxyType, size: int) -> None:

@@ -253,6 +253,28 @@ def check_readable(path: Path) -> None:
                         "remove it from the folder or replace it") from None
 
 
+D65_ILLUMINANT = 21     # the DNG/EXIF light source code of D65
+
+
+def dng_colour_matrix(path: Path) -> np.ndarray | None:
+    """A DNG's colour matrix for D65 (ColorMatrix1 or 2, XYZ -> camera, 3x3), the one
+    darktable's colorin takes as the embedded matrix; None for other files, or a DNG with
+    no matrix for D65."""
+    if path.suffix.lower() != ".dng":
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tags = tif.pages[0].tags
+            for matrix, illuminant in ((50721, 50778), (50722, 50779)):
+                if matrix in tags and (illuminant not in tags or tags[illuminant].value == D65_ILLUMINANT):
+                    values = np.asarray(tags[matrix].value, dtype=np.float64).reshape(-1, 2)
+                    if len(values) == 9 and (values[:, 1] != 0).all():
+                        return (values[:, 0] / values[:, 1]).reshape(3, 3)
+    except Exception:   # check_readable names unreadable files; here no matrix is no matrix
+        return None
+    return None
+
+
 def image_size(path: Path) -> tuple[int, int] | None:
     """(width, height) of an image's largest picture (a DNG's raw data, not its preview), read
     from its header; None for formats only darktable decodes."""

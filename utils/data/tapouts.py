@@ -9,9 +9,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from models.colorspace import camera_to_xyz_d50
 from models.mosaic import even_crop, to_rggb
 from utils.darktable.files import read_tiff, tiff_shape
-from utils.data.images import image_size
+from utils.data.images import dng_colour_matrix, image_size
 from utils.data.manifest import read_manifest, read_spec
 from utils.errors import UserError
 from utils.proxies.schema import Slider
@@ -30,6 +31,9 @@ COORDINATE_PLANES = 4   # what new positional proxies get (checkpoints with 2 ke
 # what new positional proxies get whose type has a pixel length among its sliders
 # (``Slider.pixels``): the coordinate planes, then the input's pixel scale
 SCALED_PLANES = COORDINATE_PLANES + 1
+# what an exact colorin proxy gets instead: its image's camera matrix (white-balanced camera
+# RGB -> XYZ D50, models.colorspace.camera_to_xyz_d50), row by row, each entry a constant plane
+MATRIX_PLANES = 9
 
 
 def pixel_scale(tapout_shape: Sequence[int], full_size: Sequence[int] | None) -> float:
@@ -78,9 +82,15 @@ def coordinate_planes(height: int, width: int, planes: int = COORDINATE_PLANES,
 
 
 def with_coordinates(x: torch.Tensor, planes: int = COORDINATE_PLANES, scale: float = 0.0,
-                     full_size: Sequence[int] | None = None) -> torch.Tensor:
+                     full_size: Sequence[int] | None = None, matrix: np.ndarray | None = None) -> torch.Tensor:
     """A whole tap-out (C, H, W) -> (C + planes, H, W) with its coordinate planes appended
-    (its pixel ``scale`` and its image's ``full_size``: :func:`coordinate_planes`)."""
+    (its pixel ``scale`` and its image's ``full_size``: :func:`coordinate_planes`), or with
+    MATRIX_PLANES its image's camera ``matrix`` (3x3), one constant plane per entry."""
+    if planes == MATRIX_PLANES:
+        if matrix is None:
+            raise ValueError("matrix planes need the image's camera matrix")
+        values = torch.as_tensor(np.asarray(matrix).reshape(MATRIX_PLANES), dtype=x.dtype)
+        return torch.cat([x, values[:, None, None].expand(MATRIX_PLANES, *x.shape[-2:])], 0)
     return torch.cat([x, coordinate_planes(*x.shape[-2:], planes, scale, full_size).to(x.dtype)], 0)
 
 
@@ -101,7 +111,8 @@ class TapoutDataset(Dataset):
     whole image (``with_coordinates``, spanning its image's full size where known: ``full_sizes``)
     before cropping; with SCALED_PLANES the last holds the
     image's pixel scale (``pixel_scales``, known when a slider is a pixel length: the full
-    sizes dataset.json records, or the source images' headers for datasets made before it).
+    sizes dataset.json records, or the source images' headers for datasets made before it);
+    with MATRIX_PLANES they are the image's camera matrix instead (from its source DNG).
     """
 
     def __init__(self, folder: str | Path, sliders: Sequence[Slider], crop: int | None = None,
@@ -124,6 +135,8 @@ class TapoutDataset(Dataset):
         self._crop_geometry(crop)
         # each sample's image's full size (W, H) where known, for the coordinate planes
         self.full_sizes = self._full_sizes() if self.extra_channels else [None] * len(self.rows)
+        # each image's camera matrix, for matrix planes
+        self.matrices = self._camera_matrices() if self.extra_channels == MATRIX_PLANES else {}
         # a proxy knows the pixel scale when one of its sliders is a length at full size, or
         # its planes carry the scale (its operation follows it)
         self.pixel_scales = (self._pixel_scales() if any(s.pixels for s in self.sliders)
@@ -136,6 +149,18 @@ class TapoutDataset(Dataset):
         for name in {r["image"] for r in self.rows} - set(sizes):
             sizes[name] = image_size(source / name)
         return [tuple(sizes[r["image"]]) if sizes[r["image"]] else None for r in self.rows]
+
+    def _camera_matrices(self) -> dict[str, np.ndarray]:
+        """Each image's camera matrix (models.colorspace.camera_to_xyz_d50) from its DNG's
+        colour matrix; UserError for an image without one."""
+        source, matrices = Path(self.spec.get("source_dir") or "."), {}
+        for name in sorted({r["image"] for r in self.rows}):
+            embedded = dng_colour_matrix(source / name)
+            if embedded is None:
+                raise UserError(f"{source / name}: no DNG colour matrix for D65 (or the file is gone), which "
+                                f"an exact colorin proxy needs; train --model pointwise for other images")
+            matrices[name] = camera_to_xyz_d50(embedded)
+        return matrices
 
     def _pixel_scales(self) -> list[float]:
         """Every sample's pixel scale (:func:`pixel_scale`; 0 where its image's full size is unknown)."""
@@ -237,7 +262,8 @@ class TapoutDataset(Dataset):
         if x.shape[1:] != y.shape[1:]:
             raise UserError(f"{row['input']} and {row['output']} differ in size")
         if self.extra_channels:
-            x = with_coordinates(x, self.extra_channels, self.pixel_scales[i], self.full_sizes[i])
+            x = with_coordinates(x, self.extra_channels, self.pixel_scales[i], self.full_sizes[i],
+                                 self.matrices.get(row["image"]))
         if self.crop is not None:
             h, w = y.shape[1:]
             top = 2 * int(torch.randint(0, (h - self.crop) // 2 + 1, ()))

@@ -32,7 +32,7 @@ from models.proxy import IncompatibleCheckpoint, Proxy, read_checkpoint, save_ch
 from models.transform import to_network
 from utils.atomic import write_text_atomic
 from utils.data.manifest import read_spec
-from utils.data.tapouts import COORDINATE_PLANES, SCALED_PLANES, TapoutDataset
+from utils.data.tapouts import COORDINATE_PLANES, MATRIX_PLANES, SCALED_PLANES, TapoutDataset
 from utils.devices import resolve_device
 from utils.errors import UserError
 from utils.evaluation.metrics import psnr
@@ -164,7 +164,7 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
         raise UserError(f"{paths.weights(name) / 'last.pt'} holds a proxy of the {resumed.family} family, not "
                         f"{cfg.family}{default}; give --model {resumed.family} to go on with it, or use another "
                         f"-c NAME or move {paths.weights(name)} away to make one of the {cfg.family} family")
-    planes = coordinate_planes_of(proxy_type, resumed)
+    planes = coordinate_planes_of(proxy_type, resumed, cfg.family)
     # the exact family validates its prior on whole images (darktable's operation sees the
     # whole image: a crop's would differ), and has nothing to train
     # (and, for mosaics, in the frame darktable rendered: mirrored its tiles would differ)
@@ -458,14 +458,19 @@ def _resumed_spec(path: Path) -> ModelSpec | None:
         return None
 
 
-def coordinate_planes_of(proxy_type: ProxyType, resumed: ModelSpec | None) -> int:
-    """How many coordinate planes the networks of a ``proxy_type`` proxy get: none unless the
-    type is positional, then the pixel scale too if it takes one (``ProxyType.takes_pixel_scale``:
-    a slider is a pixel length, or the operation follows the scale); a resumed proxy keeps its own (checkpoints before the 4 planes have 2)."""
-    if not proxy_type.positional:
-        return 0
+def coordinate_planes_of(proxy_type: ProxyType, resumed: ModelSpec | None, family: str = "") -> int:
+    """How many planes the networks of a ``proxy_type`` proxy of ``family`` get after the image
+    channels: the camera matrix's (MATRIX_PLANES) for an exact proxy of a type that takes it
+    (``ProxyType.matrix``); else none unless the type is positional, then the coordinates,
+    and the pixel scale too if it takes one (``ProxyType.takes_pixel_scale``: a slider is a
+    pixel length, or the operation follows the scale); a resumed proxy keeps its own
+    (checkpoints before the 4 planes have 2)."""
     if resumed:
         return resumed.extra_channels
+    if proxy_type.matrix and family == EXACT_FAMILY:
+        return MATRIX_PLANES
+    if not proxy_type.positional:
+        return 0
     return SCALED_PLANES if proxy_type.takes_pixel_scale else COORDINATE_PLANES
 
 
