@@ -20,9 +20,10 @@ from utils.cli import add_proxy_args, check_out, input_image, named_proxy, parse
 from utils.darktable.files import write_tiff
 from utils.darktable.runner import Darktable
 from utils.data.images import cfa_pattern
+from utils.data.tapouts import MATRIX_PLANES
 from utils.devices import resolve_device
 from utils.errors import UserError, cli_main
-from utils.evaluation.fidelity import chw, proxy_on_render
+from utils.evaluation.fidelity import camera_matrix, chw, proxy_on_render
 from utils.evaluation.metrics import psnr
 from utils.proxies.schema import render_size
 from utils.proxies.trained import load_trained
@@ -37,8 +38,9 @@ def parse_args() -> tuple[argparse.Namespace, Settings, RunPaths]:
     parser = script_parser(__doc__)
     add_proxy_args(parser, "proxy type (see Darktable_proxies.py --list-proxies)")
     parser.add_argument("--image", type=Path, required=True, help="a raw or TIFF/PNG/JPEG file")
-    parser.add_argument("-v", "--values", required=True, metavar="V1,V2,...",
-                        help="one value per slider of the proxy, in its order")
+    parser.add_argument("-v", "--values", default="", metavar="V1,V2,...",
+                        help="one value per slider of the proxy, in its order (none for a proxy without "
+                             "sliders: demosaic, colorin, colorout)")
     return parse(parser)
 
 
@@ -48,7 +50,7 @@ def main() -> int:
     device = resolve_device(args.device)
     proxy, payload = load_trained(paths, name, device)
     try:
-        values = [float(v) for v in args.values.split(",")]
+        values = [float(v) for v in args.values.split(",")] if args.values.strip() else []
     except ValueError:
         raise UserError(f"-v {args.values!r}: give numbers separated by commas") from None
     if len(values) != len(proxy.slider_names):
@@ -57,6 +59,8 @@ def main() -> int:
     chosen = dict(zip(proxy.slider_names, values))
     proxy_type.check_values(chosen)
     input_image(args.image)
+    if proxy.spec.extra_channels == MATRIX_PLANES:
+        camera_matrix(args.image)       # an exact colorin proxy: refused now, not after rendering
     check_out(paths)
 
     dt = Darktable(settings)
@@ -69,7 +73,7 @@ def main() -> int:
     target = chw(tap_out, proxy.layout)
     score = float(psnr(pred[None], target[None])[0])
 
-    folder = paths.evaluation(name) / f"{args.image.stem}_{'_'.join(f'{v:g}' for v in values)}"
+    folder = paths.evaluation(name) / "_".join([args.image.stem, *(f"{v:g}" for v in values)])
     folder.mkdir(parents=True, exist_ok=True)
     images = {"input": chw(tap_in, proxy.layout), "darktable": target, "proxy": pred, "error": (pred - target).abs()}
     for key, image in images.items():

@@ -162,7 +162,7 @@ def test_each_type_generates_and_trains(proxy, family, folders, tmp_path):
 
 def test_sliderless_colorin_sampler_and_evaluation(folders, tmp_path):
     """colorin's input is exposure's output: two samples of one image differ by 2^(EV a - EV b);
-    evaluation measures fidelity and says that regression is skipped."""
+    evaluation measures fidelity and says that regression is skipped; Eval.py runs it without -v."""
     run_type("colorin", folders, tmp_path, "-r", "2")
     rows = read_manifest(tmp_path / "stage_1" / "colorin")
     a, b = [r for r in rows if r["image"] == rows[0]["image"]][:2]
@@ -175,3 +175,8 @@ def test_sliderless_colorin_sampler_and_evaluation(folders, tmp_path):
     assert metrics["params"] == [] and np.isfinite(metrics["val_psnr"])
     assert "no sliders" in metrics["regression"]["skipped"]
     assert metrics["val_psnr"] > 70         # exact, from each DNG's colour matrix (measured 96 dB at 128 px)
+    dng = next((folders / "eval").glob("*.dng"))                # Eval.py takes no -v for it
+    proc = subprocess.run([sys.executable, "Eval.py", "colorin", "--image", str(dng), "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.split("PSNR:")[1].split()[0]) > 70
