@@ -26,7 +26,7 @@ from models.networks import EXACT_FAMILY, FAMILIES
 from utils.cli import (add_proxy_args, ask, check_name, check_number, check_out, named_proxy, parse,
                        script_parser)
 from utils.darktable.runner import Darktable
-from utils.data.budget import check_camera_matrices, check_free, check_image_sizes, dataset_bytes
+from utils.data.budget import check_free, check_image_sizes, check_image_traits, dataset_bytes
 from utils.data.generate import Shard
 from utils.data.images import builtin_images, list_images
 from utils.data.manifest import read_manifest, read_spec
@@ -107,7 +107,7 @@ def check_request(args: argparse.Namespace, request: DataRequest, paths: RunPath
     if not request.images:      # an existing dataset (-d): nothing to generate
         return
     check_image_sizes([*request.images, *request.eval_images], request.proxy, request.size)
-    check_camera_matrices([*request.images, *request.eval_images], request.proxy,
+    check_image_traits([*request.images, *request.eval_images], request.proxy,
                           (args.family or request.proxy.model) == EXACT_FAMILY)
     needed = 0
     for stage, images, per_image in request.stages(settings):

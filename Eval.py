@@ -20,10 +20,10 @@ from utils.cli import add_proxy_args, check_out, input_image, named_proxy, parse
 from utils.darktable.files import write_tiff
 from utils.darktable.runner import Darktable
 from utils.data.images import cfa_pattern
-from utils.data.tapouts import MATRIX_PLANES
+from utils.data.tapouts import TRAIT_PLANES, required_traits
 from utils.devices import resolve_device
 from utils.errors import UserError, cli_main
-from utils.evaluation.fidelity import camera_matrix, chw, proxy_on_render
+from utils.evaluation.fidelity import chw, proxy_on_render
 from utils.evaluation.metrics import psnr
 from utils.proxies.schema import render_size
 from utils.proxies.trained import load_trained
@@ -59,8 +59,8 @@ def main() -> int:
     chosen = dict(zip(proxy.slider_names, values))
     proxy_type.check_values(chosen)
     input_image(args.image)
-    if proxy.spec.extra_channels == MATRIX_PLANES:
-        camera_matrix(args.image)       # an exact colorin proxy: refused now, not after rendering
+    if proxy.spec.extra_channels in TRAIT_PLANES:   # exact colorin, denoiseprofile: refused now, not after rendering
+        required_traits(args.image, TRAIT_PLANES[proxy.spec.extra_channels])
     check_out(paths)
 
     dt = Darktable(settings)

@@ -42,6 +42,9 @@ that act in steps: slider regression searches them, ``Proxy.steps``).
 - ``graduatednd``: the graduated filter's linear ramp along its rotated line (darktable's
   coordinates from pixel corners across the image's extent), density through its own
   approximation of 2^x; the 120 dB cap on all 140 samples of its table dataset.
+- ``denoiseprofile``: wavelets, Y0U0V0, the white-balance-adaptive transform and the generic
+  profile (models.darktable.denoise), its white balance and full size from the planes; the
+  120 dB cap on all 140 samples of its table dataset.
 - ``vignette``: the vignette's weight from each pixel's distance to the centre (the coordinate
   planes), brightness then saturation; measured 144-167 dB on its held-out samples.
 
@@ -63,6 +66,7 @@ from models.darktable.boxblur import bloom_lab, soften_rgb
 from models.darktable.colorbalance import colorbalance_lab
 from models.darktable.dehaze import hazeremoval as dehaze
 from models.darktable.demosaic import rcd_demosaic
+from models.darktable.denoise import denoise_rgb, max_scale_for
 from models.darktable.lowpass import lowpass_lab
 from models.fixed import ColorOut
 from models.mosaic import pack, unpack
@@ -293,6 +297,21 @@ def graduatednd(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, planes: 
     return out.clamp_min(0).to(x.dtype)
 
 
+DENOISEPROFILE_DEFAULTS = {"strength": 1.0, "shadows": 1.0}
+
+
+def denoiseprofile(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, planes: torch.Tensor) -> torch.Tensor:
+    """darktable's profiled denoise of camera RGB ``x`` (B, 3, H, W), a whole image whose
+    planes carry its coordinates and scale (its full size: the number of wavelet scales) and
+    then its white balance (utils.data.tapouts.WB_PLANES) (models.darktable.denoise)."""
+    sizes, out = full_sizes(planes[:, :4], scale), []
+    for k in range(len(x)):
+        scales = max_scale_for(*sizes[k], float(scale[k]))
+        out.append(denoise_rgb(x[k:k + 1].double(), sliders["strength"][k:k + 1], sliders["shadows"][k:k + 1],
+                               scale[k:k + 1].double(), planes[k:k + 1, 5:8, 0, 0].double(), scales))
+    return torch.cat(out).to(x.dtype)
+
+
 VIGNETTE_DEFAULTS = {"scale": 80.0, "falloff_scale": 50.0, "brightness": -0.5, "saturation": -0.5}
 
 
@@ -357,4 +376,5 @@ PRIORS = {"shadhi": Prior(shadhi, SHADHI_DEFAULTS, steps=("radius",)),
           "colorbalance": Prior(colorbalance, COLORBALANCE_DEFAULTS, whole_image=False),
           "colorin": Prior(colorin, whole_image=False, positional=True),
           "graduatednd": Prior(graduatednd, GRADUATEDND_DEFAULTS, positional=True),
+          "denoiseprofile": Prior(denoiseprofile, DENOISEPROFILE_DEFAULTS, positional=True),
           "vignette": Prior(vignette, VIGNETTE_DEFAULTS, whole_image=True, positional=True)}

@@ -39,6 +39,8 @@ class IncompatibleCheckpoint(Exception):
     """A checkpoint this code cannot load (another format version or a broken file)."""
 
 
+SCALE_PLANE = 4     # the extra plane that holds the pixel scale (utils.data.tapouts.SCALED_PLANES - 1)
+
 class Proxy(nn.Module):
     def __init__(self, spec: ModelSpec, sliders: Sequence[Slider], scale: float,
                  meta: Mapping[str, Any] | None = None):
@@ -83,7 +85,8 @@ class Proxy(nn.Module):
 
     def forward(self, x: torch.Tensor, u: torch.Tensor, pattern: str | Sequence[str] = "RGGB") -> torch.Tensor:
         """For the ``rgb`` layout ``x`` holds the image channels, then ``spec.extra_channels``
-        coordinate planes (the last its pixel scale when ``spec.pixel_scale``); mosaic layouts
+        planes (coordinates, the fifth its pixel scale when ``spec.pixel_scale``; or an image's
+        traits: utils.data.tapouts.TRAIT_PLANES); mosaic layouts
         take the mosaic and its CFA ``pattern``."""
         scale = self._pixel_scale(x)
         c = self._conditioning(u, scale)
@@ -133,14 +136,16 @@ class Proxy(nn.Module):
         return conditioning(self.sliders, u, None if scale is None else scale / self.spec.pixel_scale)
 
     def _pixel_scale(self, x: torch.Tensor) -> torch.Tensor | None:
-        """Each image's pixel scale (B,), float64, from its last extra plane (where it is 0,
+        """Each image's pixel scale (B,), float64, from its fifth extra plane (SCALE_PLANE; where it is 0,
         unknown, the one the proxy was trained at; a proxy without coordinate planes always takes
         that one); None when the proxy does not take it."""
         if not self.spec.pixel_scale:
             return None
         if not self.spec.extra_channels:
             return torch.full((len(x),), self.spec.pixel_scale, dtype=torch.float64, device=x.device)
-        given = x[:, self.spec.in_channels + self.spec.extra_channels - 1, 0, 0].double()
+        if self.spec.extra_channels <= SCALE_PLANE:
+            return torch.full((len(x),), self.spec.pixel_scale, dtype=torch.float64, device=x.device)
+        given = x[:, self.spec.in_channels + SCALE_PLANE, 0, 0].double()
         return torch.where(given > 0, given, torch.full_like(given, self.spec.pixel_scale))
 
     def _pixelate(self, y: torch.Tensor, u: torch.Tensor, scale: torch.Tensor | None,

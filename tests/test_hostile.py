@@ -132,15 +132,18 @@ def test_tiny_and_broken_images_are_refused_by_name(tmp_path):
     assert proc.returncode == 2
 
 
-def test_an_exact_colorin_proxy_refuses_images_without_a_dng_colour_matrix_before_rendering(tmp_path):
+@pytest.mark.parametrize("proxy, missing, family", [("colorin", "DNG colour matrix for D65", "pointwise"),
+                                                    ("denoiseprofile", "DNG as-shot white balance", "multiscale")])
+def test_an_exact_proxy_refuses_images_without_what_it_needs_of_a_dng_before_rendering(tmp_path, proxy, missing,
+                                                                                       family):
     photos = tmp_path / "photos"
     photos.mkdir()
     write_tiff(photos / "photo.tif", np.full((64, 96, 3), 0.5, np.float32))
-    proc = run("Darktable_proxies.py", "colorin", "-n", "1", "--images", str(photos), "--eval-images", str(photos),
+    proc = run("Darktable_proxies.py", proxy, "-n", "1", "--images", str(photos), "--eval-images", str(photos),
                "--out", str(tmp_path / "out"))
     assert proc.returncode == 2
-    one_line(proc, "photo.tif: no DNG colour matrix for D65")
-    assert "--model pointwise" in proc.stderr and not (tmp_path / "out" / "stage_1").exists()
+    one_line(proc, f"photo.tif: no {missing}")
+    assert f"--model {family}" in proc.stderr and not (tmp_path / "out" / "stage_1").exists()
 
 
 def test_config_with_a_byte_order_mark_and_a_folder_as_config(tmp_path):

@@ -38,12 +38,13 @@ def test_every_prior_is_a_registry_types_exact_model_with_its_defaults():
 
 def exact(type_name: str, planes: int = 0) -> Proxy:
     """A ``type_name`` proxy of the exact family with ``planes`` coordinate planes (with
-    SCALED_PLANES it takes each image's pixel scale from the last, as a trained one does)."""
+    SCALED_PLANES, or the white balance's planes after them, it takes each image's pixel scale
+    from its fifth plane, as a trained one does)."""
     proxy_type = PROXIES[type_name]
     channels = {"rgb": (3, 3), "mosaic": (4, 4), "mosaic_rgb": (12, 12)}[proxy_type.layout]
     spec = ModelSpec(EXACT_FAMILY, "base", *channels, conditioning_width(proxy_type.sliders),
                      layout=proxy_type.layout, prior=proxy_type.network["prior"], extra_channels=planes,
-                     pixel_scale=0.25 if planes == SCALED_PLANES else 0.0)
+                     pixel_scale=0.25 if planes in (SCALED_PLANES, SCALED_PLANES + 3) else 0.0)
     return Proxy(spec, proxy_type.sliders, proxy_type.value_scale)
 
 
@@ -179,7 +180,7 @@ def test_colorin_from_a_dngs_matrix_maps_the_d65_white_to_d50_and_follows_its_pl
     np.testing.assert_allclose(matrix @ np.ones(3), D50, atol=1e-12)
     assert dng_colour_matrix(tmp_path / "x.tif") is None
     rgb = torch.rand(3, 5, 6, dtype=torch.float64)
-    x = with_coordinates(rgb, MATRIX_PLANES, matrix=matrix)[None]
+    x = with_coordinates(rgb, MATRIX_PLANES, traits=matrix)[None]
     expected = ColorIn()(rgb[None], torch.zeros(1, 0), ImageContext(colorin_matrix=matrix.tolist()))
     assert float(psnr(exact("colorin", planes=MATRIX_PLANES)(x, torch.zeros(1, 0)), expected)[0]) > 100
 

@@ -6,13 +6,15 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-from utils.data.images import dng_colour_matrix, image_size
+from utils.data.images import TRAIT_NAMES, image_size, image_traits
 from utils.errors import UserError
 from utils.proxies.schema import ProxyType, render_size
 from utils.runs import existing_ancestor
 
 MIN_TAPOUT_SIDE = 16      # pixels; smaller tap-outs are too small for the networks and for SSIM
 TIFF_OVERHEAD = 4096      # bytes per TIFF beyond its pixels (header, tags), rounded up
+# the learned family to name for a type whose exact proxy cannot take an image
+FALLBACK_FAMILY = {"colorin": "pointwise", "denoiseprofile": "multiscale"}
 
 
 def tapout_shape(size_wh: tuple[int, int], proxy: ProxyType, size: int) -> tuple[int, int]:
@@ -24,15 +26,16 @@ def tapout_shape(size_wh: tuple[int, int], proxy: ProxyType, size: int) -> tuple
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
-def check_camera_matrices(images: Sequence[Path], proxy: ProxyType, exact: bool) -> None:
-    """Refuse an image without a DNG colour matrix for an ``exact`` proxy of a type that takes
-    the image's camera matrix (``ProxyType.matrix``: colorin), before any rendering."""
-    if not (proxy.matrix and exact):
+def check_image_traits(images: Sequence[Path], proxy: ProxyType, exact: bool) -> None:
+    """Refuse an image without what an ``exact`` proxy of ``proxy`` takes of it beyond its
+    pixels (``ProxyType.traits``: colorin's camera matrix, denoiseprofile's white balance, from
+    a DNG), before any rendering."""
+    if not (proxy.traits and exact):
         return
     for image in images:
-        if dng_colour_matrix(image) is None:
-            raise UserError(f"image {image}: no DNG colour matrix for D65, which an exact {proxy.name} proxy "
-                            f"needs; use DNG images, or --model pointwise")
+        if image_traits(image, proxy.traits) is None:
+            raise UserError(f"image {image}: no {TRAIT_NAMES[proxy.traits]}, which an exact {proxy.name} proxy "
+                            f"needs; use DNG images, or --model {FALLBACK_FAMILY.get(proxy.name, 'pointwise')}")
 
 
 def check_image_sizes(images: Sequence[Path], proxy: ProxyType, size: int) -> None:

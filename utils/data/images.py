@@ -29,6 +29,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from models.colorspace import camera_to_xyz_d50
 from utils.darktable.cfa import PROBE_GAINS, image_pattern
 from utils.darktable.runner import Darktable
 from utils.errors import UserError, cli_main
@@ -273,6 +274,39 @@ def dng_colour_matrix(path: Path) -> np.ndarray | None:
     except Exception:   # check_readable names unreadable files; here no matrix is no matrix
         return None
     return None
+
+
+def dng_white_balance(path: Path) -> np.ndarray | None:
+    """A DNG's as-shot white balance (1 / AsShotNeutral, green 1): the coefficients darktable's
+    white balance module starts from; None for other files or a DNG without them."""
+    if path.suffix.lower() != ".dng":
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            values = np.asarray(tif.pages[0].tags[50728].value, dtype=np.float64).reshape(-1, 2)
+    except Exception:   # no tag, or an unreadable file: no white balance
+        return None
+    if len(values) != 3 or (values == 0).any():
+        return None
+    coefficients = values[:, 1] / values[:, 0]
+    return coefficients / coefficients[1]
+
+
+def dng_camera_matrix(path: Path) -> np.ndarray | None:
+    """darktable's input profile of a DNG (models.colorspace.camera_to_xyz_d50 of its colour
+    matrix for D65); None where it has none."""
+    embedded = dng_colour_matrix(path)
+    return None if embedded is None else camera_to_xyz_d50(embedded)
+
+
+# what an exact proxy may need of its image beyond its pixels (ProxyType.traits), and how to get it
+TRAITS = {"camera_matrix": dng_camera_matrix, "white_balance": dng_white_balance}
+TRAIT_NAMES = {"camera_matrix": "DNG colour matrix for D65", "white_balance": "DNG as-shot white balance"}
+
+
+def image_traits(path: Path, kind: str) -> np.ndarray | None:
+    """``kind`` of TRAITS of the image at ``path`` (float64), None where the file has none."""
+    return TRAITS[kind](path)
 
 
 def image_size(path: Path) -> tuple[int, int] | None:

@@ -9,16 +9,24 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from models.colorspace import camera_to_xyz_d50
 from models.mosaic import even_crop, to_rggb
 from utils.darktable.files import read_tiff, tiff_shape
-from utils.data.images import dng_colour_matrix, image_size
+from utils.data.images import TRAIT_NAMES, image_size, image_traits
 from utils.data.manifest import read_manifest, read_spec
 from utils.errors import UserError
 from utils.proxies.schema import Slider
 from utils.settings import DEFAULTS
 
 log = logging.getLogger(__name__)
+
+
+def required_traits(image: Path | None, kind: str) -> np.ndarray:
+    """``image``'s ``kind`` of utils.data.images.TRAITS; UserError when it has none."""
+    traits = image_traits(image, kind) if image is not None else None
+    if traits is None:
+        raise UserError(f"{image}: no {TRAIT_NAMES[kind]}, which this exact proxy needs; use DNG images, "
+                        "or a proxy of a learned family (--model)")
+    return traits
 
 
 def to_chw(image: np.ndarray) -> np.ndarray:
@@ -34,6 +42,11 @@ SCALED_PLANES = COORDINATE_PLANES + 1
 # what an exact colorin proxy gets instead: its image's camera matrix (white-balanced camera
 # RGB -> XYZ D50, models.colorspace.camera_to_xyz_d50), row by row, each entry a constant plane
 MATRIX_PLANES = 9
+# what an exact denoiseprofile proxy gets: the coordinate planes with the scale (its number of
+# scales follows the full size), then its image's white balance (R, G, B), a constant plane each
+WB_PLANES = SCALED_PLANES + 3
+# the planes that carry an image trait (utils.data.images.TRAITS), by their number
+TRAIT_PLANES = {MATRIX_PLANES: "camera_matrix", WB_PLANES: "white_balance"}
 
 
 def pixel_scale(tapout_shape: Sequence[int], full_size: Sequence[int] | None) -> float:
@@ -82,15 +95,20 @@ def coordinate_planes(height: int, width: int, planes: int = COORDINATE_PLANES,
 
 
 def with_coordinates(x: torch.Tensor, planes: int = COORDINATE_PLANES, scale: float = 0.0,
-                     full_size: Sequence[int] | None = None, matrix: np.ndarray | None = None) -> torch.Tensor:
+                     full_size: Sequence[int] | None = None, traits: np.ndarray | None = None) -> torch.Tensor:
     """A whole tap-out (C, H, W) -> (C + planes, H, W) with its coordinate planes appended
-    (its pixel ``scale`` and its image's ``full_size``: :func:`coordinate_planes`), or with
-    MATRIX_PLANES its image's camera ``matrix`` (3x3), one constant plane per entry."""
-    if planes == MATRIX_PLANES:
-        if matrix is None:
-            raise ValueError("matrix planes need the image's camera matrix")
-        values = torch.as_tensor(np.asarray(matrix).reshape(MATRIX_PLANES), dtype=x.dtype)
-        return torch.cat([x, values[:, None, None].expand(MATRIX_PLANES, *x.shape[-2:])], 0)
+    (its pixel ``scale`` and its image's ``full_size``: :func:`coordinate_planes`); with
+    TRAIT_PLANES its image's ``traits`` (a camera matrix, row by row; after the coordinates,
+    a white balance), one constant plane per value."""
+    kind = TRAIT_PLANES.get(planes)
+    if kind and traits is None:
+        raise ValueError(f"{planes} planes need the image's {kind}")
+    if kind:
+        values = torch.as_tensor(np.asarray(traits, dtype=np.float64).ravel(), dtype=x.dtype)
+        constant = values[:, None, None].expand(len(values), *x.shape[-2:])
+        coordinates = planes - len(values)
+        parts = [x, coordinate_planes(*x.shape[-2:], coordinates, scale, full_size).to(x.dtype)] if coordinates else [x]
+        return torch.cat([*parts, constant], 0)
     return torch.cat([x, coordinate_planes(*x.shape[-2:], planes, scale, full_size).to(x.dtype)], 0)
 
 
@@ -112,7 +130,8 @@ class TapoutDataset(Dataset):
     before cropping; with SCALED_PLANES the last holds the
     image's pixel scale (``pixel_scales``, known when a slider is a pixel length: the full
     sizes dataset.json records, or the source images' headers for datasets made before it);
-    with MATRIX_PLANES they are the image's camera matrix instead (from its source DNG).
+    TRAIT_PLANES carry the image's camera matrix, or its white balance after the coordinates
+    (from its source DNG).
     """
 
     def __init__(self, folder: str | Path, sliders: Sequence[Slider], crop: int | None = None,
@@ -135,12 +154,12 @@ class TapoutDataset(Dataset):
         self._crop_geometry(crop)
         # each sample's image's full size (W, H) where known, for the coordinate planes
         self.full_sizes = self._full_sizes() if self.extra_channels else [None] * len(self.rows)
-        # each image's camera matrix, for matrix planes
-        self.matrices = self._camera_matrices() if self.extra_channels == MATRIX_PLANES else {}
+        # each image's trait its planes carry (a camera matrix, a white balance), by image
+        self.traits = self._image_traits() if self.extra_channels in TRAIT_PLANES else {}
         # a proxy knows the pixel scale when one of its sliders is a length at full size, or
         # its planes carry the scale (its operation follows it)
         self.pixel_scales = (self._pixel_scales() if any(s.pixels for s in self.sliders)
-                             or self.extra_channels == SCALED_PLANES else [0.0] * len(self.rows))
+                             or self.extra_channels in (SCALED_PLANES, WB_PLANES) else [0.0] * len(self.rows))
 
     def _full_sizes(self) -> list[tuple[int, int] | None]:
         """Every sample's image's full size (W, H): the one dataset.json records, or the source
@@ -150,17 +169,13 @@ class TapoutDataset(Dataset):
             sizes[name] = image_size(source / name)
         return [tuple(sizes[r["image"]]) if sizes[r["image"]] else None for r in self.rows]
 
-    def _camera_matrices(self) -> dict[str, np.ndarray]:
-        """Each image's camera matrix (models.colorspace.camera_to_xyz_d50) from its DNG's
-        colour matrix; UserError for an image without one."""
-        source, matrices = Path(self.spec.get("source_dir") or "."), {}
+    def _image_traits(self) -> dict[str, np.ndarray]:
+        """Each image's trait its planes carry (TRAIT_PLANES: utils.data.images.TRAITS) from
+        its source file; UserError for an image without it."""
+        source, kind, traits = Path(self.spec.get("source_dir") or "."), TRAIT_PLANES[self.extra_channels], {}
         for name in sorted({r["image"] for r in self.rows}):
-            embedded = dng_colour_matrix(source / name)
-            if embedded is None:
-                raise UserError(f"{source / name}: no DNG colour matrix for D65 (or the file is gone), which "
-                                f"an exact colorin proxy needs; train --model pointwise for other images")
-            matrices[name] = camera_to_xyz_d50(embedded)
-        return matrices
+            traits[name] = required_traits(source / name, kind)
+        return traits
 
     def _pixel_scales(self) -> list[float]:
         """Every sample's pixel scale (:func:`pixel_scale`; 0 where its image's full size is unknown)."""
@@ -263,7 +278,7 @@ class TapoutDataset(Dataset):
             raise UserError(f"{row['input']} and {row['output']} differ in size")
         if self.extra_channels:
             x = with_coordinates(x, self.extra_channels, self.pixel_scales[i], self.full_sizes[i],
-                                 self.matrices.get(row["image"]))
+                                 self.traits.get(row["image"]))
         if self.crop is not None:
             h, w = y.shape[1:]
             top = 2 * int(torch.randint(0, (h - self.crop) // 2 + 1, ()))

@@ -10,12 +10,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from models.colorspace import camera_to_xyz_d50
 from models.mosaic import even_crop
 from models.proxy import Proxy, checkpoint_state_dict
-from utils.data.images import dng_colour_matrix, image_size
-from utils.data.tapouts import MATRIX_PLANES, TapoutDataset, pixel_scale, to_chw, with_coordinates
-from utils.errors import UserError
+from utils.data.images import image_size
+from utils.data.tapouts import TRAIT_PLANES, TapoutDataset, pixel_scale, required_traits, to_chw, with_coordinates
 from utils.evaluation.metrics import psnr, ssim
 
 
@@ -41,25 +39,17 @@ def proxy_on_render(proxy: Proxy, tap_in: np.ndarray, values: Sequence[float],
     A mosaic needs its CFA ``pattern`` (utils.darktable.cfa.image_pattern); it is cropped to even size
     (compare with ``chw(tap_out, proxy.layout)``). A positional proxy gets its coordinate planes,
     in ``image``'s full size where known, and the pixel scale of the render when it takes one;
-    an exact colorin proxy gets ``image``'s camera matrix (:func:`camera_matrix`)."""
+    an exact colorin or denoiseprofile proxy gets ``image``'s camera matrix or white balance
+    (utils.data.tapouts.TRAIT_PLANES)."""
     x = chw(tap_in, proxy.layout)
     size = image_size(image) if image is not None else None
     scale = pixel_scale(tap_in.shape, size)
-    matrix = camera_matrix(image) if proxy.spec.extra_channels == MATRIX_PLANES else None
-    x = (with_coordinates(x, proxy.spec.extra_channels, scale, size, matrix) if proxy.spec.extra_channels
+    kind = TRAIT_PLANES.get(proxy.spec.extra_channels)
+    traits = required_traits(image, kind) if kind else None
+    x = (with_coordinates(x, proxy.spec.extra_channels, scale, size, traits) if proxy.spec.extra_channels
          else x)[None].to(device)
     u = proxy.to_unit(torch.tensor([list(values)], dtype=torch.float64, device=device))
     return proxy(x, u, pattern)[0].cpu()
-
-
-def camera_matrix(image: Path | None) -> np.ndarray:
-    """``image``'s camera matrix (models.colorspace.camera_to_xyz_d50) from its DNG colour
-    matrix; UserError when it has none."""
-    embedded = dng_colour_matrix(image) if image is not None else None
-    if embedded is None:
-        raise UserError(f"{image}: no DNG colour matrix for D65, which an exact colorin proxy needs; "
-                        "use a DNG, or a colorin proxy of --model pointwise")
-    return camera_to_xyz_d50(embedded)
 
 
 def chw(image: np.ndarray, layout: str = "rgb") -> torch.Tensor:

@@ -185,7 +185,7 @@ COLORIN = ProxyType(
     # for all cameras: 43.5 mean); --model pointwise for raws other than DNG
     model="exact",
     network={"prior": "colorin"},
-    matrix=True,
+    traits="camera_matrix",
     # in: camera RGB (about 0..1, up to ~16 at +4 EV), out: Lab (L 0..100, a/b about -100..100).
     # asinh(x / 1): linear over the camera values and through zero, where a and b change
     # sign (with 0.01 a sign change is a jump of ~18 units), logarithmic over Lab's range
@@ -296,8 +296,13 @@ DENOISEPROFILE = ProxyType(
     name="denoiseprofile",
     operation="denoiseprofile",
     gui_name="denoise (profiled)",
-    # 43.75 dB at the table's 10 minutes, unet 42.01, identity 42.33 (docs/proxies.md)
-    model="multiscale",
+    # computed exactly (models.darktable.denoise) from each image's white balance, full size and
+    # pipe scale: the 120 dB cap on the held-out samples, where the multiscale family reached
+    # 43.64-43.75 dB at the table's 10 minutes, unet 42.01, identity 42.33 (docs/proxies.md);
+    # --model multiscale for raws other than DNG
+    model="exact",
+    network={"prior": "denoiseprofile"},
+    traits="white_balance",
     doc="denoise (profiled), wavelets mode, with the generic noise profile (a[0] = -1); "
         "bias correction changes the output by < 1e-3 of its mean: not learned",
     sliders=(

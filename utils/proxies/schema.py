@@ -41,8 +41,9 @@ class ProxyType:
     # (``Slider.pixels``): soften's radius is a share of the full image's diagonal, rounded
     # there; a positional type's planes then carry the scale (``takes_pixel_scale``)
     scaled: bool = False
-    # its exact proxy takes the image's camera matrix (colorin: utils.data.tapouts.MATRIX_PLANES)
-    matrix: bool = False
+    # what its exact proxy takes of its image beyond the pixels (utils.data.images.TRAITS):
+    # "camera_matrix" (colorin), "white_balance" (denoiseprofile); "": nothing
+    traits: str = ""
     layout: str = "rgb"             # "rgb", "mosaic" (1ch -> 1ch) or "mosaic_rgb" (1ch -> 3ch)
     # (proxy type, slider) varied upstream for a module without sliders of its own
     sampler: tuple[str, str] | None = None

@@ -1,0 +1,175 @@
+"""darktable's profiled denoise (``iop/denoiseprofile.c``, ``common/eaw.c``), exact, in the
+configuration utils.proxies.registry.DENOISEPROFILE pins: wavelets, Y0U0V0 colours, the new
+variance-stabilising transform adapted to the white balance, the generic noise profile
+(a = 1e-4, b = 0: what darktable takes for a camera it has no profile for, as the built-in
+DNGs), flat force curves, no bias.
+
+The image goes through the generalised Anscombe transform per channel (its exponent from the
+shadows slider and the white balance), to Y0U0V0 scaled by 2.5 x strength x the pipe scale;
+each of ``max_scale`` edge-aware a-trous scales (B3 spline, weights 2^-max(0, 0.02 d^2 /
+sigma^2 - 9) from the 3-channel difference d, with darktable's bit-trick 2^-x) gives a detail
+band, soft-thresholded at 8 sigma^2 / sqrt(var - sigma^2) from the band's own variance; the
+bands and the last coarse image are summed, back to RGB and through the inverse transform.
+The number of scales follows the full size and the pipe scale. Measured against darktable
+5.0.1 on the 140 samples of its table dataset: 121.8-150 dB uncapped (float32 rounding);
+with the white balance taken as 1, 45.8 dB.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+GENERIC_A = 1e-4     # generic poissonian profile (no ISO / no matching camera profile)
+GENERIC_B = 0.0
+P_FULCRUM = 0.05
+COMPENSATE_STRENGTH = 2.5   # Y0U0V0 mode
+MAX_MAX_SCALE = 7           # number of bands
+B3 = (1.0 / 16, 4.0 / 16, 6.0 / 16, 4.0 / 16, 1.0 / 16)
+VARF = math.sqrt(2.0 + 2.0 * 16.0 + 36.0) / 16.0
+
+
+def max_scale_for(full_w: int, full_h: int, s: float) -> int:
+    """The number of wavelet scales darktable runs for an image of ``full_w`` x ``full_h`` at
+    full size at pipe scale ``s``: the most whose support at full size stays within a fifth of
+    the long side (at most 257 px), in darktable's float32 steps."""
+    f32 = np.float32
+    in_scale = min(f32(s), f32(1.0))
+    supp0 = min(f32(2 * (2 << (MAX_MAX_SCALE - 1)) + 1), f32(max(full_w, full_h)) * f32(0.2))
+    i0 = np.log2(f32((supp0 - f32(1.0)) * f32(0.5)))
+    ms = 0
+    while ms < MAX_MAX_SCALE:
+        supp = f32(2 * (2 << ms) + 1)
+        supp_in = supp * (f32(1.0) / in_scale)
+        i_in = np.log2(f32((supp_in - f32(1)) * f32(0.5))) - f32(1.0)
+        t = f32(1.0) - (i_in + f32(0.5)) / i0
+        if t < 0:
+            break
+        ms += 1
+    return ms
+
+
+def _fast_mexp2(x: torch.Tensor) -> torch.Tensor:
+    """darktable's fast_mexp2f, 2^-x for x >= 0 from the float's bits (bit-exact), with the
+    gradient of the piecewise-linear function the bits follow."""
+    with torch.no_grad():
+        x32 = x.detach().to(torch.float32)
+        k0 = torch.tensor(1065353216.0, dtype=torch.float32, device=x.device) + x32 * (-8388608.0)
+        k0 = torch.where(k0 >= 8388608.0, k0, torch.zeros_like(k0))
+        exact = k0.to(torch.int64).to(torch.int32).view(torch.float32).to(x.dtype)
+    # differentiable surrogate: 2^-n * (1 - (x-n)/2) on [n, n+1]
+    n = torch.floor(x.detach())
+    pl = torch.exp2(-n) * (1.0 - (x - n) * 0.5)
+    pl = torch.where(n > 126, torch.zeros_like(pl), pl)
+    return exact + (pl - pl.detach())
+
+
+def _shift(xp: torch.Tensor, dy: int, dx: int, pad: int, H: int, W: int) -> torch.Tensor:
+    return xp[:, :, pad + dy:pad + dy + H, pad + dx:pad + dx + W]
+
+
+def _dn_decompose(img: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One edge-aware a-trous step of (B, 3, H, W) ``img`` (eaw.c's eaw_dn_decompose): the B3
+    spline's 5 x 5 taps ``2^scale`` apart, edges repeated, each weighted by 2^-max(0, 0.02
+    |difference|^2 / sigma^2 - 9) at the band's sigma: (coarse, detail)."""
+    B, C, H, W = img.shape
+    mult = 1 << scale
+    sigma_band = VARF ** scale
+    inv_sigma2 = 1.0 / (sigma_band * sigma_band)
+    pad = 2 * mult
+    # replicate (clamp-to-edge) padding; pad may exceed size, so clamp indices instead
+    iy = torch.clamp(torch.arange(-pad, H + pad, device=img.device), 0, H - 1)
+    ix = torch.clamp(torch.arange(-pad, W + pad, device=img.device), 0, W - 1)
+    xp = img[:, :, iy][:, :, :, ix]
+    ssum = torch.zeros_like(img)
+    wsum = torch.zeros((B, 1, H, W), dtype=img.dtype, device=img.device)
+    for jj in range(5):
+        for ii in range(5):
+            nb = _shift(xp, mult * (jj - 2), mult * (ii - 2), pad, H, W)
+            d2 = ((img - nb) ** 2).sum(1, keepdim=True) * inv_sigma2
+            arg = torch.clamp(d2 * 0.02 - 9.0, min=0.0)
+            w = (B3[ii] * B3[jj]) * _fast_mexp2(arg)
+            wsum = wsum + w
+            ssum = ssum + w * nb
+    coarse = ssum / wsum
+    detail = img - coarse
+    return coarse, detail
+
+
+def _conversion_matrices(wb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """White balance ``wb`` (B, 3) -> RGB to Y0U0V0 (B, 3, 3) and back, darktable's
+    white-balance-adaptive matrices."""
+    sum_invwb = (1.0 / wb).sum(1) * math.sqrt(3.0)             # (B,)
+    row0 = sum_invwb[:, None] / wb
+    sU = torch.sqrt(0.25 * wb[:, 0] ** 2 + 0.25 * wb[:, 2] ** 2)
+    sV = torch.sqrt(wb[:, 0] ** 2 / 16.0 + wb[:, 1] ** 2 / 4.0 + wb[:, 2] ** 2 / 16.0)
+    one = torch.ones_like(sU)
+    row1 = torch.stack([0.5 * one, 0.0 * one, -0.5 * one], 1) / sU[:, None]
+    row2 = torch.stack([0.25 * one, -0.5 * one, 0.25 * one], 1) / sV[:, None]
+    M = torch.stack([row0, row1, row2], 1)
+    return M, torch.linalg.inv(M)
+
+
+def denoise_rgb(rgb: torch.Tensor, strength: torch.Tensor, shadows: torch.Tensor, scale: torch.Tensor,
+                wb: torch.Tensor, max_scale: int, a: float = GENERIC_A, b: float = GENERIC_B,
+                bias: float = 0.0) -> torch.Tensor:
+    """darktable's profiled denoise of camera RGB ``rgb`` (B, 3, H, W) float64 (``strength``,
+    ``shadows`` and the pipe ``scale`` (B,); ``wb`` (B, 3) the white-balance coefficients the
+    pipe ran with; ``max_scale`` wavelet scales, :func:`max_scale_for`)."""
+    B, C, H, W = rgb.shape
+    dt = rgb.dtype
+    max_mult = 1 << (max_scale - 1)
+    if W < 2 * max_mult or H < 2 * max_mult:
+        return rgb
+    s = scale.to(dt).view(B, 1)
+    wb = wb.to(dt)
+    strength = strength.to(dt).view(B, 1)
+    shadows = shadows.to(dt).view(B, 1)
+
+    p = torch.clamp(shadows + 0.1 * torch.log(s / wb), min=0.0)           # (B,3)
+    compensate_p = P_FULCRUM / torch.pow(torch.as_tensor(P_FULCRUM, dtype=dt), shadows)  # (B,1)
+    a_eff = a * compensate_p                                               # (B,1)
+
+    toY, toRGB = _conversion_matrices(wb)
+    k = (strength * COMPENSATE_STRENGTH * s)                               # (B,1)
+    toY = toY / k[:, :, None]
+    toRGB = toRGB * k[:, :, None]
+    wbs = wb * k
+
+    # precondition (generalised Anscombe, per channel) then to Y0U0V0
+    expon = 1.0 - p / 2.0
+    sc = 2.0 / ((2.0 - p) * torch.sqrt(a_eff))
+    x = torch.clamp(rgb + b, min=0.0)
+    # pow at 0 with positive exponent: keep gradient finite
+    xs = torch.where(x > 0, x, torch.ones_like(x))
+    t = torch.where(x > 0, torch.pow(xs, expon[:, :, None, None]), torch.zeros_like(x))
+    t = t * sc[:, :, None, None]
+    buf = torch.einsum('bij,bjhw->bihw', toY, t)
+
+    out = torch.zeros_like(buf)
+    npix = H * W
+    for sidx in range(max_scale):
+        coarse, detail = _dn_decompose(buf, sidx)
+        sum_y2 = (detail ** 2).sum((2, 3))                                 # (B,3)
+        sb = VARF ** sidx
+        sb2 = sb * sb
+        var_y = sum_y2 / (npix - 1.0)
+        std_x = torch.sqrt(torch.clamp(var_y - sb2, min=1e-6))
+        adjt = 8.0 * (0.5 * 0.5 * 4.0)   # flat force curves y = 0.5
+        thrs = (adjt * sb2 / std_x)[:, :, None, None]
+        out = out + torch.clamp(detail - thrs, min=0.0) + torch.clamp(detail + thrs, max=0.0)
+        buf = coarse
+    out = out + buf
+
+    # back to RGB, inverse VST
+    rgbo = torch.einsum('bij,bjhw->bihw', toRGB, out)
+    xx = torch.clamp(rgbo, min=0.0)
+    bias_eff = bias - 0.5 * torch.log(s)                                    # (B,1)
+    delta = xx * xx + (bias_eff * wbs)[:, :, None, None]
+    z1 = (xx + torch.sqrt(torch.clamp(delta, min=0.0))) * \
+        (torch.sqrt(a_eff) * (2.0 - p) / 4.0)[:, :, None, None]
+    einv = (1.0 / (1.0 - p / 2.0))[:, :, None, None]
+    z1s = torch.where(z1 > 0, z1, torch.ones_like(z1))
+    res = torch.where(z1 > 0, torch.pow(z1s, einv), torch.zeros_like(z1)) - b
+    return res
