@@ -19,8 +19,8 @@ import torch
 from utils.cli import add_proxy_args, check_out, input_image, named_proxy, parse, script_parser
 from utils.darktable.files import write_tiff
 from utils.darktable.runner import Darktable
-from utils.data.images import cfa_pattern
-from utils.data.tapouts import TRAIT_PLANES, required_traits
+from utils.data.images import cfa_pattern, required_traits
+from utils.data.tapouts import TRAIT_PLANES
 from utils.devices import resolve_device
 from utils.errors import UserError, cli_main
 from utils.evaluation.fidelity import chw, proxy_on_render

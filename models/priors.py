@@ -260,6 +260,16 @@ def colorin(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, planes: torc
     return xyz_to_lab(torch.einsum("bij,bjhw->bihw", matrix, x.double())).to(x.dtype)
 
 
+def pixel_corners(px: torch.Tensor, py: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A pair of coordinate planes (B, H, W) (utils.data.tapouts.coordinate_planes: pixel
+    centres) moved half a pixel back along their axes, float64: where darktable's vignette and
+    graduated filter measure each pixel, at its corner (an axis of one pixel stays)."""
+    px, py = px.double(), py.double()
+    step_x = px[:, :1, 1:2] - px[:, :1, :1] if px.shape[-1] > 1 else torch.zeros_like(px[:, :1, :1])
+    step_y = py[:, 1:2, :1] - py[:, :1, :1] if py.shape[-2] > 1 else torch.zeros_like(py[:, :1, :1])
+    return px - step_x / 2, py - step_y / 2
+
+
 GRADUATEDND_DEFAULTS = {"density": 1.0, "hardness": 0.0, "rotation": 0.0, "offset": 50.0}
 LN2_FLOAT32 = 0.693147182464599609375       # darktable's DT_M_LN2f
 THIRD_FLOAT32 = 0.3333333134651184082031     # its 0.333333333f
@@ -281,11 +291,9 @@ def graduatednd(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, planes: 
     by 0.5 + 0.5 2^(d clip(0.5 + L, 0, 1)), d <= 0 multiplies by 0.5 + 0.5 2^(-d clip(0.5 - L,
     0, 1)), then negatives go to 0. darktable measures pixels from their corners, its
     coordinates -1..1 across the image's extent (E_x, E_y: the planes' steps are 2 / E)."""
-    px, py = planes[:, 0].double(), planes[:, 1].double()
-    step_x = (px[:, 0, 1] - px[:, 0, 0]).view(-1, 1, 1)
-    step_y = (py[:, 1, 0] - py[:, 0, 0]).view(-1, 1, 1)
-    cx, cy = px - step_x / 2, py - step_y / 2                        # pixel corners
-    ratio = torch.sqrt(1 + (step_y / step_x) ** 2)                   # half the diagonal over half the height
+    cx, cy = pixel_corners(planes[:, 0], planes[:, 1])
+    steps = planes[:, :2, 1, 1].double() - planes[:, :2, 0, 0].double()   # 2 / E_x, 2 / E_y
+    ratio = torch.sqrt(1 + (steps[:, 1] / steps[:, 0]) ** 2).view(-1, 1, 1)   # half the diagonal over half the height
     density, hardness, rotation, offset = (sliders[k].view(-1, 1, 1) for k in GRADUATEDND_DEFAULTS)
     steepness = 0.5 / (ratio * (0.5 - 0.45 * hardness / 100))
     angle = -rotation / 180 * math.pi
@@ -325,11 +333,7 @@ def vignette(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, planes: tor
     saturation moves each channel from the pixel's mean (x - (mean - x) w s). (darktable's
     least fall-off, 100 / the short side in pixels, is below the slider's range for images
     over 20 px.)"""
-    px, py = planes[:, 2].double(), planes[:, 3].double()
-    h, w = x.shape[-2:]
-    step = px[:, 0, 1] - px[:, 0, 0] if w > 1 else (py[:, 1, 0] - py[:, 0, 0] if h > 1 else px.new_zeros(len(x)))
-    half = (step / 2)[:, None, None]
-    distance = torch.hypot(px - half, py - half)[:, None]                   # (B, 1, H, W)
+    distance = torch.hypot(*pixel_corners(planes[:, 2], planes[:, 3]))[:, None]   # (B, 1, H, W)
     start, width = (sliders[k][:, None, None, None] / 100 for k in ("scale", "falloff_scale"))
     weight = ((distance - start) / width).clamp(0, 1)
     brightness, saturation = (sliders[k][:, None, None, None] for k in ("brightness", "saturation"))

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-from utils.data.images import TRAIT_NAMES, image_size, image_traits
+from utils.data.images import image_size, required_traits
 from utils.errors import UserError
 from utils.proxies.schema import ProxyType, render_size
 from utils.runs import existing_ancestor
@@ -33,9 +33,8 @@ def check_image_traits(images: Sequence[Path], proxy: ProxyType, exact: bool) ->
     if not (proxy.traits and exact):
         return
     for image in images:
-        if image_traits(image, proxy.traits) is None:
-            raise UserError(f"image {image}: no {TRAIT_NAMES[proxy.traits]}, which an exact {proxy.name} proxy "
-                            f"needs; use DNG images, or --model {FALLBACK_FAMILY.get(proxy.name, 'pointwise')}")
+        required_traits(image, proxy.traits, f"an exact {proxy.name} proxy",
+                        f"--model {FALLBACK_FAMILY.get(proxy.name, 'pointwise')}")
 
 
 def check_image_sizes(images: Sequence[Path], proxy: ProxyType, size: int) -> None:

@@ -309,6 +309,16 @@ def image_traits(path: Path, kind: str) -> np.ndarray | None:
     return TRAITS[kind](path)
 
 
+def required_traits(image: Path | None, kind: str, needs: str = "this exact proxy",
+                    alternative: str = "a proxy of a learned family (--model)") -> np.ndarray:
+    """``image``'s ``kind`` of TRAITS; UserError naming what ``needs`` it and the
+    ``alternative`` when the image has none."""
+    traits = image_traits(image, kind) if image is not None else None
+    if traits is None:
+        raise UserError(f"{image}: no {TRAIT_NAMES[kind]}, which {needs} needs; use DNG images, or {alternative}")
+    return traits
+
+
 def image_size(path: Path) -> tuple[int, int] | None:
     """(width, height) of an image's largest picture (a DNG's raw data, not its preview), read
     from its header; None for formats only darktable decodes."""

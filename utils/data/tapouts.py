@@ -11,22 +11,13 @@ from torch.utils.data import Dataset
 
 from models.mosaic import even_crop, to_rggb
 from utils.darktable.files import read_tiff, tiff_shape
-from utils.data.images import TRAIT_NAMES, image_size, image_traits
+from utils.data.images import image_size, required_traits
 from utils.data.manifest import read_manifest, read_spec
 from utils.errors import UserError
 from utils.proxies.schema import Slider
 from utils.settings import DEFAULTS
 
 log = logging.getLogger(__name__)
-
-
-def required_traits(image: Path | None, kind: str) -> np.ndarray:
-    """``image``'s ``kind`` of utils.data.images.TRAITS; UserError when it has none."""
-    traits = image_traits(image, kind) if image is not None else None
-    if traits is None:
-        raise UserError(f"{image}: no {TRAIT_NAMES[kind]}, which this exact proxy needs; use DNG images, "
-                        "or a proxy of a learned family (--model)")
-    return traits
 
 
 def to_chw(image: np.ndarray) -> np.ndarray:

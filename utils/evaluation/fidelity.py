@@ -12,8 +12,8 @@ import torch
 
 from models.mosaic import even_crop
 from models.proxy import Proxy, checkpoint_state_dict
-from utils.data.images import image_size
-from utils.data.tapouts import TRAIT_PLANES, TapoutDataset, pixel_scale, required_traits, to_chw, with_coordinates
+from utils.data.images import image_size, required_traits
+from utils.data.tapouts import TRAIT_PLANES, TapoutDataset, pixel_scale, to_chw, with_coordinates
 from utils.evaluation.metrics import psnr, ssim
 
 

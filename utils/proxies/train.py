@@ -32,7 +32,7 @@ from models.proxy import IncompatibleCheckpoint, Proxy, read_checkpoint, save_ch
 from models.transform import to_network
 from utils.atomic import write_text_atomic
 from utils.data.manifest import read_spec
-from utils.data.tapouts import COORDINATE_PLANES, MATRIX_PLANES, SCALED_PLANES, WB_PLANES, TapoutDataset
+from utils.data.tapouts import COORDINATE_PLANES, SCALED_PLANES, TRAIT_PLANES, WB_PLANES, TapoutDataset
 from utils.devices import resolve_device
 from utils.errors import UserError
 from utils.evaluation.metrics import psnr
@@ -461,14 +461,14 @@ def _resumed_spec(path: Path) -> ModelSpec | None:
 def coordinate_planes_of(proxy_type: ProxyType, resumed: ModelSpec | None, family: str = "") -> int:
     """How many planes the networks of a ``proxy_type`` proxy of ``family`` get after the image
     channels: those of the image's trait for an exact proxy of a type that takes one
-    (``ProxyType.traits``: MATRIX_PLANES, WB_PLANES); else none unless the type is positional, then the coordinates,
+    (``ProxyType.traits``: utils.data.tapouts.TRAIT_PLANES); else none unless the type is positional, then the coordinates,
     and the pixel scale too if it takes one (``ProxyType.takes_pixel_scale``: a slider is a
     pixel length, or the operation follows the scale); a resumed proxy keeps its own
     (checkpoints before the 4 planes have 2)."""
     if resumed:
         return resumed.extra_channels
     if proxy_type.traits and family == EXACT_FAMILY:
-        return {"camera_matrix": MATRIX_PLANES, "white_balance": WB_PLANES}[proxy_type.traits]
+        return next(planes for planes, kind in TRAIT_PLANES.items() if kind == proxy_type.traits)
     if not proxy_type.positional:
         return 0
     return SCALED_PLANES if proxy_type.takes_pixel_scale else COORDINATE_PLANES
