@@ -315,9 +315,9 @@ def denoiseprofile(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, plane
     sizes, out = full_sizes(planes[:, :4], scale), []
     for k in range(len(x)):
         scales = max_scale_for(*sizes[k], float(scale[k]))
-        out.append(denoise_rgb(x[k:k + 1].double(), sliders["strength"][k:k + 1], sliders["shadows"][k:k + 1],
-                               scale[k:k + 1].double(), planes[k:k + 1, 5:8, 0, 0].double(), scales))
-    return torch.cat(out).to(x.dtype)
+        out.append(denoise_rgb(x[k:k + 1], sliders["strength"][k:k + 1], sliders["shadows"][k:k + 1],
+                               scale[k:k + 1], planes[k:k + 1, 5:8, 0, 0], scales))
+    return torch.cat(out)
 
 
 VIGNETTE_DEFAULTS = {"scale": 80.0, "falloff_scale": 50.0, "brightness": -0.5, "saturation": -0.5}

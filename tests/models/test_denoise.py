@@ -28,6 +28,43 @@ def test_the_colour_matrices_invert_and_the_scales_follow_the_size():
     assert denoise.max_scale_for(6000, 4000, 1.0) > denoise.max_scale_for(6000, 4000, 0.05)
 
 
+def _decompose_tap_by_tap(img: torch.Tensor, scale: int) -> torch.Tensor:
+    """eaw.c's edge-aware step as written there: every pixel, every one of the 25 taps, edges
+    repeated; the coarse image."""
+    _, _, h, w = img.shape
+    mult, inv_sigma2 = 1 << scale, 1.0 / denoise.VARF ** (2 * scale)
+    num, den = torch.zeros_like(img), torch.zeros_like(img[:, :1])
+    for jj in range(5):
+        for ii in range(5):
+            ys = (torch.arange(h) + mult * (jj - 2)).clamp(0, h - 1)
+            xs = (torch.arange(w) + mult * (ii - 2)).clamp(0, w - 1)
+            neighbour = img[:, :, ys][:, :, :, xs]
+            d2 = ((img - neighbour) ** 2).sum(1, keepdim=True) * inv_sigma2
+            weight = denoise.B3[ii] * denoise.B3[jj] * denoise._fast_mexp2((d2 * 0.02 - 9).clamp_min(0))
+            num, den = num + weight * neighbour, den + weight
+    return num / den
+
+
+@pytest.mark.parametrize("size, scale", [((12, 17), 0), ((12, 17), 1), ((9, 11), 2), ((6, 5), 3)])
+def test_each_pair_of_taps_shares_its_weights_as_the_tap_by_tap_filter(size, scale):
+    """The weights of opposite taps, computed once per pair, give the tap-by-tap filter,
+    with and without a gradient (in place), also where the taps reach past the image."""
+    torch.manual_seed(scale)
+    img = torch.rand(2, 3, *size, dtype=torch.float64) * 60     # differences across the weights' bend
+    expected = _decompose_tap_by_tap(img, scale)
+    with torch.no_grad():
+        coarse, detail = denoise._dn_decompose(img, scale)
+    torch.testing.assert_close(coarse, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(detail, img - expected, rtol=1e-12, atol=1e-12)
+    grad_in = img.clone().requires_grad_()
+    coarse_g, _ = denoise._dn_decompose(grad_in, scale)
+    torch.testing.assert_close(coarse_g.detach(), expected, rtol=1e-12, atol=1e-12)
+    reference = img.clone().requires_grad_()
+    (g1,), (g2,) = (torch.autograd.grad((c * c).sum(), t) for c, t in
+                    ((coarse_g, grad_in), (_decompose_tap_by_tap(reference, scale), reference)))
+    torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-9)
+
+
 def test_white_balance_planes_follow_the_scaled_coordinates():
     x = with_coordinates(torch.zeros(3, 4, 6), WB_PLANES, 0.25, (24, 16), np.array([2.0, 1.0, 1.5]))
     assert x.shape == (3 + WB_PLANES, 4, 6)
