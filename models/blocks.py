@@ -49,16 +49,24 @@ class ConvStack(nn.Sequential):
         super().__init__(*layers)
 
 
+SIZE_TOLERANCE = 0.01    # px: how far below a whole number a size read from planes may come
+
+
 def pixel_indices(planes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Where the pixels of (B, >= 2, h, w) coordinate planes (utils.data.tapouts.coordinate_planes
     of the whole image, maybe cropped since; h, w >= 2) lie in their image: each column's and
-    row's index there, (B, w) and (B, h), and the image's width and height, (B,); all int64.
-    The size is the reciprocal of the planes' step between neighbours (2 / size)."""
-    x, y = planes[:, 0, 0, :].double(), planes[:, 1, :, 0].double()
-    width, height = (2 / (x[:, 1] - x[:, 0])).round(), (2 / (y[:, 1] - y[:, 0])).round()
-    cols = ((x + 1) / 2 * width[:, None] - 0.5).round()
-    rows = ((y + 1) / 2 * height[:, None] - 0.5).round()
-    return cols.long(), rows.long(), width.long(), height.long()
+    row's index there, (B, w) and (B, h), and the image's width and height in pixels, (B,);
+    all int64. The planes span the image's extent in the pipe, 2 over their step; its pixels
+    are the whole ones (an image 85.5 px high at its scale has 85 rows: the last one is 84).
+    The step is read across the whole span (float32 planes: about 1e-4 px of extent at 1000
+    px on a whole image), and an extent within SIZE_TOLERANCE of a whole number counts as it."""
+    def axis(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        extent = 2 * (v.shape[1] - 1) / (v[:, -1] - v[:, 0])
+        index = ((v + 1) / 2 * extent[:, None] - 0.5).round()
+        return index.long(), (extent + SIZE_TOLERANCE).floor().long()
+
+    (cols, width), (rows, height) = axis(planes[:, 0, 0, :].double()), axis(planes[:, 1, :, 0].double())
+    return cols, rows, width, height
 
 
 def pixelate(z: torch.Tensor, radius: torch.Tensor, planes: torch.Tensor) -> torch.Tensor:

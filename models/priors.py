@@ -19,6 +19,9 @@ that act in steps: slider regression searches them, ``Proxy.steps``).
 - ``lowpass``: darktable's recursive Gaussian of Lab at the radius times the pixel scale,
   its contrast and brightness tables on L, saturation on a and b (models.darktable.lowpass); measured
   98-127 dB against darktable 5.0.1 on its held-out samples (its tables' steps).
+- ``censorize``: darktable's recursive Gaussian of RGB at radius_1 times the pixel scale,
+  each pass reading its input clipped at 0 (models.darktable.lowpass); the proxy then
+  pixelates (models.blocks.pixelate). The 120 dB cap on all 140 samples of its table dataset.
 - ``sharpen``: darktable's unsharp mask of L (:func:`sharpen`); measured 142-210 dB on its
   held-out samples, 149 dB at full size where the kernel is cut at 12 px.
 - ``temperature``: white balance on the raw mosaic, each photosite times its colour's
@@ -67,7 +70,7 @@ from models.darktable.colorbalance import colorbalance_lab
 from models.darktable.dehaze import hazeremoval as dehaze
 from models.darktable.demosaic import rcd_demosaic
 from models.darktable.denoise import denoise_rgb, max_scale_for
-from models.darktable.lowpass import lowpass_lab
+from models.darktable.lowpass import gaussian, lowpass_lab
 from models.fixed import ColorOut
 from models.mosaic import pack, unpack
 
@@ -141,6 +144,18 @@ def hazeremoval(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, pattern:
 def lowpass(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, pattern: object = None) -> torch.Tensor:
     """darktable's lowpass of Lab ``x`` (B, 3, H, W): its radius a length at full size."""
     return lowpass_lab(x, sliders["radius"], sliders["contrast"], sliders["brightness"], sliders["saturation"], scale)
+
+
+def censorize(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, pattern: object = None) -> torch.Tensor:
+    """darktable's censorize blur of RGB ``x`` (B, 3, H, W): its recursive Gaussian at sigma =
+    radius_1 x the pixel ``scale``, each pass reading its input clipped at 0; none at radius 0.
+    The pixelation that follows is the proxy's (``ModelSpec.pixelate``, models.blocks.pixelate)."""
+    sigma = sliders["radius_1"] * scale
+    blurs = sigma > 0
+    if not bool(blurs.any()):
+        return x
+    blurred = gaussian(x, torch.where(blurs, sigma, torch.ones_like(sigma)), floor=0.0)
+    return torch.where(blurs[:, None, None, None], blurred, x)
 
 
 SHARPEN_MAX_RADIUS = 12     # px: darktable's sharpen cuts its kernel there (measured at full size)
@@ -370,6 +385,7 @@ class Prior:
 PRIORS = {"shadhi": Prior(shadhi, SHADHI_DEFAULTS, steps=("radius",)),
           "hazeremoval": Prior(hazeremoval, HAZEREMOVAL_DEFAULTS),
           "sharpen": Prior(sharpen, {"radius": 2.0, "amount": 0.5, "threshold": 0.5}),
+          "censorize": Prior(censorize, {"radius_1": 0.0, "pixelate": 0.0}),
           "lowpass": Prior(lowpass, {"radius": 10.0, "contrast": 1.0, "brightness": 0.0, "saturation": 1.0}),
           "temperature": Prior(temperature, TEMPERATURE_DEFAULTS, whole_image=False),
           "highlights": Prior(highlights, {"clip": 1.0}, whole_image=False),

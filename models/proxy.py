@@ -96,7 +96,7 @@ class Proxy(nn.Module):
             t = to_network(image, self.scale)                   # (B, C_in, H, W)
             if self.spec.extra_channels:
                 t = torch.cat([t, x[:, k:k + self.spec.extra_channels].to(t.dtype)], 1)
-            if self.spec.glow:
+            if self.spec.glow and self.spec.family != EXACT_FAMILY:     # a network's input; the prior has its own
                 t = torch.cat([t, self._glow(x[:, :1], u).to(t.dtype) / self.scale], 1)
             y = from_network(self._net(t, c), self.scale)      # (B, C_out, H, W)
             return self._pixelate(y, u, scale, x[:, k:]) if self.spec.pixelate else y
@@ -155,8 +155,9 @@ class Proxy(nn.Module):
         step function of the slider, without slope between its steps (slider regression
         searches it, utils.evaluation.regress.line_search)."""
         j = self.slider_names.index(self.spec.pixelate)
-        length = self.sliders[j].from_unit(u[:, j].detach().double()) * (1.0 if scale is None else scale)
-        return pixelate(y, length.floor(), planes)
+        value = self.sliders[j].from_unit(u[:, j].detach().double()).float()
+        length = value * (1.0 if scale is None else scale.float())     # darktable's float32 product
+        return pixelate(y, length.floor().double(), planes)
 
     def auxiliary_loss(self, x: torch.Tensor, y: torch.Tensor, u: torch.Tensor,
                        pred: torch.Tensor) -> torch.Tensor:

@@ -46,7 +46,8 @@ import numpy as np
 import torch
 
 import Constants as C
-from models.networks import FAMILIES, ModelSpec, new_network_options
+from models.colorspace import camera_to_xyz_d50
+from models.networks import EXACT_FAMILY, FAMILIES, ModelSpec, new_network_options
 from models.proxy import Proxy
 from models.transform import to_network
 from utils.atomic import write_text_atomic
@@ -54,12 +55,13 @@ from utils.darktable.runner import Darktable
 from utils.devices import inference_dtype, keep_freed_memory
 from utils.data.generate import generate
 from utils.data.images import builtin_images, list_images
-from utils.data.tapouts import to_chw
+from utils.data.tapouts import TRAIT_PLANES, to_chw, with_coordinates
 from utils.errors import UserError, cli_main
 from utils.evaluation.metrics import psnr
 from utils.evaluation.regress import regress
 from utils.proxies.losses import parse_loss
-from utils.proxies.registry import EXPOSURE
+from utils.proxies.registry import EXPOSURE, PROXIES
+from utils.proxies.train import exact_proxy
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +240,61 @@ def bench_proxies(families: list[str], size: str, x_hwc, device: torch.device,
     return result
 
 
+def exact_input(proxy, tap_in) -> torch.Tensor:
+    """A whole 512 px image for an exact ``proxy`` (1, C, H, W): darktable's RGB tap-out, as a
+    Bayer mosaic (RGGB) for the mosaic layouts, with the planes the proxy takes at full size
+    (a camera matrix or white balance of a typical camera where its type needs one)."""
+    rgb = to_chw(tap_in)[:3]                                             # (3, H, W)
+    if proxy.layout != "rgb":
+        h, w = (s - s % 2 for s in rgb.shape[1:])
+        mosaic = np.empty((h, w), dtype=np.float32)
+        for (dy, dx), channel in (((0, 0), 0), ((0, 1), 1), ((1, 0), 1), ((1, 1), 2)):
+            mosaic[dy::2, dx::2] = rgb[channel, dy:h:2, dx:w:2]
+        return torch.from_numpy(mosaic)[None, None]
+    x = torch.from_numpy(rgb)
+    planes = proxy.spec.extra_channels
+    if not planes:
+        return x[None]
+    trait = TYPICAL_TRAITS.get(TRAIT_PLANES.get(planes, ""))
+    return with_coordinates(x, planes, 1.0, (x.shape[2], x.shape[1]), trait)[None]
+
+
+# a camera's input profile (from a DNG ColorMatrix for D65) and as-shot white balance, for timing
+TYPICAL_TRAITS = {"camera_matrix": camera_to_xyz_d50(np.array([[0.6722, -0.0635, -0.0963], [-0.4287, 1.2460, 0.2028],
+                                                               [-0.0908, 0.2162, 0.5668]])),
+                  "white_balance": np.array([2.05, 1.0, 1.65])}
+
+
+def bench_exact(tap_in, device: torch.device, repeats: int) -> dict[str, Any]:
+    """ms per forward pass at 512 px of every type whose default family is exact (darktable's
+    own operation: no network), without a gradient, as Eval.py runs it, and with the sliders'
+    gradient, a step of slider regression; every slider mid-range."""
+    out = {}
+    for proxy_type in PROXIES.values():
+        if proxy_type.model != EXACT_FAMILY:
+            continue
+        proxy = exact_proxy(proxy_type).to(device)
+        x = exact_input(proxy, tap_in).to(device)
+        u = torch.full((1, len(proxy_type.sliders)), 0.5, dtype=torch.float64, device=device)   # mid-range
+
+        def forward():
+            with torch.inference_mode():
+                return proxy(x, u)
+
+        def step():
+            v = u.clone().requires_grad_()
+            y = proxy(x, v)
+            if y.requires_grad:           # types without sliders (demosaic, colorin, colorout): none
+                y.float().square().mean().backward()
+
+        out[proxy_type.name] = {"ms": median_seconds(forward, device, repeats) * 1000,
+                                "with_gradient_ms": median_seconds(step, device, repeats) * 1000,
+                                "shape": list(x.shape)}
+        log.info("exact %s: %.1f ms, %.1f ms with the sliders' gradient", proxy_type.name,
+                 out[proxy_type.name]["ms"], out[proxy_type.name]["with_gradient_ms"])
+    return out
+
+
 def bench_training(families: list[str], size: str, device: torch.device, steps: int,
                    crop: int = 0) -> dict[str, Any]:
     """Training samples (crops) per second of every family, as utils.proxies.train runs a step."""
@@ -368,6 +425,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         entry["proxy"] = bench_proxies(families, args.model_size, tap_in, device, args.repeats,
                                        args.variants)
         save(results, args.out)
+        if not args.skip_exact:
+            entry["exact"] = bench_exact(tap_in, device, args.repeats)
+            save(results, args.out)
         entry["training"] = bench_training(families, args.model_size, device, args.train_steps,
                                            args.train_crop)
         save(results, args.out)
@@ -387,6 +447,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         scripts = {f: v["variants"].get("scripts", {}).get("ms") for f, v in entry["proxy"]["families"].items()}
         entry["scripts_speedup_vs_darktable"] = {f: (dt_ms / ms if dt_ms and ms else None) for f, ms in scripts.items()}
         entry["scripts_precision"] = {f: "bf16" if inference_dtype(device, f) else "fp32" for f in scripts}
+        entry["exact_speedup_vs_darktable"] = {
+            t: (dt_ms / v["ms"] if dt_ms else None) for t, v in entry.get("exact", {}).items()}
         save(results, args.out)
     results["peak_rss_mb"] = peak_rss_mb()
     results["seconds"] = time.monotonic() - started
@@ -467,6 +529,11 @@ def table(results: dict[str, Any]) -> str:
         for family, v in p["families"].items():
             rows.append((f"proxy ms per image, {family} {p['model_size']} ({kind}, {v['best']})",
                          _fmt(v["ms"], ".2f"), where))
+        for name, v in e.get("exact", {}).items():
+            speed = e["exact_speedup_vs_darktable"][name]
+            rows.append((f"proxy_speedup_vs_darktable, exact {name} ({kind}; ms per image {v['ms']:.1f}, "
+                         f"{v['with_gradient_ms']:.1f} with the sliders' gradient)",
+                         "absent" if speed is None else f"{speed:.1f}x", where))
         for family, v in e["training"].items():
             rows.append((f"training samples/s, {family} ({kind}, {v['batch']} x {v['crop']} px crops)",
                          f"{v['samples_per_s']:.0f}", where))
@@ -500,6 +567,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="darktable processes in parallel")
     p.add_argument("--per-image", type=int, default=32, help="batched generation: samples per built-in image")
     p.add_argument("--single", type=int, default=8, help="one-call-per-sample generation: samples")
+    p.add_argument("--skip-exact", action="store_true",
+                   help="do not time the exact family (each type whose default it is, at 512 px)")
     p.add_argument("--train-steps", type=int, default=20, help="timed training steps per family")
     p.add_argument("--train-crop", type=int, default=0, metavar="PX",
                    help="side of the training crops (default: each family's PROXY_MODEL_CROP)")

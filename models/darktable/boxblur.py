@@ -38,10 +38,13 @@ def _box_pass(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
 
 @lru_cache(maxsize=16)
 def _box_matrix(n: int, radius: int, iterations: int, device: str) -> torch.Tensor:
-    """(n, n) float64 M: ``iterations`` passes along an axis of ``n`` pixels are x @ M."""
-    m = torch.eye(n, dtype=torch.float64, device=device)
-    for _ in range(iterations):
-        m = _box_pass(m, radius, -1)
+    """(n, n) float64 M: ``iterations`` passes along an axis of ``n`` pixels are x @ M (made
+    outside inference mode even when first asked for in it: cached, it also serves passes
+    with a gradient)."""
+    with torch.inference_mode(False), torch.no_grad():
+        m = torch.eye(n, dtype=torch.float64, device=device)
+        for _ in range(iterations):
+            m = _box_pass(m, radius, -1)
     return m
 
 

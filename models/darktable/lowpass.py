@@ -52,14 +52,16 @@ def deriche_matrix(n: int, sigma: torch.Tensor) -> torch.Tensor:
     return m + edges
 
 
-def gaussian(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """darktable's recursive Gaussian of (B, C, H, W) ``x`` at each image's ``sigma`` (B,),
-    unbounded (no clipping of the values)."""
+def gaussian(x: torch.Tensor, sigma: torch.Tensor, floor: float | None = None) -> torch.Tensor:
+    """darktable's recursive Gaussian of (B, C, H, W) ``x`` at each image's ``sigma`` (B,):
+    the vertical pass, then the horizontal one; unbounded, or with each pass's input clipped
+    from below at ``floor`` (dt_gaussian_init's minimum: darktable clips what a pass reads)."""
     h, w = x.shape[-2:]
+    clip = (lambda t: t) if floor is None else (lambda t: t.clamp_min(floor))   # noqa: E731
     out = []
     for image, s in zip(x, sigma):
         rows, cols = deriche_matrix(h, s).to(x.dtype), deriche_matrix(w, s).to(x.dtype)
-        out.append(rows @ image @ cols.T)
+        out.append(clip(rows @ clip(image)) @ cols.T)
     return torch.stack(out)
 
 

@@ -38,6 +38,16 @@ def test_the_box_mean_is_box_filters_c_on_both_paths(radius, monkeypatch):
     assert torch.equal(box_mean(x, [0]), x)
 
 
+def test_a_box_mean_first_made_in_inference_mode_still_serves_a_gradient():
+    boxblur._box_matrix.cache_clear()
+    x = torch.rand(1, 1, 9, 14, dtype=torch.float64)
+    with torch.inference_mode():
+        box_mean(x, [2])                        # caches the axes' matrices
+    y = x.clone().requires_grad_()
+    box_mean(y, [2]).sum().backward()
+    assert y.grad is not None and torch.isfinite(y.grad).all()
+
+
 def test_radii_follow_darktables_rounding():
     """bloom: 256 px x min(100, size + 1) %, truncated, times the scale, rounded up, at most 256;
     soften: 1 % of the diagonal, truncated, times min(100, size + 1) %, truncated, times the
@@ -72,7 +82,7 @@ def test_full_sizes_come_back_from_the_planes_and_the_scale():
 def test_an_exact_proxy_takes_its_sliders_and_steps(name, values):
     proxy = exact(name, planes=SCALED_PLANES)
     assert proxy.spec.family == EXACT_FAMILY and proxy.whole_image
-    assert [proxy.slider_names[j] for j in proxy.steps] == list(priors.PRIORS[name].steps)
+    assert {proxy.slider_names[j] for j in proxy.steps} == set(priors.PRIORS[name].steps)
     x = torch.rand(1, 3, 20, 30) * (100 if name == "bloom" else 1)
     x = torch.cat([x, coordinate_planes(20, 30, SCALED_PLANES, 0.2, (150, 100))[None]], 1)
     u = proxy.to_unit(torch.tensor([[values[s.name] for s in proxy.sliders]], dtype=torch.float64)).requires_grad_()

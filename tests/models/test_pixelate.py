@@ -48,6 +48,19 @@ def test_pixel_indices_read_a_crops_place_and_its_images_size():
     assert torch.equal(cols[0], torch.arange(600, 700)) and torch.equal(rows[0], torch.arange(5, 9))
 
 
+@pytest.mark.parametrize("full_size", [(512, 342), (512, 340), (450, 300), (4000, 2999)])
+def test_pixel_indices_count_the_whole_pixels_of_an_image_whose_extent_is_not_whole(full_size):
+    """rocket.dng, 512 x 342 at 128 px, is 85.5 px high in the pipe: 85 rows, the last 84
+    (before, 86 rows: its last row was painted where darktable leaves it 0)."""
+    w = 128
+    h = int(full_size[1] * w / full_size[0])
+    planes = coordinate_planes(h, w, full_size=full_size)[None]
+    for crop in (planes, planes[..., h - 9:, 50:]):
+        cols, rows, width, height = pixel_indices(crop)
+        assert (int(width), int(height)) == (w, h)
+        assert int(rows[0, -1]) == h - 1 and int(cols[0, -1]) == w - 1
+
+
 def test_the_pixel_scale_rides_on_the_last_plane():
     assert pixel_scale((85, 128, 3), (450, 300)) == pytest.approx(128 / 450)
     assert pixel_scale((85, 128), None) == 0.0 and pixel_scale((600, 900), (450, 300)) == 1.0
@@ -96,6 +109,22 @@ def test_darktables_censorize_is_our_pixelation_at_the_pipes_scale(dt, raw_image
     assert radius >= 2
     np.testing.assert_allclose(tap_out[..., :3], darktable_pixelate(tap_in[..., :3].astype(np.float64), radius),
                                atol=1e-6)
+
+
+@pytest.mark.darktable
+def test_darktables_censorize_is_the_exact_proxy_on_a_render(dt, raw_image):
+    """The blur (each pass reading its input clipped at 0) and the pixelation: measured 123.9-160
+    dB on the 140 samples of its table dataset."""
+    from utils.evaluation.fidelity import chw, proxy_on_render
+    from utils.evaluation.metrics import psnr
+    from utils.proxies.train import exact_proxy
+    censorize, values = PROXIES["censorize"], {"radius_1": 6.0, "pixelate": 9.0}
+    render = dt.render(raw_image, [censorize.history_item(dt, values)], dump=["censorize"], size=128, hq=False)
+    tap_in, tap_out = render.io("censorize")
+    proxy = exact_proxy(censorize)
+    y = proxy_on_render(proxy, tap_in, [values[s.name] for s in censorize.sliders], torch.device("cpu"), image=raw_image)
+    assert float(psnr(y[None], chw(tap_out)[None])[0]) > 100
+    assert float(psnr(chw(tap_in)[None], chw(tap_out)[None])[0]) < 40      # the module did blur
 
 
 @pytest.mark.parametrize("screened, searched", [(16, ()), (1, (1,))])

@@ -21,7 +21,7 @@ from utils.data.tapouts import MATRIX_PLANES, SCALED_PLANES, TapoutDataset, coor
 from utils.evaluation.fidelity import proxy_on_render
 from utils.evaluation.metrics import psnr
 from utils.proxies.registry import PROXIES
-from utils.proxies.slider import conditioning_width
+from utils.proxies.train import exact_proxy
 
 PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
 
@@ -40,12 +40,7 @@ def exact(type_name: str, planes: int = 0) -> Proxy:
     """A ``type_name`` proxy of the exact family with ``planes`` coordinate planes (with
     SCALED_PLANES, or the white balance's planes after them, it takes each image's pixel scale
     from its fifth plane, as a trained one does)."""
-    proxy_type = PROXIES[type_name]
-    channels = {"rgb": (3, 3), "mosaic": (4, 4), "mosaic_rgb": (12, 12)}[proxy_type.layout]
-    spec = ModelSpec(EXACT_FAMILY, "base", *channels, conditioning_width(proxy_type.sliders),
-                     layout=proxy_type.layout, prior=proxy_type.network["prior"], extra_channels=planes,
-                     pixel_scale=0.25 if planes in (SCALED_PLANES, SCALED_PLANES + 3) else 0.0)
-    return Proxy(spec, proxy_type.sliders, proxy_type.value_scale)
+    return exact_proxy(PROXIES[type_name], planes, 0.25 if planes in (SCALED_PLANES, SCALED_PLANES + 3) else 0.0)
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)

@@ -3,7 +3,9 @@ import json
 
 import pytest
 
+from models.networks import EXACT_FAMILY
 from tools.bench import main, table
+from utils.proxies.registry import PROXIES
 
 TINY = ["--model-size", "tiny", "--image", "32", "--repeats", "1", "--train-steps", "1",
         "--regression-iterations", "2", "--full-frame-iterations", "1", "--regression-size", "24", "32",
@@ -25,6 +27,9 @@ def test_bench_without_darktable_writes_results_and_table(tmp_path, capsys):
         assert cpu["proxy_speedup_vs_darktable"][family] is None     # no darktable figure
     assert list(cpu["regression"]) == list(cpu["proxy"]["families"])  # every timed family, by default
     assert all(r["seconds_per_target"] > 0 for r in cpu["regression"].values()) and cpu["peak_rss_mb"] > 0
+    exact = {t.name for t in PROXIES.values() if t.model == EXACT_FAMILY}    # every exact type, by type
+    assert set(cpu["exact"]) == exact and len(exact) >= 15
+    assert all(v["ms"] > 0 and v["with_gradient_ms"] > 0 for v in cpu["exact"].values())
     printed = capsys.readouterr().out
     assert "absent (--skip-darktable" in printed and "proxy ms per image, unet tiny (cpu" in printed
 
@@ -38,6 +43,9 @@ def test_bench_without_darktable_writes_results_and_table(tmp_path, capsys):
     assert again["darktable"]["from_earlier_run"] == str(tmp_path / "earlier.json")
     ms = again["devices"]["cpu"]["proxy"]["families"]["pointwise"]["ms"]
     assert again["devices"]["cpu"]["proxy_speedup_vs_darktable"]["pointwise"] == pytest.approx(1000.0 / ms)
+    denoise = again["devices"]["cpu"]["exact"]["denoiseprofile"]["ms"]
+    assert again["devices"]["cpu"]["exact_speedup_vs_darktable"]["denoiseprofile"] == pytest.approx(1000.0 / denoise)
+    assert "proxy_speedup_vs_darktable, exact denoiseprofile (cpu" in table(again)
 
 
 @pytest.mark.darktable

@@ -443,10 +443,11 @@ CENSORIZE = ProxyType(
     name="censorize",
     operation="censorize",
     gui_name="censorize",
-    model="multiscale",
+    model="exact",     # darktable's blur and pixelation (models.priors.censorize); learned: multiscale
     positional=True,   # the pixelation grid is fixed to the image
-    # the blur is learned; the pixelation, a step function of its slider, is darktable's own
-    network={"pixelate": "pixelate"},
+    # the pixelation, a step function of its slider, is darktable's own in every family; the
+    # blur is learned by the others
+    network={"pixelate": "pixelate", "prior": "censorize"},
     doc="censorize: blur, then pixelate (noise off: it is random; the output blur radius_2 "
         "made two identical renders differ in darktable 5.0.1)",
     sliders=(

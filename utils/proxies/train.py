@@ -474,6 +474,24 @@ def coordinate_planes_of(proxy_type: ProxyType, resumed: ModelSpec | None, famil
     return SCALED_PLANES if proxy_type.takes_pixel_scale else COORDINATE_PLANES
 
 
+def exact_proxy(proxy_type: ProxyType, planes: int | None = None, pixel_scale: float | None = None) -> Proxy:
+    """A ``proxy_type`` proxy of the exact family (darktable's operation, nothing to learn) as
+    training builds one: the type's network options (its prior; a pixelation), the planes a
+    new one takes (:func:`coordinate_planes_of`) unless ``planes`` says how many, and the
+    ``pixel_scale`` it assumes where its planes give none (default: full size, 1, when its
+    planes carry a scale; else none, 0)."""
+    planes = coordinate_planes_of(proxy_type, None, EXACT_FAMILY) if planes is None else planes
+    if pixel_scale is None:
+        pixel_scale = 1.0 if planes in (SCALED_PLANES, WB_PLANES) else 0.0
+    image = {"rgb": (3, 3), "mosaic": (1, 1), "mosaic_rgb": (1, 3)}[proxy_type.layout]
+    options = {**new_network_options(EXACT_FAMILY, proxy_type.layout, positional=planes > 0), **proxy_type.network}
+    spec = ModelSpec(EXACT_FAMILY, "base", *network_channels(proxy_type.layout, *image),
+                     conditioning_width(proxy_type.sliders), layout=proxy_type.layout, extra_channels=planes,
+                     pixel_scale=pixel_scale, **options)
+    return Proxy(spec, proxy_type.sliders, proxy_type.value_scale,
+                 {"proxy_type": proxy_type.name, "operation": proxy_type.operation, "name": proxy_type.name})
+
+
 def cosine_lr(lr: float, progress: float) -> float:
     """Cosine decay from ``lr`` to lr/100 as training progresses from 0 to 1."""
     return lr / 100 + (lr - lr / 100) * 0.5 * (1 + math.cos(math.pi * progress))
