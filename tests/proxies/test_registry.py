@@ -118,3 +118,12 @@ def test_network_options_of_a_type_are_network_options():
     from models.networks import NETWORK_OPTIONS
     for proxy in PROXIES.values():
         assert set(proxy.network) <= set(NETWORK_OPTIONS), proxy.name
+
+
+def test_every_type_names_a_learned_family_and_a_default_one_can_build():
+    """The learned family a refusal points to (``ProxyType.learned``) and every default exist."""
+    from models.networks import EXACT_FAMILY, FAMILIES
+    for t in PROXIES.values():
+        assert t.learned in FAMILIES, t.name
+        assert t.model in FAMILIES + (EXACT_FAMILY,), t.name
+        assert (t.model == EXACT_FAMILY) == bool(t.network.get("prior")), t.name

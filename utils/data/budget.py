@@ -13,8 +13,6 @@ from utils.runs import existing_ancestor
 
 MIN_TAPOUT_SIDE = 16      # pixels; smaller tap-outs are too small for the networks and for SSIM
 TIFF_OVERHEAD = 4096      # bytes per TIFF beyond its pixels (header, tags), rounded up
-# the learned family to name for a type whose exact proxy cannot take an image
-FALLBACK_FAMILY = {"colorin": "pointwise", "denoiseprofile": "multiscale"}
 
 
 def tapout_shape(size_wh: tuple[int, int], proxy: ProxyType, size: int) -> tuple[int, int]:
@@ -34,7 +32,7 @@ def check_image_traits(images: Sequence[Path], proxy: ProxyType, exact: bool) ->
         return
     for image in images:
         required_traits(image, proxy.traits, f"an exact {proxy.name} proxy",
-                        f"--model {FALLBACK_FAMILY.get(proxy.name, 'pointwise')}")
+                        f"--model {proxy.learned}")
 
 
 def check_image_sizes(images: Sequence[Path], proxy: ProxyType, size: int) -> None:

@@ -227,6 +227,7 @@ SHARPEN = ProxyType(
     # darktable's operation computed exactly (models.priors.sharpen), where the multiscale
     # family reached 57.21-59.53 dB at the table command (identity 52.14)
     model="exact",
+    learned="multiscale",
     value_scale=1.0,        # 100 measured worse here
     # with --model multiscale: its blurs are the fine ones (with the pyramid centred (expand)
     # 53.30-53.64 dB in three runs, against 54.21-54.33 bilinear), its untouched border, and a
@@ -276,6 +277,7 @@ HAZEREMOVAL = ProxyType(
     # darktable's operation computed exactly (models.darktable.dehaze): the 120 dB cap on the held-out
     # samples, where a unet reached 37.60 dB in the table's 10 minutes (identity 31.93)
     model="exact",
+    learned="multiscale",
     network={"prior": "hazeremoval"},
     doc="haze removal: dark-channel haze estimate subtracted (negative strength adds haze)",
     sliders=(
@@ -301,6 +303,7 @@ DENOISEPROFILE = ProxyType(
     # 43.64-43.75 dB at the table's 10 minutes, unet 42.01, identity 42.33 (docs/proxies.md);
     # --model multiscale for raws other than DNG
     model="exact",
+    learned="multiscale",
     network={"prior": "denoiseprofile"},
     traits="white_balance",
     doc="denoise (profiled), wavelets mode, with the generic noise profile (a[0] = -1); "
@@ -325,6 +328,7 @@ LOWPASS = ProxyType(
     # darktable's operation computed exactly (models.darktable.lowpass.lowpass_lab): its recursive Gaussian and
     # curves, where the multiscale family reached 37.43-38.79 dB at the table command
     model="exact",
+    learned="multiscale",
     network={"prior": "lowpass"},
     # the blur's sigma is the radius times the pipe's pixel scale: the planes bring each image's
     positional=True,
@@ -349,6 +353,7 @@ BLOOM = ProxyType(
     # darktable's operation computed exactly (models.darktable.boxblur): the 120 dB cap on the
     # held-out samples, where the multiscale family reached 42.96-44.03 dB in 10 minutes
     model="exact",
+    learned="multiscale",
     # the glow's radius follows the pipe's pixel scale: the planes bring each image's
     positional=True,
     value_scale=100.0,      # L's range: bright errors count as dark ones (docs/proxies.md)
@@ -396,6 +401,7 @@ SOFTEN = ProxyType(
     # darktable's operation computed exactly (models.darktable.boxblur): 114-120 dB on the
     # held-out samples, where the multiscale family reached 40.23 dB in 10 minutes
     model="exact",
+    learned="multiscale",
     network={"prior": "soften"},
     # its radius is a share of the full image's diagonal at the pipe's scale: the planes bring
     # each image's shape and scale
@@ -444,6 +450,7 @@ CENSORIZE = ProxyType(
     operation="censorize",
     gui_name="censorize",
     model="exact",     # darktable's blur and pixelation (models.priors.censorize); learned: multiscale
+    learned="multiscale",
     positional=True,   # the pixelation grid is fixed to the image
     # the pixelation, a step function of its slider, is darktable's own in every family; the
     # blur is learned by the others
@@ -506,6 +513,7 @@ SHADHI = ProxyType(
     # darktable's operation itself, exact (models.priors.shadhi): 147-158 dB on the held-out
     # samples; the multiscale family reached 41.35-41.45 dB (docs/proxies.md)
     model="exact",
+    learned="multiscale",
     # the bilateral grid's cells are fixed to the image, and its size in cells follows the
     # pipe's pixel scale: the planes bring each image's (the prior uses that alone)
     positional=True,

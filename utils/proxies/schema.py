@@ -44,6 +44,9 @@ class ProxyType:
     # what its exact proxy takes of its image beyond the pixels (utils.data.images.TRAITS):
     # "camera_matrix" (colorin), "white_balance" (denoiseprofile); "": nothing
     traits: str = ""
+    # for a type whose default is exact: the learned family that measured best, the one to name
+    # where the exact proxy cannot serve (an image without its traits)
+    learned: str = "pointwise"
     layout: str = "rgb"             # "rgb", "mosaic" (1ch -> 1ch) or "mosaic_rgb" (1ch -> 3ch)
     # (proxy type, slider) varied upstream for a module without sliders of its own
     sampler: tuple[str, str] | None = None
