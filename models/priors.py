@@ -22,6 +22,9 @@ that act in steps: slider regression searches them, ``Proxy.steps``).
 - ``bilat``: local contrast, darktable's local laplacian pyramid of L with its fast
   exponential (models.darktable.locallaplacian); 141-148 dB on the 140 samples of its table
   dataset.
+- ``toneequal``: the tone equalizer's guided-filter mask and its radial-basis gain curve, in
+  the order darktable's compiled least squares sums (models.darktable.toneequal); 122.4-160 dB
+  on the 140 samples of its table dataset.
 - ``censorize``: darktable's recursive Gaussian of RGB at radius_1 times the pixel scale,
   each pass reading its input clipped at 0 (models.darktable.lowpass); the proxy then
   pixelates (models.blocks.pixelate). The 120 dB cap on all 140 samples of its table dataset.
@@ -75,6 +78,7 @@ from models.darktable.demosaic import rcd_demosaic
 from models.darktable.denoise import denoise_rgb, max_scale_for
 from models.darktable.locallaplacian import local_contrast_lab
 from models.darktable.lowpass import gaussian, lowpass_lab
+from models.darktable.toneequal import toneequal_rgb
 from models.fixed import ColorOut
 from models.mosaic import pack, unpack
 
@@ -154,6 +158,13 @@ def bilat(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, pattern: objec
     """darktable's local contrast of Lab ``x`` (B, 3, H, W), local laplacian mode, on the
     buffer it gets (models.darktable.locallaplacian): the pixel scale plays no part."""
     return local_contrast_lab(x, sliders["detail"], sliders["sigma_r"], sliders["sigma_s"], sliders["midtone"])
+
+
+def toneequal(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, pattern: object = None) -> torch.Tensor:
+    """darktable's tone equalizer of linear RGB ``x`` (B, 3, H, W), whole images: its filter's
+    radius follows the image's long side (models.darktable.toneequal)."""
+    gains = torch.stack([sliders[name] for name in ("blacks", "shadows", "midtones", "highlights", "whites")], 1)
+    return toneequal_rgb(x, gains)
 
 
 def censorize(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, pattern: object = None) -> torch.Tensor:
@@ -396,6 +407,8 @@ PRIORS = {"shadhi": Prior(shadhi, SHADHI_DEFAULTS, steps=("radius",)),
           "hazeremoval": Prior(hazeremoval, HAZEREMOVAL_DEFAULTS),
           "sharpen": Prior(sharpen, {"radius": 2.0, "amount": 0.5, "threshold": 0.5}),
           "bilat": Prior(bilat, {"detail": 0.25, "sigma_r": 0.5, "sigma_s": 0.5, "midtone": 0.5}),
+          "toneequal": Prior(toneequal, {name: 0.0 for name in ("blacks", "shadows", "midtones", "highlights",
+                                                                "whites")}),
           "censorize": Prior(censorize, {"radius_1": 0.0, "pixelate": 0.0}),
           "lowpass": Prior(lowpass, {"radius": 10.0, "contrast": 1.0, "brightness": 0.0, "saturation": 1.0}),
           "temperature": Prior(temperature, TEMPERATURE_DEFAULTS, whole_image=False),

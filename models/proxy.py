@@ -93,22 +93,27 @@ class Proxy(nn.Module):
         if self.spec.layout == "rgb":
             k = self.spec.in_channels
             image = self._prior(x[:, :k], u, scale, planes=x[:, k:]) if self.spec.prior else x[:, :k]
-            t = to_network(image, self.scale)                   # (B, C_in, H, W)
-            if self.spec.extra_channels:
-                t = torch.cat([t, x[:, k:k + self.spec.extra_channels].to(t.dtype)], 1)
-            if self.spec.glow and self.spec.family != EXACT_FAMILY:     # a network's input; the prior has its own
-                t = torch.cat([t, self._glow(x[:, :1], u).to(t.dtype) / self.scale], 1)
-            y = from_network(self._net(t, c), self.scale)      # (B, C_out, H, W)
+            y = image if self.spec.family == EXACT_FAMILY else self._refine(image, x[:, k:], u, c)
             return self._pixelate(y, u, scale, x[:, k:]) if self.spec.pixelate else y
         if self.spec.prior:
             x = self._prior(x, u, scale, pattern)
-            if self.spec.layout == "mosaic_rgb":    # the exact family: the prior is the whole proxy
+            if self.spec.family == EXACT_FAMILY:    # the prior is the whole proxy
                 return x
         planes = pack(to_network(x, self.scale), pattern)  # (B, 4, H/2, W/2): R, G1, G2, B
         if self.spec.layout == "mosaic":
             return from_network(unpack(self._net(planes, c), pattern), self.scale)   # (B, 1, H, W)
         rgb = self._net(nearest_rgb(planes), c)             # (B, 12, H/2, W/2)
         return from_network(unpack_rgb(rgb, pattern), self.scale)                   # (B, 3, H, W)
+
+    def _refine(self, image: torch.Tensor, planes: torch.Tensor, u: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The network's output for RGB-layout ``image`` (B, C_in, H, W), the prior's output if
+        there is one, given its extra ``planes`` (and the glow it gathers) in the network domain."""
+        t = to_network(image, self.scale)
+        if self.spec.extra_channels:
+            t = torch.cat([t, planes[:, :self.spec.extra_channels].to(t.dtype)], 1)
+        if self.spec.glow:
+            t = torch.cat([t, self._glow(image[:, :1], u).to(t.dtype) / self.scale], 1)
+        return from_network(self._net(t, c), self.scale)                # (B, C_out, H, W)
 
     def _glow(self, lightness: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W): the lightness darktable's bloom gathers from Lab ``lightness``
