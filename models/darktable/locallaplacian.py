@@ -137,6 +137,19 @@ def _expand(c: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return c
 
 
+def _expand_window(c: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
+    """:func:`_expand` of coarse ``c`` at the fine pixels ``rows`` x ``cols`` ([start, stop)
+    each) only, all of them at least 2 px inside the computed ones: from the coarse pixels
+    around them, expanded as a block whose own border is cut away."""
+    blocks = []
+    for start, stop in (rows, cols):
+        first, end = start // 2 - 1, (stop - 1) // 2 + 2           # coarse pixels m - 1 .. m + 1
+        blocks.append((first, end, 2 * (end - first) - 1))           # an odd block: fine 1 .. 2K - 3
+    (y0, y1, h), (x0, x1, w) = blocks
+    fine = _expand(c[..., y0:y1, x0:x1], h, w)
+    return fine[..., rows[0] - 2 * y0:rows[1] - 2 * y0, cols[0] - 2 * x0:cols[1] - 2 * x0]
+
+
 def _column(v: torch.Tensor, batch: int, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(v, dtype=like.dtype, device=like.device).expand(batch).reshape(batch, 1, 1, 1)
 
@@ -162,13 +175,25 @@ def local_contrast_lab(lab: torch.Tensor, detail: torch.Tensor, sigma_r: torch.T
     for _ in range(levels - 1):
         copies.append(_reduce(copies[-1]))
     out = image[-1]
-    for level in range(levels - 2, -1, -1):
+    # the finest level only where the image is: three quarters of the pixels, padding (from 2 px)
+    window = ((border, border + height), (border, border + width)) if border >= 2 else None
+    for level in range(levels - 2, 0 if window else -1, -1):
         ph, pw = image[level].shape[-2:]
         laplacian = (copies[level] - _expand(copies[level + 1], ph, pw)).reshape(b, GAMMAS, ph, pw)
-        v = image[level]
-        hi = 1 + (v >= gamma[1:-1].view(1, -1, 1, 1)).sum(1, keepdim=True)   # the first gamma above v, 1 .. K - 1
-        lo = hi - 1
-        a = torch.clamp((v - gamma[lo]) / (gamma[hi] - gamma[lo]), 0, 1)
-        out = _expand(out, ph, pw) + (laplacian.gather(1, lo) * (1 - a) + laplacian.gather(1, hi) * a)
-    lightness = 100 * out[..., border:border + height, border:border + width]
-    return torch.cat([lightness, lab[:, 1:]], 1)
+        out = _expand(out, ph, pw) + _mix(laplacian, image[level], gamma)
+    if window:
+        (y0, y1), (x0, x1) = window
+        laplacian = (copies[0][..., y0:y1, x0:x1] - _expand_window(copies[1], *window)).reshape(b, GAMMAS, height, width)
+        out = _expand_window(out, *window) + _mix(laplacian, image[0][..., y0:y1, x0:x1], gamma)
+    else:
+        out = out[..., border:border + height, border:border + width]
+    return torch.cat([100 * out, lab[:, 1:]], 1)
+
+
+def _mix(laplacian: torch.Tensor, v: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """The Laplacians (B, K, h, w) of the two copies whose gammas bracket the image's pyramid
+    ``v`` (B, 1, h, w) there, mixed linearly."""
+    hi = 1 + (v >= gamma[1:-1].view(1, -1, 1, 1)).sum(1, keepdim=True)   # the first gamma above v, 1 .. K - 1
+    lo = hi - 1
+    a = torch.clamp((v - gamma[lo]) / (gamma[hi] - gamma[lo]), 0, 1)
+    return laplacian.gather(1, lo) * (1 - a) + laplacian.gather(1, hi) * a

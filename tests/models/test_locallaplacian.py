@@ -28,6 +28,15 @@ def test_the_pyramid_steps_are_the_binomial_convolutions_with_darktables_borders
     torch.testing.assert_close(ll._expand(coarse, h, w), up, rtol=0, atol=1e-14)
 
 
+@pytest.mark.parametrize("h, w, border", [(20, 24, 4), (37, 50, 2), (70, 41, 8)])
+def test_a_window_of_the_expansion_is_the_expansion_there(h, w, border):
+    """The finest level is collapsed only where the image is, inside the padding."""
+    coarse = torch.rand(2, 1, (h - 1) // 2 + 1, (w - 1) // 2 + 1, dtype=torch.float64)
+    rows, cols = (border, h - border), (border, w - border)
+    torch.testing.assert_close(ll._expand_window(coarse, rows, cols),
+                               ll._expand(coarse, h, w)[..., rows[0]:rows[1], cols[0]:cols[1]], rtol=0, atol=0)
+
+
 def test_the_fast_exponential_reads_e_to_the_x_off_the_bits():
     """Linear in the float's bits between 1 (x = 0) and e (x = 1, the bits 0x402DF854): a
     coarse exponential, 11 % over e^-1, 0 far below."""
