@@ -40,7 +40,7 @@ BLENDING = F32(F32(5.0) * F32(0.01))                        # 5 %, as compiled
 DENOM = F32(F32(F32(2.0) * SIGMA) * SIGMA)
 
 
-def _exp32(x):
+def _exp32(x) -> torch.Tensor:
     """exp of a float32 value, correctly rounded to float32 (computed in float64)."""
     return torch.exp(torch.as_tensor(x).double()).float()
 
@@ -70,8 +70,9 @@ def _vec_sub(s, terms):
     return s
 
 
-def _solver_constants():
-    """RBF matrix A (9 x 8) and the Cholesky factor of A'A, in darktable's float32 order."""
+def _solver_constants() -> tuple[np.ndarray, np.ndarray]:
+    """The radial basis functions at the nine channels' exposures, A (9 x 8), and the Cholesky
+    factor of A'A, in darktable's float32 order."""
     r = (np.arange(-8, 1, dtype=F32)[:, None] - CENTERS[None, :]).astype(F32)
     A = _exp32((-(r * r) / DENOM).astype(F32)).numpy()
     AtA = np.zeros((8, 8), F32)
@@ -86,27 +87,29 @@ def _solver_constants():
     return A, L
 
 
-_A, _L = _solver_constants()
+BASIS, CHOLESKY = _solver_constants()
 
 
-def _rbf_weights(sliders):
-    """(B, 5) slider EVs -> (B, 8) RBF weights (get_channels_factors + pseudo_solve)."""
+def _rbf_weights(sliders: torch.Tensor) -> torch.Tensor:
+    """(B, 5) slider EVs -> (B, 8) weights of the radial basis functions: the least-squares
+    fit of the nine channels' gains (darktable's get_channels_factors and pseudo_solve)."""
     z = torch.zeros_like(sliders[:, :1])
     gains = torch.cat([z, z, z, sliders, z], 1)
     y = torch.exp2(gains.double()).float()
-    Aty = [_vec_sum([float(_A[k, i]) * y[:, k] for k in range(9)]) for i in range(8)]
+    projected = [_vec_sum([float(BASIS[k, i]) * y[:, k] for k in range(9)]) for i in range(8)]   # A'y
     b = []
     for i in range(8):
-        b.append(_vec_sub(Aty[i], [float(_L[i, j]) * b[j] for j in range(i)]) / float(_L[i, i]))
+        b.append(_vec_sub(projected[i], [float(CHOLESKY[i, j]) * b[j] for j in range(i)]) / float(CHOLESKY[i, i]))
     x = [None] * 8
     for i in range(7, -1, -1):
-        s = _vec_sub(b[i], [float(_L[j, i]) * x[j] for j in range(7, i, -1)])
-        x[i] = s / float(_L[i, i])
+        s = _vec_sub(b[i], [float(CHOLESKY[j, i]) * x[j] for j in range(7, i, -1)])
+        x[i] = s / float(CHOLESKY[i, i])
     return torch.stack(x, 1)
 
 
-def _curve(expo, w):
-    """Correction factor at exposure `expo` (EV, float32) for RBF weights w (B, 8)."""
+def _curve(expo: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The gain at exposure ``expo`` (B, 1, H, W; EV, float32) for the weights ``w`` (B, 8),
+    clamped to [0.25, 4] as darktable's table."""
     res = torch.zeros_like(expo)
     for i in range(8):
         r = expo - float(CENTERS[i])
@@ -201,7 +204,7 @@ def _eigf(lum, radius):
     return torch.clamp(a * lum + (1.0 - a) * avg, min=MIN_FLOAT)
 
 
-def luminance_mask(rgb):
+def luminance_mask(rgb: torch.Tensor) -> torch.Tensor:
     """The smoothed luminance mask (B, 1, H, W) of float32 whole images ``rgb`` (B, 3, H, W)."""
     long_side = F32(max(rgb.shape[-2:]))
     radius = int(F32(F32(F32(BLENDING * long_side) - F32(1.0)) * F32(0.5)))   # modify_roi_in, in float32
