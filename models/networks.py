@@ -400,23 +400,19 @@ def _residual(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class Unlearned(nn.Module):
-    """The exact family's network: none (the proxy's prior is the whole operation); it
-    passes the image channels through, without the planes after them."""
+    """The exact family's network: none. The proxy's prior is the whole operation
+    (models.proxy.Proxy.forward returns it); this only tells where the proxy is."""
 
-    def __init__(self, channels: int):
+    def __init__(self):
         super().__init__()
-        self.channels = channels
         self.register_buffer("anchor", torch.zeros(()))   # where the proxy is (Proxy.device)
-
-    def forward(self, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return t[:, :self.channels]
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
     if spec.family == EXACT_FAMILY:
         if not spec.prior:
             raise ValueError("the exact family is a prior alone: give ModelSpec.prior")
-        return Unlearned(spec.out_channels)
+        return Unlearned()
     if spec.family == "unet":
         return SliderUNet(spec)
     if spec.family == "pointwise":

@@ -160,10 +160,13 @@ def bilat(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, pattern: objec
     return local_contrast_lab(x, sliders["detail"], sliders["sigma_r"], sliders["sigma_s"], sliders["midtone"])
 
 
+TONEEQUAL_BANDS = ("blacks", "shadows", "midtones", "highlights", "whites")   # its sliders, in EV
+
+
 def toneequal(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, pattern: object = None) -> torch.Tensor:
     """darktable's tone equalizer of linear RGB ``x`` (B, 3, H, W), whole images: its filter's
     radius follows the image's long side (models.darktable.toneequal)."""
-    gains = torch.stack([sliders[name] for name in ("blacks", "shadows", "midtones", "highlights", "whites")], 1)
+    gains = torch.stack([sliders[name] for name in TONEEQUAL_BANDS], 1)
     return toneequal_rgb(x, gains)
 
 
@@ -407,8 +410,7 @@ PRIORS = {"shadhi": Prior(shadhi, SHADHI_DEFAULTS, steps=("radius",)),
           "hazeremoval": Prior(hazeremoval, HAZEREMOVAL_DEFAULTS),
           "sharpen": Prior(sharpen, {"radius": 2.0, "amount": 0.5, "threshold": 0.5}),
           "bilat": Prior(bilat, {"detail": 0.25, "sigma_r": 0.5, "sigma_s": 0.5, "midtone": 0.5}),
-          "toneequal": Prior(toneequal, {name: 0.0 for name in ("blacks", "shadows", "midtones", "highlights",
-                                                                "whites")}),
+          "toneequal": Prior(toneequal, dict.fromkeys(TONEEQUAL_BANDS, 0.0)),
           "censorize": Prior(censorize, {"radius_1": 0.0, "pixelate": 0.0}),
           "lowpass": Prior(lowpass, {"radius": 10.0, "contrast": 1.0, "brightness": 0.0, "saturation": 1.0}),
           "temperature": Prior(temperature, TEMPERATURE_DEFAULTS, whole_image=False),
