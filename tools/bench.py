@@ -54,7 +54,7 @@ from utils.atomic import write_text_atomic
 from utils.darktable.runner import Darktable
 from utils.devices import inference_dtype, keep_freed_memory
 from utils.data.generate import generate
-from utils.data.images import builtin_images, list_images
+from utils.data.images import builtin_images, list_images, mosaic
 from utils.data.tapouts import TRAIT_PLANES, to_chw, with_coordinates
 from utils.errors import UserError, cli_main
 from utils.evaluation.metrics import psnr
@@ -244,14 +244,10 @@ def exact_input(proxy, tap_in) -> torch.Tensor:
     """A whole 512 px image for an exact ``proxy`` (1, C, H, W): darktable's RGB tap-out, as a
     Bayer mosaic (RGGB) for the mosaic layouts, with the planes the proxy takes at full size
     (a camera matrix or white balance of a typical camera where its type needs one)."""
-    rgb = to_chw(tap_in)[:3]                                             # (3, H, W)
     if proxy.layout != "rgb":
-        h, w = (s - s % 2 for s in rgb.shape[1:])
-        mosaic = np.empty((h, w), dtype=np.float32)
-        for (dy, dx), channel in (((0, 0), 0), ((0, 1), 1), ((1, 0), 1), ((1, 1), 2)):
-            mosaic[dy::2, dx::2] = rgb[channel, dy:h:2, dx:w:2]
-        return torch.from_numpy(mosaic)[None, None]
-    x = torch.from_numpy(rgb)
+        h, w = (side - side % 2 for side in tap_in.shape[:2])
+        return torch.from_numpy(to_chw(mosaic(tap_in[:h, :w, :3], "RGGB")))[None]
+    x = torch.from_numpy(to_chw(tap_in)[:3])                             # (3, H, W)
     planes = proxy.spec.extra_channels
     if not planes:
         return x[None]
