@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -26,6 +27,16 @@ def in_pixel_slices(fn, *tables: torch.Tensor, size: int) -> torch.Tensor:
     slices of ``size`` pixels and joined: the intermediates of a per-pixel network then stay
     in a CPU's caches, where on a whole image it is memory-bound (docs/performance.md)."""
     return torch.cat([fn(*parts) for parts in zip(*(t.split(size, -1) for t in tables))], -1)
+
+
+class FreshSiLU(nn.SiLU):
+    """SiLU for an input nothing else reads (a layer's fresh output): computed in place where
+    no gradient flows through it, which spares a CPU the allocation of another table (10.5
+    against 14.3 ms for 512 x 512 pixels x 64); out of place where one does, since autograd
+    would copy the input to keep it (20 % slower training)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(x, inplace=not (torch.is_grad_enabled() and x.requires_grad))
 
 
 class ConvBlock(nn.Sequential):

@@ -17,9 +17,11 @@ plus a learned residual (a module near identity starts near identity).
   New proxies also start with a per-image affine map of the module's values whose
   coefficients the sliders give (``ModelSpec.affine``), and new positional ones get
   per-image quadratic polynomials of the pixel coordinates (``ModelSpec.fields``);
-- ``neighbourhood``: a stack of 3x3 convolutions, for modules with a small spatial support.
-  It can pack 2x2 pixels too (about 3x faster), but new proxies do not: on sharpen that lost
-  12.6 dB in the same 10 minutes (docs/performance.md);
+- ``neighbourhood`` (retired: older checkpoints load, new proxies cannot choose it): a stack
+  of 3x3 convolutions, for modules with a small spatial support. On every type it was
+  measured on, ``multiscale`` or the exact family beat it (sharpen: 46.2 dB, below the
+  identity's 52.1), and it ran 3.5-4.4x darktable on a 2-core CPU, the slowest family; with
+  2x2 pixels packed (3x faster) it lost 12.6 dB more on sharpen (docs/performance.md);
 - ``multiscale``: fixed Gaussian blurs at two scales per octave, mixed by weights the sliders
   give, then a slider-conditioned per-pixel MLP (``models.multiscale``): for modules that
   blur at a size set by a slider (lowpass, soften, bloom, ...). New proxies also get
@@ -33,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.blocks import ConvBlock, ConvStack, and_one, in_pixel_slices, linear_columns, slider_planes
+from models.blocks import ConvBlock, ConvStack, FreshSiLU, and_one, in_pixel_slices, linear_columns, slider_planes
 from models.multiscale import VALUE_UNIT, SliderMultiscale
 from models.transform import asinh, sinh
 
@@ -44,16 +46,24 @@ STACK_SIZES = {"tiny": (8, 2), "small": (32, 3), "base": (64, 4), "large": (128,
 # (hidden width, learned channels to blur, mixes, pyramid levels) of the multiscale family
 MULTISCALE_SIZES = {"tiny": (8, 2, 1, 2), "small": (16, 4, 2, 6), "base": (32, 4, 2, 7),
                     "large": (64, 8, 3, 8)}
-FAMILIES = ("unet", "pointwise", "neighbourhood", "multiscale")
+# the families new proxies are trained with
+FAMILIES = ("unet", "pointwise", "multiscale")
+# families older checkpoints may hold, built for them alone (see above)
+RETIRED_FAMILIES = ("neighbourhood",)
 # not a network: the proxy is its prior (ModelSpec.prior, darktable's own operation computed
 # exactly), with nothing to learn; for the types that have one
 EXACT_FAMILY = "exact"
-ACTIVATIONS = {"leaky": lambda: nn.LeakyReLU(0.2, inplace=True), "silu": nn.SiLU}
+# of the pointwise MLP, whose every activation's input is a fresh (pixels x width) table
+ACTIVATIONS = {"leaky": lambda: nn.LeakyReLU(0.2, inplace=True), "silu": FreshSiLU}
 # the activation new proxies of a family are trained with (older checkpoints name theirs)
 NEW_ACTIVATION = {"pointwise": "silu"}
 # the stem new proxies of a family are trained with on full-resolution images (the rgb layout;
-# mosaic layouts are packed 2x2 already); neighbourhood keeps 1: with 2 it lost 12.6 dB on sharpen
+# mosaic layouts are packed 2x2 already)
 NEW_STEM = {"unet": 2}
+# the share of its size's widths (UNET_SIZES) new proxies of a family get: 3/4 of unet's runs
+# 1.7x faster (75 against 126 ms a 512 px pass on a 2-core CPU); on hazeremoval it reached
+# 38.20 dB in the 5 minutes the full widths took for 50 epochs (38.05), 37.24 in 50 epochs
+NEW_WIDTH = {"unet": 0.75}
 # whether new proxies of a family start with a per-image affine map of the module's values
 NEW_AFFINE = {"pointwise": True}
 # the per-image fields of pixel position new positional proxies of a family get
@@ -64,10 +74,10 @@ NEW_FIELD_GATES = {"pointwise": 2}
 NEW_FINE = {"multiscale": 2}
 # how new proxies of a family take a pyramid level up to the next (models.multiscale.UPSAMPLES)
 NEW_UPSAMPLE = {"multiscale": "expand"}
-# pixels per slice of the pointwise family's forward pass: its (width x pixels) intermediates
-# then stay in a CPU core's cache; 4096 measured fastest at 512 x 512 px, 2.2x faster than
-# the whole image at once (docs/performance.md)
-PIXEL_CHUNK = 4096
+# pixels per slice of the pointwise family's forward pass: its (pixels x width) intermediates
+# then stay in a CPU core's cache; 8192 measured fastest at 512 x 512 px (78 ms, against 84-92
+# at 4096 and 16384), the whole image at once 2.2x slower (docs/performance.md)
+PIXEL_CHUNK = 8192
 # hidden width of the pointwise family's per-pixel gates of its affine map (field_gates)
 GATE_WIDTH = 16
 # families whose forward passes without gradients run in bf16 autocast where the hardware
@@ -75,7 +85,7 @@ GATE_WIDTH = 16
 # CPU with AMX; the per-pixel families gain nothing there (pointwise is slower)
 BF16_FAMILIES = ("unet", "neighbourhood")
 # the ModelSpec fields the tables above choose
-NETWORK_OPTIONS = ("activation", "stem", "affine", "fields", "field_gates", "mlp", "fine", "upsample", "border",
+NETWORK_OPTIONS = ("activation", "stem", "width", "affine", "fields", "field_gates", "mlp", "fine", "upsample", "border",
                    "gate", "slider_outputs", "curve", "curve_gain", "pixelate", "glow", "prior")
 
 
@@ -84,7 +94,7 @@ def new_network_options(family: str, layout: str = "rgb", positional: bool = Fal
     (``positional``: its type depends on pixel position, its networks get coordinate planes);
     a type's own (``ProxyType.network``) go over them."""
     return {"activation": NEW_ACTIVATION.get(family, "leaky"),
-            "stem": NEW_STEM.get(family, 1) if layout == "rgb" else 1,
+            "stem": NEW_STEM.get(family, 1) if layout == "rgb" else 1, "width": NEW_WIDTH.get(family, 1.0),
             "affine": NEW_AFFINE.get(family, False),
             "fields": NEW_FIELDS.get(family, 0) if positional else 0,
             "field_gates": NEW_FIELD_GATES.get(family, 0) if positional else 0, "mlp": True,
@@ -98,7 +108,7 @@ def new_network_options(family: str, layout: str = "rgb", positional: bool = Fal
 class ModelSpec:
     """Everything needed to rebuild a proxy network (stored in every checkpoint)."""
 
-    family: str         # one of FAMILIES
+    family: str         # one of FAMILIES (or RETIRED_FAMILIES, an older checkpoint's)
     size: str           # key of UNET_SIZES / STACK_SIZES / MULTISCALE_SIZES
     in_channels: int    # channels the network sees (4 packed mosaic planes, 12 for demosaic)
     out_channels: int
@@ -113,6 +123,9 @@ class ModelSpec:
     # convolution, unpacked after the last (1: none; checkpoints without the field); 2 runs the
     # network on a quarter of the pixels
     stem: int = 1
+    # unet: the widths of its levels are its size's (UNET_SIZES) times this, rounded (1.0:
+    # checkpoints without the field)
+    width: float = 1.0
     # pointwise: a per-image affine map of the module's values first (False: checkpoints without the field)
     affine: bool = False
     # pointwise, with coordinate planes: per-image quadratic polynomials of them, their
@@ -174,7 +187,7 @@ class ModelSpec:
 class SliderUNet(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
-        widths, s = UNET_SIZES[spec.size], spec.n_sliders
+        widths, s = [max(1, round(w * spec.width)) for w in UNET_SIZES[spec.size]], spec.n_sliders
         self.stem = spec.stem
         self.down = nn.ModuleList()
         cin = (spec.in_channels + spec.extra_channels) * self.stem ** 2
@@ -226,9 +239,11 @@ class SliderConvStack(nn.Module):
 
 
 class SliderPointwise(nn.Module):
-    """A per-pixel MLP over [x, sliders] (1x1 convolutions), run as matrix products on each
-    image's (channels, pixels) table: no copy into a pixel-major layout, and the sliders'
-    share of the first layer folded into a per-image bias rather than broadcast to planes.
+    """A per-pixel MLP over [x, sliders] (1x1 convolutions), run as matrix products: the first
+    layer reads each image's (channels, pixels) table as it lies (transposed, not copied), the
+    sliders' share of it folded into a per-image bias rather than broadcast to planes; the
+    hidden layers run pixel-major, (pixels, width), one product for every image (25 % faster
+    on a CPU than on (width, pixels) tables, docs/performance.md).
 
     With ``spec.affine``, a per-image affine map of the module's values, its coefficients
     given by the sliders (zero at the start: the identity), comes first: ``base`` = asinh(v +
@@ -319,16 +334,17 @@ class SliderPointwise(nn.Module):
         map ``a``, field coefficients ``f`` and gates' first layer ``g`` from the sliders."""
         w_pixel, w_base, w_fields = weights
         _, *rest = (m for m in self.mlp if isinstance(m, nn.Linear))
-        y = torch.baddbmm(bias, w_pixel, t)
+        y = torch.baddbmm(bias.mT, t.mT, w_pixel.mT)                              # (B, N, width)
         fields = torch.bmm(f, quadratic_terms(t[:, self.image_channels:])) if self.fields else None  # (B, F, N)
         if self.affine:
             gates = self._gates(fields, *g) if self.gates else None
             base = self._affine(t[:, :self.image_channels], a, gates)             # (B, C_out, N)
-            y = torch.baddbmm(y, w_base, base)
+            y = torch.baddbmm(y, base.mT, w_base.mT)
         if self.fields:
-            y = torch.baddbmm(y, w_fields, fields)
+            y = torch.baddbmm(y, fields.mT, w_fields.mT)
         for layer, act in zip(rest, (m for m in self.mlp if not isinstance(m, nn.Linear))):
-            y = linear_columns(layer, act(y))
+            y = layer(act(y))                     # pixel-major: one matrix product for every image
+        y = y.mT                                                                  # (B, C_out, N)
         if self.affine:
             return base + y
         return _residual(t[:, :self.image_channels], y)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from models.networks import FAMILIES, ModelSpec, quadratic_terms
+from models.networks import FAMILIES, RETIRED_FAMILIES, ModelSpec, quadratic_terms
 from models.proxy import (
     IncompatibleCheckpoint,
     Proxy,
@@ -27,7 +27,7 @@ def make(family, cin=3, cout=3, dtype=torch.float32):
     return Proxy(ModelSpec(family, "tiny", cin, cout, len(SLIDERS)), SLIDERS, 0.01).to(dtype)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + RETIRED_FAMILIES)
 @pytest.mark.parametrize("cin, cout", [(3, 3), (1, 1), (1, 3)])
 def test_shapes_any_size(family, cin, cout):
     proxy = make(family, cin, cout)
@@ -36,7 +36,7 @@ def test_shapes_any_size(family, cin, cout):
     assert out.shape == (2, cout, 13, 10) and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + RETIRED_FAMILIES)
 def test_gradcheck_wrt_sliders(family):
     proxy = make(family, dtype=torch.float64)
     x = torch.rand(1, 3, 4, 4, dtype=torch.float64) * 3
@@ -287,7 +287,8 @@ def test_slider_outputs_add_per_pixel_outputs_weighted_linearly_by_the_sliders()
     torch.testing.assert_close(net(x, u), without)
 
 
-@pytest.mark.parametrize("family, option", [("unet", {"stem": 2}), ("neighbourhood", {"stem": 2}),
+@pytest.mark.parametrize("family, option", [("unet", {"stem": 2}), ("unet", {"stem": 2, "width": 0.75}),
+                                            ("neighbourhood", {"stem": 2}),
                                             ("pointwise", {"affine": True}), ("multiscale", {"fine": 2}),
                                             ("multiscale", {"upsample": "expand"}),
                                             ("multiscale", {"slider_outputs": 3}),
@@ -303,3 +304,13 @@ def test_new_network_options_any_size_and_through_a_checkpoint(family, option, c
     loaded, payload = load_proxy(tmp_path / "last.pt")
     assert ModelSpec(**payload["model"]) == proxy.spec
     torch.testing.assert_close(loaded(x, u), out)
+
+
+def test_unet_width_scales_its_levels_and_older_checkpoints_keep_theirs():
+    from models.networks import UNET_SIZES, new_network_options
+    assert new_network_options("unet")["width"] == 0.75 and new_network_options("pointwise")["width"] == 1.0
+    for width, expected in [(1.0, UNET_SIZES["base"]), (0.75, (24, 48, 96, 192))]:
+        net = Proxy(ModelSpec("unet", "base", 3, 3, 2, width=width), SLIDERS, 0.01).net
+        assert tuple(block[0].out_channels for block in net.down) == expected
+    older = {k: v for k, v in ModelSpec("unet", "base", 3, 3, 2).to_dict().items() if k != "width"}
+    assert ModelSpec(**older).width == 1.0

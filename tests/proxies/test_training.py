@@ -84,6 +84,13 @@ def test_other_model_into_the_same_weights_is_refused(trained):
     assert "Traceback" not in proc.stderr
 
 
+def test_a_retired_family_is_refused_for_new_training_before_any_work():
+    from utils.proxies.registry import PROXIES
+    from utils.proxies.train import default_config
+    with pytest.raises(UserError, match="--model 'neighbourhood': retired, .*choose one of unet, pointwise, multiscale"):
+        default_config(PROXIES["sharpen"], family="neighbourhood")
+
+
 def test_a_proxy_of_a_family_no_longer_the_types_default_is_named_not_rebuilt(tmp_path):
     """shadhi's default became the exact family: an earlier multiscale proxy in the weights
     folder is refused with what to do, before any network of the new family is built."""

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from models.mosaic import network_channels
-from models.networks import EXACT_FAMILY, FAMILIES, NETWORK_OPTIONS, UNET_SIZES, ModelSpec, new_network_options
+from models.networks import EXACT_FAMILY, FAMILIES, NETWORK_OPTIONS, RETIRED_FAMILIES, UNET_SIZES, ModelSpec, new_network_options
 from models.proxy import IncompatibleCheckpoint, Proxy, read_checkpoint, save_checkpoint
 from models.transform import to_network
 from utils.atomic import write_text_atomic
@@ -102,7 +102,8 @@ def default_config(proxy: ProxyType, settings: Settings = DEFAULTS, **flags) -> 
     if cfg.family == EXACT_FAMILY and not proxy.network.get("prior"):
         raise UserError(f"--model {EXACT_FAMILY}: {proxy.name} has no exact prior; choose one of {', '.join(FAMILIES)}")
     if cfg.family not in FAMILIES + (EXACT_FAMILY,):
-        raise UserError(f"--model {cfg.family!r}: choose one of {', '.join(FAMILIES)}")
+        retired = "retired, its older checkpoints still load; " if cfg.family in RETIRED_FAMILIES else ""
+        raise UserError(f"--model {cfg.family!r}: {retired}choose one of {', '.join(FAMILIES)}")
     if not cfg.crop:
         cfg.crop = s.PROXY_MODEL_CROP.get(cfg.family, 64)
     if cfg.size not in UNET_SIZES:
