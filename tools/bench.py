@@ -52,7 +52,7 @@ from models.proxy import Proxy
 from models.transform import to_network
 from utils.atomic import write_text_atomic
 from utils.darktable.runner import Darktable
-from utils.devices import inference_dtype, keep_freed_memory
+from utils.devices import inference_dtype, keep_freed_memory, native_bf16
 from utils.data.generate import generate
 from utils.data.images import builtin_images, list_images, mosaic
 from utils.data.tapouts import TRAIT_PLANES, to_chw, with_coordinates
@@ -165,7 +165,10 @@ def make_proxy(family: str, size: str, device: torch.device, seed: int = 0) -> P
 
 
 def variants(device: torch.device, only: str = "") -> list[dict[str, Any]]:
-    """The ways to run a forward pass worth measuring on ``device`` (``only``: names, comma-separated)."""
+    """The ways to run a forward pass worth measuring on ``device`` (``only``: names,
+    comma-separated); by default bf16 autocast only where the device computes bf16 natively
+    (utils.devices.native_bf16): elsewhere it is emulated, 1-7.5 s a 512 px pass on a CPU
+    without it, and never ran faster than fp32 (docs/performance.md)."""
     out = [{"name": "fp32"}, {"name": "scripts", "scripts": True},
            {"name": "channels_last", "channels_last": True},
            {"name": "bf16", "dtype": torch.bfloat16},
@@ -175,7 +178,9 @@ def variants(device: torch.device, only: str = "") -> list[dict[str, Any]]:
         out += [{"name": "fp16+channels_last", "dtype": torch.float16, "channels_last": True},
                 {"name": "compile+bf16+channels_last", "compile": True, "dtype": torch.bfloat16,
                  "channels_last": True}]
-    return [v for v in out if v["name"] in only.split(",")] if only else out
+    if only:
+        return [v for v in out if v["name"] in only.split(",")]
+    return [v for v in out if v.get("dtype") is not torch.bfloat16 or native_bf16(device)]
 
 
 def in_variant_layout(proxy: Proxy, x: torch.Tensor, variant: dict[str, Any]) -> tuple[Proxy, torch.Tensor]:
@@ -555,11 +560,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model-size", default=C.PROXY_MODEL_SIZE, help="size preset of the timed proxies")
     p.add_argument("--image", type=int, default=512, metavar="PX", help="side of the synthetic image without darktable")
     p.add_argument("--variants", default="", help="forward-pass variants to time, comma-separated "
-                   "(default all: fp32, channels_last, bf16, bf16+channels_last, compile, and on CUDA "
-                   "fp16+channels_last, compile+bf16+channels_last)")
+                   "(default all: fp32, scripts, channels_last, bf16 and bf16+channels_last where the "
+                   "device computes bf16 natively, compile, and on CUDA fp16+channels_last, "
+                   "compile+bf16+channels_last)")
     p.add_argument("--threads", type=int, default=0, metavar="T",
                    help="torch CPU threads (default: torch's choice, one per core)")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats per figure (median)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per figure (median)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="darktable processes in parallel")
     p.add_argument("--per-image", type=int, default=32, help="batched generation: samples per built-in image")
     p.add_argument("--single", type=int, default=8, help="one-call-per-sample generation: samples")

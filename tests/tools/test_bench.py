@@ -75,3 +75,16 @@ def test_regression_on_the_whole_image_lowers_the_loss():
     short = regress(proxy, len(proxy.sliders), proxy.scale, x, target, 1, 2, torch.Generator().manual_seed(0), crop=0)
     long = regress(proxy, len(proxy.sliders), proxy.scale, x, target, 60, 2, torch.Generator().manual_seed(0), crop=0)
     assert long.loss < short.loss
+
+
+def test_bf16_variants_are_timed_by_default_only_where_the_device_computes_bf16(monkeypatch):
+    import torch
+
+    import tools.bench as bench
+    cpu = torch.device("cpu")
+    for native in (False, True):
+        monkeypatch.setattr(bench, "native_bf16", lambda device, native=native: native)
+        names = [v["name"] for v in bench.variants(cpu)]
+        assert ("bf16" in names) == native and ("bf16+channels_last" in names) == native
+        assert {"fp32", "scripts", "channels_last", "compile"} <= set(names)
+        assert [v["name"] for v in bench.variants(cpu, "fp32,bf16")] == ["fp32", "bf16"]   # asked for: timed
