@@ -32,7 +32,7 @@ PROXY_MODEL_LR_FACTOR = {"multiscale": 10}
 PROXY_MODEL_EMA = 0.5             # epochs of steps the weights' moving average spans; the average is
                                   # validated and saved (0 = the last weights, no average)
 PROXY_MODEL_SIZE = "base"         # network size preset: tiny, small, base, large
-PROXY_MODEL_CROP = {"unet": 128, "neighbourhood": 64, "pointwise": 16, "multiscale": 128}
+PROXY_MODEL_CROP = {"unet": 128, "pointwise": 16, "multiscale": 128}
                                   # pixels; side of the random training crops per model family
                                   # (a per-pixel net learns fastest from many small crops)
 PROXY_LOSS = {"default": "l1", "exposure": "mse"}
