@@ -83,9 +83,16 @@ def lab_to_xyz(lab: torch.Tensor) -> torch.Tensor:
     return t * _white(lab)
 
 
+def profile_to_lab(matrix: np.ndarray | torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
+    """Lab (D50) of ``rgb`` (..., 3, H, W) taken to XYZ (D50) by an input profile's
+    ``matrix``: one (3, 3) for every image, or (B, 3, 3), one for each image of (B, 3, H, W)."""
+    m = torch.as_tensor(matrix, dtype=rgb.dtype, device=rgb.device)
+    return xyz_to_lab(torch.einsum("ij,...jhw->...ihw" if m.dim() == 2 else "bij,bjhw->bihw", m, rgb))
+
+
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     """Linear Rec.2020 (darktable's working RGB) -> Lab (D50)."""
-    return xyz_to_lab(_matmul(rec2020_to_xyz_d50(), rgb))
+    return profile_to_lab(rec2020_to_xyz_d50(), rgb)
 
 
 def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.colorspace import D50, _BRADFORD, _matmul, _xy_to_xyz, lab_to_xyz, xyz_to_lab
+from models.colorspace import D50, _BRADFORD, _matmul, _xy_to_xyz, lab_to_xyz, profile_to_lab
 from models.darktable.demosaic import rcd_demosaic
 
 
@@ -128,7 +128,7 @@ class ColorIn(Fixed):
 
     def forward(self, x: torch.Tensor, u: torch.Tensor, context: ImageContext) -> torch.Tensor:
         rgb = srgb_decode(x) if context.colorin_encoded else x
-        return xyz_to_lab(_matmul(np.asarray(context.colorin_matrix), rgb))
+        return profile_to_lab(np.asarray(context.colorin_matrix), rgb)
 
 
 class ColorOut(Fixed):

@@ -69,7 +69,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from models.colorspace import xyz_to_lab
+from models.colorspace import profile_to_lab
 from models.darktable.bilateral import bilateral_base
 from models.darktable.boxblur import bloom_lab, soften_rgb
 from models.darktable.colorbalance import colorbalance_lab
@@ -295,8 +295,7 @@ def colorin(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, planes: torc
     """darktable's input colour profile of white-balanced camera RGB ``x`` (B, 3, H, W) by
     each image's embedded matrix, which its planes carry (utils.data.tapouts.MATRIX_PLANES):
     to XYZ (D50), then Lab."""
-    matrix = planes[:, :9, 0, 0].double().view(-1, 3, 3)
-    return xyz_to_lab(torch.einsum("bij,bjhw->bihw", matrix, x.double())).to(x.dtype)
+    return profile_to_lab(planes[:, :9, 0, 0].view(-1, 3, 3), x.double()).to(x.dtype)
 
 
 def pixel_corners(px: torch.Tensor, py: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,6 +29,7 @@ from models.networks import EXACT_FAMILY, ModelSpec, build_model
 from models.priors import PRIORS
 from models.transform import from_network, to_network
 from utils.atomic import write_atomic
+from utils.data.tapouts import SCALED_PLANES
 from utils.proxies.slider import Slider, conditioning
 
 CHECKPOINT_FORMAT = 1   # bump when the checkpoint layout changes incompatibly
@@ -39,7 +40,7 @@ class IncompatibleCheckpoint(Exception):
     """A checkpoint this code cannot load (another format version or a broken file)."""
 
 
-SCALE_PLANE = 4     # the extra plane that holds the pixel scale (utils.data.tapouts.SCALED_PLANES - 1)
+SCALE_PLANE = SCALED_PLANES - 1     # the extra plane that holds the pixel scale (utils.data.tapouts.coordinate_planes)
 
 class Proxy(nn.Module):
     def __init__(self, spec: ModelSpec, sliders: Sequence[Slider], scale: float,

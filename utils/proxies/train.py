@@ -177,18 +177,9 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
     if val_set is None:
         log.warning("no stage-2 dataset at %s: no validation PSNR; 'best' is the last epoch", stage2)
 
-    options = ({k: getattr(resumed, k) for k in NETWORK_OPTIONS} if resumed
-               else {**new_network_options(cfg.family, train_set.layout, positional=planes > 0),
-                     **proxy_type.network})
-    if cfg.family != EXACT_FAMILY and not resumed:
-        # a network that starts from the prior learns it away: shadhi 31-39 dB in its first
-        # minute against 147-158 dB for the prior alone (docs/proxies.md)
-        options["prior"] = ""
-    spec = ModelSpec(cfg.family, cfg.size, *network_channels(train_set.layout, train_set.in_channels,
-                                                             train_set.out_channels),
-                     conditioning_width(sliders), layout=train_set.layout, extra_channels=train_set.extra_channels,
-                     pixel_scale=resumed.pixel_scale if resumed else train_set.pixel_scale,
-                     **{**options, "activation": cfg.activation or options["activation"]})
+    spec = network_spec(proxy_type, cfg.family, cfg.size, train_set.layout, train_set.in_channels,
+                        train_set.out_channels, train_set.extra_channels, train_set.pixel_scale, sliders=sliders,
+                        activation=cfg.activation, resumed=resumed)
     if spec.pixel_scale == 0 and planes in (SCALED_PLANES, WB_PLANES):
         raise UserError(f"dataset {stage1}: the full size of none of its images is known (a raw format "
                         "only darktable reads); give TIFF, DNG or another TIFF-based raw")
@@ -475,6 +466,28 @@ def coordinate_planes_of(proxy_type: ProxyType, resumed: ModelSpec | None, famil
     return SCALED_PLANES if proxy_type.takes_pixel_scale else COORDINATE_PLANES
 
 
+def network_spec(proxy_type: ProxyType, family: str, size: str, layout: str, in_channels: int,
+                 out_channels: int, planes: int, pixel_scale: float, sliders: Sequence[Slider] | None = None,
+                 activation: str = "", resumed: ModelSpec | None = None) -> ModelSpec:
+    """The network of a ``proxy_type`` proxy of ``family`` and ``size`` for images of ``layout``
+    with ``in_channels`` and ``out_channels`` and ``planes`` after them, conditioned on
+    ``sliders`` (default: the type's): a resumed proxy's options and pixel scale are its own;
+    a new one takes its family's options under the type's (``ProxyType.network``), and only
+    the exact family its prior (a network that starts from the prior learns it away: shadhi
+    31-39 dB in its first minute against 147-158 dB for the prior alone, docs/proxies.md).
+    ``activation`` replaces the options' where given."""
+    if resumed:
+        options, pixel_scale = {k: getattr(resumed, k) for k in NETWORK_OPTIONS}, resumed.pixel_scale
+    else:
+        options = {**new_network_options(family, layout, positional=planes > 0), **proxy_type.network}
+        if family != EXACT_FAMILY:
+            options["prior"] = ""
+    sliders = proxy_type.sliders if sliders is None else sliders
+    return ModelSpec(family, size, *network_channels(layout, in_channels, out_channels), conditioning_width(sliders),
+                     layout=layout, extra_channels=planes, pixel_scale=pixel_scale,
+                     **{**options, "activation": activation or options["activation"]})
+
+
 def exact_proxy(proxy_type: ProxyType, planes: int | None = None, pixel_scale: float | None = None) -> Proxy:
     """A ``proxy_type`` proxy of the exact family (darktable's operation, nothing to learn) as
     training builds one: the type's network options (its prior; a pixelation), the planes a
@@ -485,10 +498,7 @@ def exact_proxy(proxy_type: ProxyType, planes: int | None = None, pixel_scale: f
     if pixel_scale is None:
         pixel_scale = 1.0 if planes in (SCALED_PLANES, WB_PLANES) else 0.0
     image = {"rgb": (3, 3), "mosaic": (1, 1), "mosaic_rgb": (1, 3)}[proxy_type.layout]
-    options = {**new_network_options(EXACT_FAMILY, proxy_type.layout, positional=planes > 0), **proxy_type.network}
-    spec = ModelSpec(EXACT_FAMILY, "base", *network_channels(proxy_type.layout, *image),
-                     conditioning_width(proxy_type.sliders), layout=proxy_type.layout, extra_channels=planes,
-                     pixel_scale=pixel_scale, **options)
+    spec = network_spec(proxy_type, EXACT_FAMILY, "base", proxy_type.layout, *image, planes, pixel_scale)
     return Proxy(spec, proxy_type.sliders, proxy_type.value_scale,
                  {"proxy_type": proxy_type.name, "operation": proxy_type.operation, "name": proxy_type.name})
 
