@@ -164,14 +164,16 @@ def local_contrast_lab(lab: torch.Tensor, detail: torch.Tensor, sigma_r: torch.T
     sigma, shadows, highlights, clarity = (_column(v, b, lab) for v in (midtone, sigma_s, sigma_r, detail))
     levels = min(MAX_LEVELS, int(math.floor(math.log2(min(height, width)))))
     border = 1 << (levels - 1)
-    x = F.pad(lab[:, :1] * 0.01, (border,) * 4, mode="replicate")
-    h, w = x.shape[-2:]
-    image = [x]
+    lightness = lab[:, :1] * 0.01
+    image = [F.pad(lightness, (border,) * 4, mode="replicate")]
     for _ in range(levels - 1):
         image.append(_reduce(image[-1]))
     gamma = ((torch.arange(GAMMAS, dtype=torch.float32) + 0.5) / GAMMAS).to(lab.dtype).to(lab.device)
     remap = _Remap.apply if torch.is_grad_enabled() else _remap
-    copies = [remap(x, gamma.view(1, -1, 1, 1), sigma, shadows, highlights, clarity).reshape(b * GAMMAS, 1, h, w)]
+    # the curves are per pixel: those of the padded image are the padded curves of the image
+    # (a quarter of the pixels at 512 px)
+    copies = [F.pad(remap(lightness, gamma.view(1, -1, 1, 1), sigma, shadows, highlights, clarity)
+                    .reshape(b * GAMMAS, 1, height, width), (border,) * 4, mode="replicate")]
     for _ in range(levels - 1):
         copies.append(_reduce(copies[-1]))
     out = image[-1]

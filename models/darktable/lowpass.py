@@ -60,9 +60,16 @@ def gaussian(x: torch.Tensor, sigma: torch.Tensor, floor: float | None = None) -
     clip = (lambda t: t) if floor is None else (lambda t: t.clamp_min(floor))   # noqa: E731
     out = []
     for image, s in zip(x, sigma):
-        rows, cols = deriche_matrix(h, s).to(x.dtype), deriche_matrix(w, s).to(x.dtype)
+        rows, cols = (_normal(deriche_matrix(n, s).to(x.dtype)) for n in (h, w))
         out.append(clip(rows @ clip(image)) @ cols.T)
     return torch.stack(out)
+
+
+def _normal(m: torch.Tensor) -> torch.Tensor:
+    """``m`` with its subnormal entries (a narrow filter's far tails) zero: they weigh nothing
+    against the image's values, and a CPU multiplies them many times slower (lowpass at 512
+    px: 75 ms a pass with them, 12 ms without)."""
+    return torch.where(m.abs() < torch.finfo(m.dtype).tiny, torch.zeros_like(m), m)
 
 
 def contrast_curve(index: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:

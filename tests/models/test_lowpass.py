@@ -42,6 +42,20 @@ def test_the_blur_matrix_is_gaussian_c_run_step_by_step(n, sigma):
     np.testing.assert_allclose(m.sum(1), 1.0, atol=1e-12)     # a constant stays itself
 
 
+def test_a_narrow_blur_leaves_no_subnormal_weights_in_float32():
+    """A narrow filter's far tails fall below float32's normal range; a CPU multiplies such
+    numbers many times slower, and they weigh nothing: they are zero in the blur."""
+    x = torch.rand(1, 3, 256, 256)
+    sigma = torch.tensor([0.3], dtype=torch.float64)
+    tails = lp.deriche_matrix(256, sigma[0]).float()
+    assert ((tails != 0) & (tails.abs() < torch.finfo(torch.float32).tiny)).any()   # the case at hand
+    blurred = lp.gaussian(x, sigma)
+    expected = lp.deriche_matrix(256, sigma[0]) @ x[0].double() @ lp.deriche_matrix(256, sigma[0]).T
+    torch.testing.assert_close(blurred[0].double(), expected, rtol=0, atol=1e-5)
+    used = lp._normal(tails)
+    assert not ((used != 0) & (used.abs() < torch.finfo(torch.float32).tiny)).any()
+
+
 def test_the_curves_are_darktables_tables():
     index = torch.tensor([0.0, 16384.0, 32768.0, 65535.0], dtype=torch.float64)
     line = lp.contrast_curve(index, torch.tensor(0.5, dtype=torch.float64))
