@@ -25,16 +25,11 @@ from pathlib import Path
 ROOT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT_DIR))
 
-import torch  # noqa: E402
-
 import Constants as C  # noqa: E402
 from models.proxy import IncompatibleCheckpoint, read_checkpoint  # noqa: E402
-
-from utils.darktable.files import read_tiff  # noqa: E402
-from utils.data.manifest import read_manifest  # noqa: E402
-from utils.data.tapouts import to_chw  # noqa: E402
+from utils.data.tapouts import TapoutDataset  # noqa: E402
 from utils.errors import UserError, cli_main  # noqa: E402
-from utils.evaluation.metrics import psnr  # noqa: E402
+from utils.evaluation.fidelity import identity_psnr  # noqa: E402
 from utils.proxies.registry import PROXIES, get_proxy, proxy_name  # noqa: E402
 from utils.proxies.schema import ProxyType  # noqa: E402
 from utils.runs import RunPaths  # noqa: E402
@@ -49,15 +44,12 @@ def sliders_cell(proxy: ProxyType) -> str:
                      for s in proxy.sliders) or "none"
 
 
-def identity_psnr(stage2: Path) -> str:
-    """Mean PSNR of the inputs as predictions of the outputs over a stage-2 dataset."""
+def identity_cell(stage2: Path, proxy: ProxyType) -> str:
+    """The identity's mean PSNR over a stage-2 dataset (utils.evaluation.fidelity.identity_psnr)."""
     try:
-        rows = read_manifest(stage2)
+        return f"{identity_psnr(TapoutDataset(stage2, proxy.sliders, native=True)):.2f}"
     except UserError:
         return ""
-    scores = [float(psnr(*(torch.from_numpy(to_chw(read_tiff(r[k])))[None] for k in ("input", "output")))[0])
-              for r in rows]
-    return f"{sum(scores) / len(scores):.2f}" if scores else ""
 
 
 def measured(root: Path, proxy: ProxyType) -> tuple[str, str]:
@@ -83,7 +75,7 @@ def measured(root: Path, proxy: ProxyType) -> tuple[str, str]:
 
 def row(root: Path, proxy: ProxyType) -> str:
     family, val = measured(root, proxy)
-    identity = identity_psnr(RunPaths(root).stage(2, proxy_name(proxy.name, proxy.sliders)))
+    identity = identity_cell(RunPaths(root).stage(2, proxy_name(proxy.name, proxy.sliders)), proxy)
     return (f"| {proxy.name} | {proxy.operation} | {sliders_cell(proxy)} | {family or proxy.model} "
             f"| {val} | {identity} |")
 

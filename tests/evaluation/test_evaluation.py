@@ -33,6 +33,7 @@ def test_metrics_contract(trained_tiny):
     assert metrics["val_psnr"] > 15 and metrics["regression"]["darktable_psnr"] > 15
     report = (trained_tiny / "eval" / NAME / "report.md").read_text()
     assert f"{metrics['val_psnr']:.2f} dB" in report
+    assert f"identity (the input taken as output), same samples | {metrics['val_identity_psnr']:.2f} dB" in report
     params = (trained_tiny / "params" / f"{NAME}.csv").read_text().splitlines()
     assert params[0].startswith("sample,image,exposure_true,black_true,exposure_recovered")
     assert len(params) == 3

@@ -17,9 +17,18 @@ from utils.data.tapouts import TRAIT_PLANES, TapoutDataset, pixel_scale, to_chw,
 from utils.evaluation.metrics import psnr, ssim
 
 
+def identity_psnr(data: TapoutDataset) -> float:
+    """The baseline next to every fidelity figure: the mean PSNR of each sample's input taken
+    as its output (for a mosaic, the mosaic in every channel; for a change of colour space,
+    colorin's and colorout's, two spaces' values: no baseline there)."""
+    scores = [float(psnr(*(t[None] for t in data.load_pair(row)))[0]) for row in data.rows]
+    return float(np.mean(scores)) if scores else float("nan")
+
+
 @torch.no_grad()
 def fidelity(proxy: Proxy, data: TapoutDataset, device: torch.device) -> dict[str, float]:
-    """PSNR (project definition), SSIM and mean absolute error over every sample of ``data``."""
+    """PSNR (project definition), SSIM and mean absolute error over every sample of ``data``,
+    and the identity's PSNR on them (:func:`identity_psnr`)."""
     proxy.eval()
     scores = {"psnr": [], "ssim": [], "mae": []}
     for i, (x, y, u) in enumerate(data):
@@ -28,7 +37,7 @@ def fidelity(proxy: Proxy, data: TapoutDataset, device: torch.device) -> dict[st
         scores["psnr"].append(float(psnr(pred, y)[0]))
         scores["ssim"].append(float(ssim(pred, y)[0]))
         scores["mae"].append(float((pred - y).abs().mean()))
-    return {k: float(np.mean(v)) for k, v in scores.items()}
+    return {**{k: float(np.mean(v)) for k, v in scores.items()}, "identity": identity_psnr(data)}
 
 
 @torch.no_grad()

@@ -104,6 +104,7 @@ def proxy_metrics(name: str, slider_names: Sequence[str], fid: dict, n_val: int,
         "darktable_version": darktable_version,
         "regression": {**regression_summary(rows), "param_mae_per_slider": per_slider, **skipped},
         "val_mae": fid["mae"],
+        "val_identity_psnr": fid["identity"],
     }
 
 
@@ -115,6 +116,9 @@ def proxy_report(metrics: dict[str, Any]) -> str:
              f"| fidelity: PSNR vs darktable, {metrics['val_samples']} held-out samples | {metrics['val_psnr']:.2f} dB |",
              f"| fidelity: SSIM | {metrics['val_ssim']:.5f} |",
              f"| fidelity: mean absolute error | {metrics['val_mae']:.3g} |"]
+    if "val_identity_psnr" in metrics:     # from before it was measured: none
+        lines.insert(5, f"| fidelity: identity (the input taken as output), same samples "
+                        f"| {metrics['val_identity_psnr']:.2f} dB |")
     if "skipped" in reg:
         return "\n".join(lines + [f"| regression | skipped: {reg['skipped']} |"]) + "\n"
     lines += regression_lines(reg)[:1]
