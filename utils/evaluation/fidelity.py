@@ -19,25 +19,32 @@ from utils.evaluation.metrics import psnr, ssim
 
 def identity_psnr(data: TapoutDataset) -> float:
     """The baseline next to every fidelity figure: the mean PSNR of each sample's input taken
-    as its output (for a mosaic, the mosaic in every channel; for a change of colour space,
-    colorin's and colorout's, two spaces' values: no baseline there)."""
-    scores = [float(psnr(*(t[None] for t in data.load_pair(row)))[0]) for row in data.rows]
+    as its output (:func:`input_as_output`)."""
+    scores = [input_as_output(x, y, data) for x, y, _ in data]
     return float(np.mean(scores)) if scores else float("nan")
+
+
+def input_as_output(x: torch.Tensor, y: torch.Tensor, data: TapoutDataset) -> float:
+    """The PSNR of a sample's input ``x`` of ``data`` (its image, the planes left out) taken
+    as its output ``y``: for a mosaic, the mosaic in every channel; for a change of colour
+    space, colorin's and colorout's, two spaces' values: no baseline there."""
+    return float(psnr(x[None, :x.shape[0] - data.extra_channels], y[None])[0])
 
 
 @torch.no_grad()
 def fidelity(proxy: Proxy, data: TapoutDataset, device: torch.device) -> dict[str, float]:
     """PSNR (project definition), SSIM and mean absolute error over every sample of ``data``,
-    and the identity's PSNR on them (:func:`identity_psnr`)."""
+    and the identity's PSNR on them (:func:`input_as_output`)."""
     proxy.eval()
-    scores = {"psnr": [], "ssim": [], "mae": []}
+    scores = {"psnr": [], "ssim": [], "mae": [], "identity": []}
     for i, (x, y, u) in enumerate(data):
+        scores["identity"].append(input_as_output(x, y, data))
         pred = proxy(x[None].to(device), u[None].to(device), data.pattern(i))
         y = y[None].to(device)
         scores["psnr"].append(float(psnr(pred, y)[0]))
         scores["ssim"].append(float(ssim(pred, y)[0]))
         scores["mae"].append(float((pred - y).abs().mean()))
-    return {**{k: float(np.mean(v)) for k, v in scores.items()}, "identity": identity_psnr(data)}
+    return {k: float(np.mean(v)) for k, v in scores.items()}
 
 
 @torch.no_grad()

@@ -114,11 +114,10 @@ def proxy_report(metrics: dict[str, Any]) -> str:
     lines = [f"# {metrics['proxy']} (darktable {metrics['darktable_version']})", "",
              "| metric | value |", "|---|---|",
              f"| fidelity: PSNR vs darktable, {metrics['val_samples']} held-out samples | {metrics['val_psnr']:.2f} dB |",
+             *([f"| fidelity: identity (the input taken as output), same samples "
+                f"| {metrics['val_identity_psnr']:.2f} dB |"] if "val_identity_psnr" in metrics else []),  # none before
              f"| fidelity: SSIM | {metrics['val_ssim']:.5f} |",
              f"| fidelity: mean absolute error | {metrics['val_mae']:.3g} |"]
-    if "val_identity_psnr" in metrics:     # from before it was measured: none
-        lines.insert(5, f"| fidelity: identity (the input taken as output), same samples "
-                        f"| {metrics['val_identity_psnr']:.2f} dB |")
     if "skipped" in reg:
         return "\n".join(lines + [f"| regression | skipped: {reg['skipped']} |"]) + "\n"
     lines += regression_lines(reg)[:1]
