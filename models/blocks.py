@@ -25,7 +25,10 @@ def linear_columns(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 def in_pixel_slices(fn, *tables: torch.Tensor, size: int) -> torch.Tensor:
     """``fn`` of (B, C, N) pixel tables whose every column (a pixel) is computed alone, run on
     slices of ``size`` pixels and joined: the intermediates of a per-pixel network then stay
-    in a CPU's caches, where on a whole image it is memory-bound (docs/performance.md)."""
+    in a CPU's caches, where on a whole image it is memory-bound (docs/performance.md). On a
+    GPU, whose every kernel launch costs microseconds of CPU time, the whole table at once."""
+    if tables[0].device.type != "cpu" or tables[0].shape[-1] <= size:
+        return fn(*tables)
     return torch.cat([fn(*parts) for parts in zip(*(t.split(size, -1) for t in tables))], -1)
 
 
