@@ -56,6 +56,16 @@ def test_inference_dtype_is_bf16_only_for_the_convolution_families_where_the_dev
     for family in ("unet", "neighbourhood"):
         assert inference_dtype(cpu, family) == (torch.bfloat16 if native_bf16(cpu) else None)
     assert inference_dtype(torch.device("meta"), "unet") is None     # a device not measured: fp32
+    assert inference_dtype(torch.device("cuda"), "unet") is None     # measured slower there
+
+
+def test_training_is_bf16_only_for_the_convolution_families_on_cuda():
+    import torch
+    from utils.devices import training_dtype
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")      # named only: nothing runs on them
+    assert [training_dtype(cuda, f) for f in ("unet", "neighbourhood")] == [torch.bfloat16] * 2
+    assert [training_dtype(cuda, f) for f in ("pointwise", "multiscale", "exact")] == [None] * 3
+    assert [training_dtype(cpu, f) for f in ("unet", "pointwise")] == [None] * 2
 
 
 def test_a_proxy_runs_in_its_inference_dtype_only_without_gradients():

@@ -2,9 +2,9 @@
 the time budget when that ends first), validation PSNR against darktable on
 held-out scenes after every epoch, self-describing checkpoints, prediction grids, logs.
 
-Single process on CUDA (bf16 autocast) or CPU; several processes when launched by
-``torchrun`` (DistributedDataParallel: gloo on CPU, NCCL on CUDA; each process trains on its
-share of the data; rank 0 alone writes checkpoints, logs and grids).
+Single process on CUDA or CPU (precision: ``utils.devices.training_dtype``); several
+processes when launched by ``torchrun`` (DistributedDataParallel: gloo on CPU, NCCL on CUDA;
+each process trains on its share of the data; rank 0 alone writes checkpoints, logs and grids).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from models.transform import to_network
 from utils.atomic import write_text_atomic
 from utils.data.manifest import read_spec
 from utils.data.tapouts import COORDINATE_PLANES, SCALED_PLANES, TRAIT_PLANES, WB_PLANES, TapoutDataset
-from utils.devices import resolve_device
+from utils.devices import resolve_device, training_dtype
 from utils.errors import UserError
 from utils.evaluation.metrics import psnr
 from utils.journal import run_lock
@@ -311,7 +311,8 @@ def _step(run: _Run, model: nn.Module, loss_fn: Callable, batch: Sequence[torch.
           epoch: int) -> float:
     """One optimiser step on ``batch`` (x, y, u); its loss."""
     x, y, u = (t.to(run.device) for t in batch)
-    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.device.type == "cuda"):
+    dtype = training_dtype(run.device, run.proxy.spec.family)
+    with torch.autocast(run.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         pred = model(x, u)                                          # (B, C_out, h, w)
     # the loss compares in the network domain, where every decade counts alike
     loss = loss_fn(to_network(pred.float(), run.proxy.scale), to_network(y, run.proxy.scale))
