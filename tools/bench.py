@@ -17,11 +17,11 @@ How each figure is made:
   ``--model-size``, random weights: speed does not depend on them) on darktable's own input
   tap-out of that render (a 512 px synthetic image without darktable), in every variant
   (fp32; ``scripts``, the precision a loaded proxy runs in; channels-last, bf16/fp16
-  autocast, torch.compile) under ``torch.inference_mode``;
+  autocast, torch.compile; on CUDA also captured as a CUDA graph) under ``torch.inference_mode``;
   each variant's output is compared with fp32 (PSNR); the fastest variant within
   ``VARIANT_MIN_PSNR`` of fp32 is the family's figure.
-- training: optimisation steps (Adam, the proxy type's loss, bf16 autocast on CUDA as in
-  ``utils.proxies.train``) on random crops of the family's crop size, batch
+- training: optimisation steps (Adam, the proxy type's loss, in the precision
+  ``utils.devices.training_dtype`` gives, as ``utils.proxies.train`` runs them) on random crops of the family's crop size, batch
   ``PROXY_MODEL_BATCH_SIZE``: samples (crops) per second.
 - regression: ``utils.evaluation.regress`` at 1280x720 with the project's settings (random
   crops, ``PARAM_TUNING_RESTARTS`` starts), and full frame with one start (what the published
@@ -52,7 +52,7 @@ from models.proxy import Proxy
 from models.transform import to_network
 from utils.atomic import write_text_atomic
 from utils.darktable.runner import Darktable
-from utils.devices import inference_dtype, keep_freed_memory, native_bf16
+from utils.devices import inference_dtype, keep_freed_memory, native_bf16, training_dtype
 from utils.data.generate import generate
 from utils.data.images import builtin_images, list_images, mosaic
 from utils.data.tapouts import TRAIT_PLANES, to_chw, with_coordinates
@@ -177,6 +177,9 @@ def variants(device: torch.device, only: str = "") -> list[dict[str, Any]]:
     if device.type == "cuda":
         out += [{"name": "fp16+channels_last", "dtype": torch.float16, "channels_last": True},
                 {"name": "compile+bf16+channels_last", "compile": True, "dtype": torch.bfloat16,
+                 "channels_last": True},
+                {"name": "graph", "graph": True},
+                {"name": "graph+bf16+channels_last", "graph": True, "dtype": torch.bfloat16,
                  "channels_last": True}]
     if only:
         return [v for v in out if v["name"] in only.split(",")]
@@ -203,18 +206,43 @@ def inference_runner(proxy: Proxy, x: torch.Tensor, u: torch.Tensor, variant: di
     dtype = variant.get("dtype")
 
     def run() -> torch.Tensor:
+        # a graph replays the casts it captured: autocast's cache would hold tensors of the capture
         with torch.inference_mode(), torch.autocast(x.device.type, dtype=dtype or torch.bfloat16,
-                                                    enabled=dtype is not None):
+                                                    enabled=dtype is not None,
+                                                    cache_enabled=not variant.get("graph")):
             return net(x, u)
-    return run
+    return cuda_graphed(run, x.device) if variant.get("graph") else run
 
 
-def bench_proxies(families: list[str], size: str, x_hwc, device: torch.device,
-                  repeats: int, only: str = "") -> dict[str, Any]:
-    """ms per forward pass of every family in every variant; the fastest faithful variant."""
+def cuda_graphed(run: Callable[[], torch.Tensor], device: torch.device) -> Callable[[], torch.Tensor]:
+    """``run`` captured once as a CUDA graph, then replayed: one launch for all of its kernels
+    (a pass over one image launches hundreds of small ones, each costing microseconds of CPU
+    time). The replay writes into the same output tensor every time."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):     # outside the capture: cuDNN's algorithm choices, the allocator
+            run()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = run()
+
+    def replay() -> torch.Tensor:
+        graph.replay()
+        return out
+    return replay
+
+
+def bench_proxies(families: list[str], size: str, x_hwc, device: torch.device, repeats: int,
+                  only: str = "", result: dict[str, Any] | None = None,
+                  checkpoint: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """ms per forward pass of every family in every variant; the fastest faithful variant.
+    Written into ``result`` (a new dict by default), ``checkpoint()`` after each family."""
     x = torch.from_numpy(to_chw(x_hwc))[None].to(device)               # (1, 3, H, W)
     u = torch.tensor([[0.7, 0.4]], device=device)
-    result = {"shape": list(x.shape), "model_size": size, "families": {}}
+    result = {} if result is None else result
+    result.update(shape=list(x.shape), model_size=size, families={})
     for family in families:
         rows = {}
         reference = None
@@ -242,6 +270,7 @@ def bench_proxies(families: list[str], size: str, x_hwc, device: torch.device,
                                       "ms": ok[best]["ms"] if best else None}
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        checkpoint()
     return result
 
 
@@ -266,18 +295,48 @@ TYPICAL_TRAITS = {"camera_matrix": camera_to_xyz_d50(np.array([[0.6722, -0.0635,
                   "white_balance": np.array([2.05, 1.0, 1.65])}
 
 
-def bench_exact(tap_in, device: torch.device, repeats: int) -> dict[str, Any]:
+def exact_cases(tap_in, device: torch.device):
+    """(type, proxy, input, sliders mid-range) of every type whose default family is exact."""
+    for proxy_type in PROXIES.values():
+        if proxy_type.model == EXACT_FAMILY:
+            proxy = exact_proxy(proxy_type).to(device)
+            u = torch.full((1, len(proxy_type.sliders)), 0.5, dtype=torch.float64, device=device)
+            yield proxy_type, proxy, exact_input(proxy, tap_in).to(device), u
+
+
+def bench_exact_graphs(tap_in, device: torch.device, repeats: int, out: dict[str, Any]) -> None:
+    """On CUDA, adds to ``out`` (bench_exact's) the ms per forward pass of every exact type
+    captured as a CUDA graph (cuda_graphed), or why it could not be: a pass that reads a value
+    back to the CPU (to size a kernel, say) cannot be captured. Run after every other figure
+    is saved, so that a capture that fails cannot cost them."""
+    for proxy_type, proxy, x, u in exact_cases(tap_in, device):
+        row = out.setdefault(proxy_type.name, {})
+        try:
+            def run():
+                with torch.inference_mode():
+                    return proxy(x, u)
+            row["graph_ms"] = median_seconds(cuda_graphed(run, device), device, repeats) * 1000
+            log.info("exact %s as a CUDA graph: %.2f ms", proxy_type.name, row["graph_ms"])
+        except Exception as e:
+            row["graph_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            log.info("exact %s as a CUDA graph: failed (%s)", proxy_type.name, row["graph_error"])
+
+
+def exact_ms(row: dict[str, Any]) -> float | None:
+    """The faster of an exact type's pass and its CUDA graph, where measured."""
+    times = [row[k] for k in ("ms", "graph_ms") if row.get(k) is not None]
+    return min(times) if times else None
+
+
+def bench_exact(tap_in, device: torch.device, repeats: int, out: dict[str, Any] | None = None,
+                checkpoint: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """ms per forward pass at 512 px of every type whose default family is exact (darktable's
     own operation: no network), without a gradient, as Eval.py runs it, and with the sliders'
-    gradient, a step of slider regression; every slider mid-range."""
-    out = {}
-    for proxy_type in PROXIES.values():
-        if proxy_type.model != EXACT_FAMILY:
-            continue
-        proxy = exact_proxy(proxy_type).to(device)
-        x = exact_input(proxy, tap_in).to(device)
-        u = torch.full((1, len(proxy_type.sliders)), 0.5, dtype=torch.float64, device=device)   # mid-range
-
+    gradient, a step of slider regression; every slider mid-range. Written into ``out`` (a
+    new dict by default), ``checkpoint()`` after each type. A type that fails is a bug: its
+    error is recorded and the others are still timed."""
+    out = {} if out is None else out
+    for proxy_type, proxy, x, u in exact_cases(tap_in, device):
         def forward():
             with torch.inference_mode():
                 return proxy(x, u)
@@ -288,11 +347,16 @@ def bench_exact(tap_in, device: torch.device, repeats: int) -> dict[str, Any]:
             if y.requires_grad:           # types without sliders (demosaic, colorin, colorout): none
                 y.float().square().mean().backward()
 
-        out[proxy_type.name] = {"ms": median_seconds(forward, device, repeats) * 1000,
-                                "with_gradient_ms": median_seconds(step, device, repeats) * 1000,
-                                "shape": list(x.shape)}
-        log.info("exact %s: %.1f ms, %.1f ms with the sliders' gradient", proxy_type.name,
-                 out[proxy_type.name]["ms"], out[proxy_type.name]["with_gradient_ms"])
+        row = out[proxy_type.name] = {"shape": list(x.shape)}
+        try:
+            row["ms"] = median_seconds(forward, device, repeats) * 1000
+            row["with_gradient_ms"] = median_seconds(step, device, repeats) * 1000
+            log.info("exact %s: %.1f ms, %.1f ms with the sliders' gradient", proxy_type.name,
+                     row["ms"], row["with_gradient_ms"])
+        except Exception as e:
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            log.error("exact %s: failed (%s)", proxy_type.name, row["error"])
+        checkpoint()
     return out
 
 
@@ -300,7 +364,6 @@ def bench_training(families: list[str], size: str, device: torch.device, steps: 
                    crop: int = 0) -> dict[str, Any]:
     """Training samples (crops) per second of every family, as utils.proxies.train runs a step."""
     loss_fn = parse_loss(C.PROXY_LOSS.get(EXPOSURE.name, C.PROXY_LOSS.get("default", "l1")))
-    amp = device.type == "cuda"
     out = {}
     for family in families:
         side, batch = crop or C.PROXY_MODEL_CROP.get(family, 64), C.PROXY_MODEL_BATCH_SIZE
@@ -310,8 +373,10 @@ def bench_training(families: list[str], size: str, device: torch.device, steps: 
         x = torch.rand(batch, 3, side, side, generator=g).to(device)
         y, u = x * 2, torch.rand(batch, 2, generator=g).to(device)
 
+        dtype = training_dtype(device, family)
+
         def step():
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                 pred = proxy(x, u)
             loss = loss_fn(to_network(pred.float(), proxy.scale), to_network(y, proxy.scale))
             optimizer.zero_grad(set_to_none=True)
@@ -370,10 +435,11 @@ def bench_regression(family: str, size: str, device: torch.device, iterations: i
 
 
 def paying_variants(device: torch.device, timings: dict[str, Any]) -> list[dict[str, Any]]:
-    """fp32 and the variants (not compiled) that beat it in ``timings`` (a family's forward
-    passes); not ``scripts``, whose passes with gradients are fp32's."""
+    """fp32 and the variants (not compiled, not graphs) that beat it in ``timings`` (a family's
+    forward passes); not ``scripts``, whose passes with gradients are fp32's."""
     fp32 = timings.get("fp32", {}).get("ms", float("inf"))
     return [v for v in variants(device) if not v.get("compile") and not v.get("scripts") and
+            not v.get("graph") and
             (v["name"] == "fp32" or timings.get(v["name"], {}).get("ms", float("inf")) < fp32)]
 
 
@@ -423,22 +489,24 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             torch.cuda.reset_peak_memory_stats(device)
         entry = {"machine": machine(device, dt_version)}
         results["devices"][device.type] = entry
-        entry["proxy"] = bench_proxies(families, args.model_size, tap_in, device, args.repeats,
-                                       args.variants)
-        save(results, args.out)
-        if not args.skip_exact:
-            entry["exact"] = bench_exact(tap_in, device, args.repeats)
+
+        def checkpoint() -> None:   # a run stopped half-way keeps what it measured
             save(results, args.out)
+        bench_proxies(families, args.model_size, tap_in, device, args.repeats, args.variants,
+                      entry.setdefault("proxy", {}), checkpoint)
+        if not args.skip_exact:
+            bench_exact(tap_in, device, args.repeats, entry.setdefault("exact", {}), checkpoint)
         entry["training"] = bench_training(families, args.model_size, device, args.train_steps,
                                            args.train_crop)
         save(results, args.out)
         full_iters = args.full_frame_iterations or (200 if device.type == "cuda" else 2)
         chosen = args.regression_families or ",".join(families)
-        entry["regression"] = {
-            f: bench_regression(f, args.model_size, device, args.regression_iterations, full_iters,
-                                tuple(args.regression_size),
-                                paying_variants(device, entry["proxy"]["families"].get(f, {}).get("variants", {})))
-            for f in chosen.split(",")}
+        entry["regression"] = {}
+        for f in chosen.split(","):
+            entry["regression"][f] = bench_regression(
+                f, args.model_size, device, args.regression_iterations, full_iters, tuple(args.regression_size),
+                paying_variants(device, entry["proxy"]["families"].get(f, {}).get("variants", {})))
+            checkpoint()
         entry["peak_rss_mb"] = peak_rss_mb()
         if device.type == "cuda":
             entry["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
@@ -448,8 +516,11 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         scripts = {f: v["variants"].get("scripts", {}).get("ms") for f, v in entry["proxy"]["families"].items()}
         entry["scripts_speedup_vs_darktable"] = {f: (dt_ms / ms if dt_ms and ms else None) for f, ms in scripts.items()}
         entry["scripts_precision"] = {f: "bf16" if inference_dtype(device, f) else "fp32" for f in scripts}
+        if device.type == "cuda" and "exact" in entry:
+            bench_exact_graphs(tap_in, device, args.repeats, entry["exact"])
+            save(results, args.out)
         entry["exact_speedup_vs_darktable"] = {
-            t: (dt_ms / v["ms"] if dt_ms else None) for t, v in entry.get("exact", {}).items()}
+            t: (dt_ms / exact_ms(v) if dt_ms and exact_ms(v) else None) for t, v in entry.get("exact", {}).items()}
         save(results, args.out)
     results["peak_rss_mb"] = peak_rss_mb()
     results["seconds"] = time.monotonic() - started
@@ -532,8 +603,10 @@ def table(results: dict[str, Any]) -> str:
                          _fmt(v["ms"], ".2f"), where))
         for name, v in e.get("exact", {}).items():
             speed = e["exact_speedup_vs_darktable"][name]
-            rows.append((f"proxy_speedup_vs_darktable, exact {name} ({kind}; ms per image {v['ms']:.1f}, "
-                         f"{v['with_gradient_ms']:.1f} with the sliders' gradient)",
+            graph = f", {v['graph_ms']:.2f} as a CUDA graph" if "graph_ms" in v else ""
+            times = (f"failed: {v['error']}" if "error" in v else
+                     f"ms per image {v['ms']:.1f}{graph}, {v['with_gradient_ms']:.1f} with the sliders' gradient")
+            rows.append((f"proxy_speedup_vs_darktable, exact {name} ({kind}; {times})",
                          "absent" if speed is None else f"{speed:.1f}x", where))
         for family, v in e["training"].items():
             rows.append((f"training samples/s, {family} ({kind}, {v['batch']} x {v['crop']} px crops)",
@@ -562,7 +635,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--variants", default="", help="forward-pass variants to time, comma-separated "
                    "(default all: fp32, scripts, channels_last, bf16 and bf16+channels_last where the "
                    "device computes bf16 natively, compile, and on CUDA fp16+channels_last, "
-                   "compile+bf16+channels_last)")
+                   "compile+bf16+channels_last, graph, graph+bf16+channels_last)")
     p.add_argument("--threads", type=int, default=0, metavar="T",
                    help="torch CPU threads (default: torch's choice, one per core)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per figure (median)")

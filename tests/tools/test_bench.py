@@ -88,3 +88,29 @@ def test_bf16_variants_are_timed_by_default_only_where_the_device_computes_bf16(
         assert ("bf16" in names) == native and ("bf16+channels_last" in names) == native
         assert {"fp32", "scripts", "channels_last", "compile"} <= set(names)
         assert [v["name"] for v in bench.variants(cpu, "fp32,bf16")] == ["fp32", "bf16"]   # asked for: timed
+
+
+def test_an_exact_type_that_fails_is_recorded_and_the_others_are_still_timed(monkeypatch):
+    import torch
+
+    import tools.bench as bench
+
+    cases = list(bench.exact_cases(bench.synthetic_image(32, 32), torch.device("cpu")))[:3]
+
+    def broken(x, u):
+        raise RuntimeError("Expected all tensors to be on the same device\nmore")
+    cases[1] = (cases[1][0], broken, *cases[1][2:])
+    monkeypatch.setattr(bench, "exact_cases", lambda tap_in, device: iter(cases))
+    out, saved = {}, []
+    bench.bench_exact(None, torch.device("cpu"), 1, out, checkpoint=lambda: saved.append(len(out)))
+    names = [c[0].name for c in cases]
+    assert saved == [1, 2, 3]                       # written after every type
+    assert out[names[1]]["error"] == "RuntimeError: Expected all tensors to be on the same device"
+    assert "ms" not in out[names[1]] and out[names[0]]["ms"] > 0 and out[names[2]]["ms"] > 0
+    assert bench.exact_ms(out[names[1]]) is None
+    assert bench.exact_ms({"ms": 5.0, "graph_ms": 0.5}) == 0.5      # the faster of pass and graph
+    results = {"darktable": None, "devices": {"cpu": {
+        "machine": {"gpu": None, "cpu": "x", "cores": 2, "torch": "t"}, "proxy": {"families": {}, "model_size": "tiny"},
+        "exact": out, "exact_speedup_vs_darktable": {n: None for n in names}, "training": {}, "regression": {},
+        "peak_rss_mb": 1.0}}}
+    assert f"exact {names[1]} (cpu; failed: RuntimeError" in bench.table(results)
