@@ -76,6 +76,21 @@ def test_a_checkpoint_from_before_hsl_roles_resumes(trained, tmp_path):
     assert "resuming" in proc.stderr and f"after epoch {payload['epoch']}" in proc.stderr
 
 
+def test_adam_takes_its_fused_kernel_also_when_resuming_a_run_saved_without_it(trained, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(trained, root)
+    path = root / f"{NAME}_model_weights" / "last.pt"
+    payload = torch.load(path, weights_only=True)
+    assert [g["fused"] for g in payload["optimizer"]["param_groups"]] == [True]     # CPU: fused
+    for group in payload["optimizer"]["param_groups"]:      # as versions before the fused kernel saved
+        group.update(fused=None, foreach=None)
+    torch.save(payload, path)
+    proc = train(root, "--epochs", str(payload["epoch"] + 1), "--resume")
+    assert "resuming" in proc.stderr
+    again = torch.load(path, weights_only=True)
+    assert again["epoch"] == payload["epoch"] + 1 and again["optimizer"]["param_groups"][0]["fused"] is True
+
+
 def test_other_model_into_the_same_weights_is_refused(trained):
     cmd = [sys.executable, "Darktable_proxies.py", "exposure", "-d", NAME, "--out", str(trained),
            "--model", "unet", "--epochs", "30", "--device", "cpu"]

@@ -198,7 +198,7 @@ def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: P
     # beta2 0.99 rather than 0.999: slider-conditioned targets change scale from batch to batch
     # (an empty tensor stands in for the weights of a proxy that has none)
     optimizer = torch.optim.Adam(weights_to_learn or [torch.zeros(0, requires_grad=True)], lr=cfg.lr,
-                                 betas=(0.9, 0.99))
+                                 betas=(0.9, 0.99), fused=fused_adam(device))
 
     weights = paths.weights(name)
     # one writer per weights folder (rank 0 under torchrun); held until the process ends
@@ -297,6 +297,13 @@ def _train_epoch(run: _Run, model: nn.Module, loss_fn: Callable, epoch: int) -> 
             break
     run.stopped = world.any(run.stopped)
     return world.mean(total / max(count, 1), count)
+
+
+def fused_adam(device: torch.device) -> bool:
+    """Whether Adam takes its fused kernel on ``device``: on the CPU and CUDA, where torch has
+    one. A step of the pointwise family's 14 weights on a 2-core CPU: 0.27 ms, against 0.70
+    for the loop over the weights (docs/performance.md)."""
+    return device.type in ("cpu", "cuda")
 
 
 def _schedule(run: _Run, epochs_progress: float) -> None:
@@ -546,6 +553,8 @@ def _resume(path: Path, run: _Run, cfg: TrainConfig) -> tuple[int, float, list[d
             proxy.load_state_dict(payload["training_state_dict"])
             run.steps = int(payload.get("ema_steps", 0))
         optimizer.load_state_dict(payload["optimizer"])
+        for group in optimizer.param_groups:     # the saved run's choice was for its device
+            group.update(fused=fused_adam(run.device), foreach=None)
         best = payload["best_psnr"] if payload.get("val_dataset", "") == val_dataset else float("nan")
         done = payload["epoch"], best, list(payload["history"]), bool(payload.get("completed"))
     except (KeyError, TypeError, ValueError, RuntimeError) as e:   # written by another version
