@@ -61,7 +61,7 @@ from utils.evaluation.metrics import psnr
 from utils.evaluation.regress import regress
 from utils.proxies.losses import parse_loss
 from utils.proxies.registry import EXPOSURE, PROXIES
-from utils.proxies.train import exact_proxy
+from utils.proxies.train import exact_proxy, fused_adam
 
 log = logging.getLogger(__name__)
 
@@ -368,7 +368,7 @@ def bench_training(families: list[str], size: str, device: torch.device, steps: 
     for family in families:
         side, batch = crop or C.PROXY_MODEL_CROP.get(family, 64), C.PROXY_MODEL_BATCH_SIZE
         proxy = make_proxy(family, size, device).train()
-        optimizer = torch.optim.Adam(proxy.parameters(), lr=1e-4)
+        optimizer = torch.optim.Adam(proxy.parameters(), lr=1e-4, fused=fused_adam(device))
         g = torch.Generator(device="cpu").manual_seed(0)
         x = torch.rand(batch, 3, side, side, generator=g).to(device)
         y, u = x * 2, torch.rand(batch, 2, generator=g).to(device)
