@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 
 # approximation coefficients (float32 constants)
@@ -39,8 +40,10 @@ _D50 = (0.9642, 1.0, 0.8249)
 
 
 def _c(v: float, like: torch.Tensor) -> torch.Tensor:
-    """A float32 constant, as a tensor of ``like``'s dtype and device."""
-    return torch.tensor(v, dtype=torch.float32).to(dtype=like.dtype, device=like.device)
+    """A float32 constant, as a tensor of ``like``'s dtype and device: filled there, not
+    copied from the host (a pass takes over a hundred; each copy from the host to a GPU
+    waits for it, and none may be made while a CUDA graph is captured)."""
+    return torch.full((), float(np.float32(v)), dtype=like.dtype, device=like.device)
 
 
 def _poly(x: torch.Tensor, coeffs: Sequence[float]) -> torch.Tensor:
