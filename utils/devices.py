@@ -71,8 +71,8 @@ def inference_dtype(device: torch.device, family: str) -> torch.dtype | None:
     (``Proxy.inference_dtype``): bfloat16 for the convolution families on a CPU that computes
     it natively (3x faster, outputs 71-84 dB from fp32), else None (fp32). Not on CUDA: there
     a 512 px unet pass took 3.3-3.8 ms in bf16 autocast against 1.8-2.7 ms in fp32 (an H200,
-    two runs; one image is too little work to pay for the casts). Passes with gradients (slider regression)
-    stay fp32: docs/performance.md."""
+    two runs; one image is too little work to pay for the casts). Passes with gradients
+    (slider regression) stay fp32: docs/performance.md."""
     cpu_bf16 = device.type == "cpu" and native_bf16(device)
     return torch.bfloat16 if family in BF16_FAMILIES and cpu_bf16 else None
 

@@ -178,7 +178,8 @@ def denoise_rgb(rgb: torch.Tensor, strength: torch.Tensor, shadows: torch.Tensor
     shadows = shadows.to(dt).view(B, 1)
 
     p = torch.clamp(shadows + 0.1 * torch.log(s / wb), min=0.0)           # (B,3)
-    compensate_p = P_FULCRUM / torch.pow(torch.as_tensor(P_FULCRUM, dtype=dt, device=rgb.device), shadows)  # (B,1)
+    fulcrum = torch.full((), P_FULCRUM, dtype=dt, device=rgb.device)     # a CPU base broke the gradient
+    compensate_p = P_FULCRUM / torch.pow(fulcrum, shadows)                 # (B,1)
     a_eff = a * compensate_p                                               # (B,1)
 
     toY, toRGB = _conversion_matrices(wb)
