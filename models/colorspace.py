@@ -58,13 +58,28 @@ def camera_to_xyz_d50(xyz_to_camera: np.ndarray) -> np.ndarray:
     return _bradford(white, np.array(D50)) @ np.linalg.inv(normalised)
 
 
+def constant(values, like: torch.Tensor) -> torch.Tensor:
+    """``values`` (an array or nested sequence of numbers) as a tensor of ``like``'s dtype and
+    device, made once per values, dtype and device, and shared: read it, never write it. A
+    pass on a GPU then copies no constant from the host: each copy waits for the GPU, and a
+    CUDA graph cannot capture one."""
+    a = np.ascontiguousarray(values, dtype=np.float64)
+    return _constant(a.tobytes(), a.shape, like.dtype, like.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(data: bytes, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    with torch.inference_mode(False):     # also for passes with a gradient, if first made in one without
+        array = np.frombuffer(data, dtype=np.float64).reshape(shape).copy()
+        return torch.from_numpy(array).to(device=device, dtype=dtype)
+
+
 def _matmul(m: np.ndarray, x: torch.Tensor) -> torch.Tensor:
-    mat = torch.as_tensor(m, dtype=x.dtype, device=x.device)
-    return torch.einsum("ij,...jhw->...ihw", mat, x)
+    return torch.einsum("ij,...jhw->...ihw", constant(m, x), x)
 
 
 def _white(x: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(D50, dtype=x.dtype, device=x.device)[:, None, None]
+    return constant(D50, x)[:, None, None]
 
 
 def xyz_to_lab(xyz: torch.Tensor) -> torch.Tensor:
@@ -86,7 +101,7 @@ def lab_to_xyz(lab: torch.Tensor) -> torch.Tensor:
 def profile_to_lab(matrix: np.ndarray | torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
     """Lab (D50) of ``rgb`` (..., 3, H, W) taken to XYZ (D50) by an input profile's
     ``matrix``: one (3, 3) for every image, or (B, 3, 3), one for each image of (B, 3, H, W)."""
-    m = torch.as_tensor(matrix, dtype=rgb.dtype, device=rgb.device)
+    m = matrix.to(device=rgb.device, dtype=rgb.dtype) if isinstance(matrix, torch.Tensor) else constant(matrix, rgb)
     return xyz_to_lab(torch.einsum("ij,...jhw->...ihw" if m.dim() == 2 else "bij,bjhw->bihw", m, rgb))
 
 

@@ -46,3 +46,16 @@ def test_fixed_blocks_pass_gradient_and_have_no_sliders():
     assert ColorIn().slider_names == [] and ColorOut().sliders == ()
     context = ImageContext("GBRG", np.eye(3).tolist(), True)
     assert ImageContext.from_dict(context.to_dict()) == context
+
+
+def test_a_constant_is_made_once_per_dtype_and_device_and_serves_passes_with_a_gradient():
+    from models.colorspace import D50, constant
+    like = torch.zeros(1, dtype=torch.float32)
+    with torch.inference_mode():                   # first asked for in a pass without a gradient
+        first = constant(D50, like)
+    again = constant(np.array(D50), like)
+    assert again is first and torch.equal(first, torch.tensor(D50, dtype=torch.float32))
+    assert constant(D50, like.double()).dtype == torch.float64 and constant(D50, like.double()) is not first
+    x = torch.ones(3, requires_grad=True)
+    (x * first).sum().backward()                   # not an inference tensor: autograd may save it
+    assert torch.equal(x.grad, first)
