@@ -20,9 +20,9 @@ How each figure is made:
   autocast, torch.compile; on CUDA also captured as a CUDA graph) under ``torch.inference_mode``;
   each variant's output is compared with fp32 (PSNR); the fastest variant within
   ``VARIANT_MIN_PSNR`` of fp32 is the family's figure.
-- training: optimisation steps (Adam, the proxy type's loss, in the precision
-  ``utils.devices.training_dtype`` gives, as ``utils.proxies.train`` runs them) on random crops of the family's crop size, batch
-  ``PROXY_MODEL_BATCH_SIZE``: samples (crops) per second.
+- training: optimisation steps as ``utils.proxies.train`` runs them (Adam, the proxy type's
+  loss, the precision ``utils.devices.training_dtype`` gives) on random crops of the
+  family's crop size, batch ``PROXY_MODEL_BATCH_SIZE``: samples (crops) per second.
 - regression: ``utils.evaluation.regress`` at 1280x720 with the project's settings (random
   crops, ``PARAM_TUNING_RESTARTS`` starts), and full frame with one start (what the published
   7.7 s for 200 iterations measures; on a CPU fewer iterations, scaled to 200 and marked).
@@ -105,6 +105,11 @@ def median_seconds(fn: Callable[[], Any], device: torch.device, repeats: int, wa
         _sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def failure(e: Exception) -> str:
+    """What went wrong, in one line, for the results file and the table."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
 
 
 def peak_rss_mb() -> float:
@@ -255,7 +260,7 @@ def bench_proxies(families: list[str], size: str, x_hwc, device: torch.device, r
                 first = time.perf_counter() - t0
                 seconds = median_seconds(run, device, repeats, warmup=1)
             except Exception as e:   # a variant the platform cannot run (no compiler, no kernel)
-                rows[variant["name"]] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+                rows[variant["name"]] = {"error": failure(e)}
                 log.info("proxy %s %s: failed (%s)", family, variant["name"], rows[variant["name"]]["error"])
                 continue
             out = out.float().contiguous()
@@ -304,6 +309,14 @@ def exact_cases(tap_in, device: torch.device):
             yield proxy_type, proxy, exact_input(proxy, tap_in).to(device), u
 
 
+def exact_pass(proxy: Proxy, x: torch.Tensor, u: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """A pass of an exact ``proxy`` without a gradient, as Eval.py runs it."""
+    def run() -> torch.Tensor:
+        with torch.inference_mode():
+            return proxy(x, u)
+    return run
+
+
 def bench_exact_graphs(tap_in, device: torch.device, repeats: int, out: dict[str, Any]) -> None:
     """On CUDA, adds to ``out`` (bench_exact's) the ms per forward pass of every exact type
     captured as a CUDA graph (cuda_graphed), or why it could not be: a pass that reads a value
@@ -312,13 +325,11 @@ def bench_exact_graphs(tap_in, device: torch.device, repeats: int, out: dict[str
     for proxy_type, proxy, x, u in exact_cases(tap_in, device):
         row = out.setdefault(proxy_type.name, {})
         try:
-            def run():
-                with torch.inference_mode():
-                    return proxy(x, u)
-            row["graph_ms"] = median_seconds(cuda_graphed(run, device), device, repeats) * 1000
+            graphed = cuda_graphed(exact_pass(proxy, x, u), device)
+            row["graph_ms"] = median_seconds(graphed, device, repeats) * 1000
             log.info("exact %s as a CUDA graph: %.2f ms", proxy_type.name, row["graph_ms"])
         except Exception as e:
-            row["graph_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            row["graph_error"] = failure(e)
             log.info("exact %s as a CUDA graph: failed (%s)", proxy_type.name, row["graph_error"])
 
 
@@ -337,10 +348,6 @@ def bench_exact(tap_in, device: torch.device, repeats: int, out: dict[str, Any] 
     error is recorded and the others are still timed."""
     out = {} if out is None else out
     for proxy_type, proxy, x, u in exact_cases(tap_in, device):
-        def forward():
-            with torch.inference_mode():
-                return proxy(x, u)
-
         def step():
             v = u.clone().requires_grad_()
             y = proxy(x, v)
@@ -349,12 +356,12 @@ def bench_exact(tap_in, device: torch.device, repeats: int, out: dict[str, Any] 
 
         row = out[proxy_type.name] = {"shape": list(x.shape)}
         try:
-            row["ms"] = median_seconds(forward, device, repeats) * 1000
+            row["ms"] = median_seconds(exact_pass(proxy, x, u), device, repeats) * 1000
             row["with_gradient_ms"] = median_seconds(step, device, repeats) * 1000
             log.info("exact %s: %.1f ms, %.1f ms with the sliders' gradient", proxy_type.name,
                      row["ms"], row["with_gradient_ms"])
         except Exception as e:
-            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            row["error"] = failure(e)
             log.error("exact %s: failed (%s)", proxy_type.name, row["error"])
         checkpoint()
     return out
