@@ -1,0 +1,46 @@
+"""darktable's loops compiled for the CPU (models.darktable.cpu_kernels) against their torch twins."""
+import pytest
+import torch
+
+from models.darktable import cpu_kernels, denoise
+from tests.models.test_denoise import _decompose_tap_by_tap
+
+pytestmark = pytest.mark.skipif(not cpu_kernels.INSTALLED, reason="numba is not installed")
+
+
+def test_kernels_take_float32_on_the_cpu_without_a_gradient_only():
+    x = torch.zeros(1, 3, 4, 4)
+    assert cpu_kernels.available(x)
+    assert cpu_kernels.available(x.requires_grad_()) is False
+    with torch.no_grad():
+        assert cpu_kernels.available(x)
+    assert not cpu_kernels.available(torch.zeros(1, 3, 4, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("size, scale", [((12, 17), 0), ((40, 33), 1), ((9, 11), 2), ((64, 64), 4)])
+def test_the_compiled_edge_aware_step_is_the_tap_by_tap_filter(size, scale):
+    """Two images, differences across the weights' whole range (the smallest ones dropped),
+    taps reaching past the image: the same coarse image as eaw.c's loop, in float32."""
+    torch.manual_seed(scale)
+    img = torch.rand(2, 3, *size) * 60
+    expected = _decompose_tap_by_tap(img.double(), scale)
+    with torch.no_grad():
+        coarse, detail = denoise._dn_decompose(img, scale)
+    torch.testing.assert_close(coarse.double(), expected, rtol=2e-6, atol=2e-5)
+    torch.testing.assert_close(detail, img - coarse)
+
+
+def test_denoise_without_a_gradient_runs_the_kernel_and_agrees_with_torch(monkeypatch):
+    torch.manual_seed(0)
+    rgb = torch.rand(1, 3, 48, 40) * 0.8
+    args = (torch.tensor([3.0]), torch.tensor([0.5]), torch.tensor([0.25]), torch.tensor([[2.05, 1.0, 1.65]]), 4)
+    calls = []
+    kernel = cpu_kernels.eaw_coarse
+    monkeypatch.setattr(cpu_kernels, "eaw_coarse", lambda *a: calls.append(1) or kernel(*a))
+    with torch.no_grad():
+        compiled = denoise.denoise_rgb(rgb, *args)
+    assert len(calls) == 4                                       # one per scale
+    with_torch = denoise.denoise_rgb(rgb.requires_grad_(), *args).detach()   # the gradient's path: torch
+    assert len(calls) == 4
+    torch.testing.assert_close(compiled, with_torch, rtol=1e-5, atol=1e-6)
+    assert (compiled - rgb.detach()).abs().max() > 1e-3          # it did denoise
