@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.darktable.demosaic import colour_map, rcd_demosaic
+from models.darktable.demosaic import MARGIN, _border, _border_frame, _box, _colours, colour_map, rcd_demosaic
 from models.fixed import EXACT, Demosaic, ImageContext
 
 PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
@@ -105,6 +105,23 @@ def test_the_block_takes_the_chain_context_and_has_no_sliders():
     assert torch.equal(block(x, torch.zeros(2, 0), context), rcd_demosaic(x, "GRBG", 2.5))
     assert torch.equal(block(x, torch.zeros(2, 0), "GRBG"), rcd_demosaic(x, "GRBG"))
     assert ImageContext.from_dict(context.to_dict()) == context
+
+
+@pytest.mark.parametrize("pattern", ("RGGB", "GBRG"))
+@pytest.mark.parametrize("size", [(512, 96), (41, 37), (30, 31)])       # strips, odd sizes, all border
+def test_the_border_from_strips_is_the_border_of_the_whole_image(pattern, size):
+    """Computed on the top and bottom rows and the left and right columns, the border is the
+    whole image's to the bit, with the same gradient; zero inside."""
+    torch.manual_seed(size[1])
+    x = (torch.rand(2, *size, dtype=torch.float64) * 1.2 - 0.1).requires_grad_()
+    colours = _colours([pattern], *size, x.device)
+    band = ~_box(*size, MARGIN, MARGIN, MARGIN, MARGIN)
+    whole, frame = _border(x, colours, MARGIN), _border_frame(x, colours, MARGIN)
+    assert torch.equal(frame[..., band], whole[..., band])
+    assert not frame[..., ~band].any()
+    weights = torch.rand_like(whole) * band
+    (g_whole,), (g_frame,) = (torch.autograd.grad((y * weights).sum(), x) for y in (whole, frame))
+    torch.testing.assert_close(g_frame, g_whole, rtol=1e-12, atol=1e-12)
 
 
 # ------------------------------------------------------------------ with darktable
