@@ -3,8 +3,10 @@
 torch runs darktable's per-pixel loops as one whole-image operation after another: each step
 writes an image and the next reads it back. Where a loop mixes many taps per pixel, that is a
 dozen passes over memory per tap. Compiled, the whole loop is one pass, vectorised, with
-every intermediate in registers. The gradient and GPU passes stay in torch; each kernel here
-is tested against its torch twin (tests/models/test_cpu_kernels.py).
+every intermediate in registers. Here: denoise's edge-aware a-trous step (113 -> 25-28 ms of
+a 512 px pass) and haze removal's box mean (32 -> 4 ms for its 13 planes). The gradient and
+GPU passes stay in torch; each kernel is tested against its torch twin
+(tests/models/test_cpu_kernels.py).
 
 numba compiles a kernel at its first call (2-4 s) and keeps the machine code next to this
 file (``__pycache__``): a later process loads it in a quarter of a second.
@@ -84,6 +86,56 @@ if INSTALLED:
                 coarse[b, 0, y, x] = s0[x] / wsum[x]
                 coarse[b, 1, y, x] = s1[x] / wsum[x]
                 coarse[b, 2, y, x] = s2[x] / wsum[x]
+
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def _box_mean_rows(x, w, out):
+        """Each row of ``x`` (N, n) averaged over i - w .. i + w, cut at its ends; see :func:`box_mean`."""
+        rows, n = x.shape
+        for r in numba.prange(rows):
+            sums = np.empty(n, np.float64)
+            total = 0.0
+            for i in range(n):
+                total += np.float64(x[r, i])
+                sums[i] = total
+            for i in range(n):
+                hi, lo = min(i + w, n - 1), i - w - 1
+                box = sums[hi] - sums[lo] if lo >= 0 else sums[hi] - 0.0
+                out[r, i] = np.float32(box / np.float64(hi + 1 - max(lo + 1, 0)))
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def _box_mean_columns(x, w, out):
+        """Each column of every plane of ``x`` (P, H, W) averaged likewise, a row of sums at a time."""
+        planes, h, width = x.shape
+        for p in numba.prange(planes):
+            sums = np.empty((h, width), np.float64)
+            for j in range(width):
+                sums[0, j] = np.float64(x[p, 0, j])
+            for i in range(1, h):
+                for j in range(width):
+                    sums[i, j] = sums[i - 1, j] + np.float64(x[p, i, j])
+            for i in range(h):
+                hi, lo = min(i + w, h - 1), i - w - 1
+                count = np.float64(hi + 1 - max(lo + 1, 0))
+                if lo >= 0:
+                    for j in range(width):
+                        out[p, i, j] = np.float32((sums[hi, j] - sums[lo, j]) / count)
+                else:
+                    for j in range(width):
+                        out[p, i, j] = np.float32((sums[hi, j] - 0.0) / count)
+
+
+def box_mean(x: torch.Tensor, w: int) -> torch.Tensor:
+    """The mean of (B, C, H, W) float32 ``x`` over a (2w + 1)^2 box cut at the image's edges,
+    rows then columns, each from running sums in float64 rounded to float32 after each
+    direction: models.darktable.dehaze.box_mean's arithmetic, in one pass per direction."""
+    _threads()
+    b, c, h, width = x.shape
+    rows = torch.empty((b, c, h, width), dtype=torch.float32)
+    _box_mean_rows(x.contiguous().numpy().reshape(-1, width), w, rows.numpy().reshape(-1, width))
+    out = torch.empty_like(rows)
+    _box_mean_columns(rows.numpy().reshape(-1, h, width), w, out.numpy().reshape(-1, h, width))
+    return out
 
 
 # The smallest weight a tap keeps, in the bits darktable's 2^-x computes: 2^-64. A pixel's

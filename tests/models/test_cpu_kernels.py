@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from models.darktable import cpu_kernels, denoise
+from models.darktable import cpu_kernels, dehaze, denoise
 from tests.models.test_denoise import _decompose_tap_by_tap
 
 pytestmark = pytest.mark.skipif(not cpu_kernels.INSTALLED, reason="numba is not installed")
@@ -44,3 +44,16 @@ def test_denoise_without_a_gradient_runs_the_kernel_and_agrees_with_torch(monkey
     assert len(calls) == 4
     torch.testing.assert_close(compiled, with_torch, rtol=1e-5, atol=1e-6)
     assert (compiled - rgb.detach()).abs().max() > 1e-3          # it did denoise
+
+
+@pytest.mark.parametrize("shape, w", [((1, 13, 64, 48), 9), ((2, 3, 37, 21), 9), ((1, 4, 5, 30), 6), ((1, 1, 3, 2), 6)])
+def test_the_compiled_box_mean_is_the_cumulative_sums_to_the_bit(shape, w):
+    """Haze removal's box mean, boxes cut at the edges (wider than the image in the last cases)."""
+    torch.manual_seed(w)
+    x = torch.rand(*shape) * 10 - 2
+    with torch.no_grad():
+        compiled = dehaze.box_mean(x, w)
+    assert torch.equal(compiled, cpu_kernels.box_mean(x, w))
+    assert torch.equal(compiled, dehaze._running_mean(dehaze._running_mean(x, w, 3), w, 2))
+    corner = x[0, 0, :w + 1, :w + 1].double().mean()          # the box of the top-left pixel
+    torch.testing.assert_close(compiled[0, 0, 0, 0].double(), corner, rtol=1e-6, atol=1e-6)
