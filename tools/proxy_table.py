@@ -45,11 +45,13 @@ def sliders_cell(proxy: ProxyType) -> str:
 
 
 def identity_cell(stage2: Path, proxy: ProxyType) -> str:
-    """The identity's mean PSNR over a stage-2 dataset (utils.evaluation.fidelity.identity_psnr)."""
+    """The identity's mean PSNR over a stage-2 dataset (utils.evaluation.fidelity.identity_psnr):
+    a demosaic's the bilinear demosaic's; "none" for a change of colour space."""
     try:
-        return f"{identity_psnr(TapoutDataset(stage2, proxy.sliders, native=True)):.2f}"
+        value = identity_psnr(TapoutDataset(stage2, proxy.sliders, native=True), proxy.baseline)
     except UserError:
         return ""
+    return "none" if value is None else f"{value:.2f}" + (" (bilinear)" if proxy.baseline == "bilinear" else "")
 
 
 def measured(root: Path, proxy: ProxyType) -> tuple[str, str]:

@@ -42,7 +42,7 @@ def evaluate(dt: Darktable, proxy: Proxy, proxy_type: ProxyType, name: str, path
     data = TapoutDataset(stage2, proxy.sliders, positional=proxy.spec.extra_channels, preload_mb=s.PRELOAD_MAX_MB,
                          native=proxy.spec.family == EXACT_FAMILY)
     progress(f"fidelity on {len(data)} held-out samples")
-    fid = fidelity(proxy, data, device)
+    fid = fidelity(proxy, data, device, proxy_type.baseline)
     targets = pick_targets(n_targets, len(data), seed) if proxy.sliders else []
     animations = paths.animations(name) if s.CREATE_ANIMATION else None
     folder = paths.evaluation(name)
@@ -60,7 +60,8 @@ def evaluate(dt: Darktable, proxy: Proxy, proxy_type: ProxyType, name: str, path
                                      s.PARAM_TUNING_RESTARTS, seed, animations, journal, s.REGRESSION_CROP)
         if rows:
             proxy_closed_loop(dt, proxy_type, rows, data, targets, proxy.sliders, s.DARKTABLE_BATCH_SIZE)
-        metrics = proxy_metrics(name, slider_names, fid, len(data), dt.install.version_string, rows)
+        metrics = proxy_metrics(name, slider_names, fid, len(data), dt.install.version_string, rows,
+                                proxy_type.baseline)
         write_metrics(folder, metrics, proxy_report(metrics))
         write_params_csv(paths.params_csv(name), "sample", slider_names, rows)
     return metrics

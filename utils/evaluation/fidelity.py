@@ -9,7 +9,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from models.darktable.demosaic import colour_map
 from models.mosaic import even_crop
 from models.proxy import Proxy, checkpoint_state_dict
 from utils.data.images import image_size, required_traits
@@ -17,34 +19,61 @@ from utils.data.tapouts import TRAIT_PLANES, TapoutDataset, pixel_scale, to_chw,
 from utils.evaluation.metrics import psnr, ssim
 
 
-def identity_psnr(data: TapoutDataset) -> float:
+# What doing nothing is, per ProxyType.baseline: the line of the report that names it
+BASELINES = {"identity": "the input taken as output",
+             "bilinear": "the bilinear demosaic of the input",
+             "none": "none: input and output are values of two colour spaces"}
+
+
+def identity_psnr(data: TapoutDataset, baseline: str = "identity") -> float | None:
     """The baseline next to every fidelity figure: the mean PSNR of each sample's input taken
-    as its output (:func:`input_as_output`)."""
-    scores = [input_as_output(x, y, data) for x, y, _ in data]
-    return float(np.mean(scores)) if scores else float("nan")
+    as its output (:func:`input_as_output`); None where there is none."""
+    scores = [input_as_output(x, y, data, i, baseline) for i, (x, y, _) in enumerate(data)]
+    return float(np.mean(scores)) if scores and baseline != "none" else None
 
 
-def input_as_output(x: torch.Tensor, y: torch.Tensor, data: TapoutDataset) -> float:
-    """The PSNR of a sample's input ``x`` of ``data`` (its image, the planes left out) taken
-    as its output ``y``: for a mosaic, the mosaic in every channel; for a change of colour
-    space, colorin's and colorout's, two spaces' values: no baseline there."""
-    return float(psnr(x[None, :x.shape[0] - data.extra_channels], y[None])[0])
+def input_as_output(x: torch.Tensor, y: torch.Tensor, data: TapoutDataset, i: int,
+                    baseline: str = "identity") -> float | None:
+    """The PSNR of sample ``i``'s input ``x`` of ``data`` (its image, the planes left out) taken
+    as its output ``y``; a demosaic's ``bilinear`` baseline demosaics the mosaic bilinearly
+    (:func:`bilinear_demosaic`); ``none`` (colorin's camera RGB to Lab, colorout's Lab to
+    display RGB: two spaces' values, whose PSNR means nothing): None."""
+    if baseline == "none":
+        return None
+    x = x[:x.shape[0] - data.extra_channels]
+    if baseline == "bilinear":
+        x = bilinear_demosaic(x, data.pattern(i))
+    return float(psnr(x[None], y[None])[0])
+
+
+def bilinear_demosaic(mosaic: torch.Tensor, pattern: str) -> torch.Tensor:
+    """The simplest demosaic, (1, H, W) Bayer ``pattern`` mosaic -> (3, H, W): each photosite
+    keeps its own colour; a missing one is the mean of its nearest photosites of that colour
+    in the 3 x 3 around it (the two or four cardinal ones, else the four diagonal ones), of
+    those inside the image."""
+    colours = colour_map(pattern, *mosaic.shape[-2:], device=mosaic.device)
+    masks = torch.stack([colours == k for k in range(3)])[:, None].to(mosaic.dtype)    # (3, 1, H, W)
+    kernel = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]], dtype=mosaic.dtype,
+                          device=mosaic.device)[None, None]
+    sums, weights = (F.conv2d(t, kernel, padding=1) for t in (masks * mosaic, masks))
+    return torch.where(masks > 0, mosaic, sums / weights)[:, 0]
 
 
 @torch.no_grad()
-def fidelity(proxy: Proxy, data: TapoutDataset, device: torch.device) -> dict[str, float]:
+def fidelity(proxy: Proxy, data: TapoutDataset, device: torch.device,
+             baseline: str = "identity") -> dict[str, float | None]:
     """PSNR (project definition), SSIM and mean absolute error over every sample of ``data``,
-    and the identity's PSNR on them (:func:`input_as_output`)."""
+    and the baseline's PSNR on them (:func:`input_as_output`; None without one)."""
     proxy.eval()
     scores = {"psnr": [], "ssim": [], "mae": [], "identity": []}
     for i, (x, y, u) in enumerate(data):
-        scores["identity"].append(input_as_output(x, y, data))
+        scores["identity"].append(input_as_output(x, y, data, i, baseline))
         pred = proxy(x[None].to(device), u[None].to(device), data.pattern(i))
         y = y[None].to(device)
         scores["psnr"].append(float(psnr(pred, y)[0]))
         scores["ssim"].append(float(ssim(pred, y)[0]))
         scores["mae"].append(float((pred - y).abs().mean()))
-    return {k: float(np.mean(v)) for k, v in scores.items()}
+    return {k: None if k == "identity" and baseline == "none" else float(np.mean(v)) for k, v in scores.items()}
 
 
 @torch.no_grad()

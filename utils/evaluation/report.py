@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from utils.atomic import write_text_atomic
+from utils.evaluation.fidelity import BASELINES
 
 RESULT_FORMAT = 2   # of the rows in regression journals: bump when TargetResult changes
 
@@ -91,8 +92,9 @@ def write_metrics(folder: Path, metrics: dict[str, Any], report: str) -> Path:
 # ---------------------------------------------------------------- one proxy
 
 def proxy_metrics(name: str, slider_names: Sequence[str], fid: dict, n_val: int, darktable_version: str,
-                  rows: Sequence[TargetResult]) -> dict[str, Any]:
-    """The metrics.json contract of one proxy (more keys may follow the required ones)."""
+                  rows: Sequence[TargetResult], baseline: str = "identity") -> dict[str, Any]:
+    """The metrics.json contract of one proxy (more keys may follow the required ones);
+    ``baseline``: what ``val_identity_psnr`` measured (utils.evaluation.fidelity.BASELINES)."""
     per_slider = {n: _mean([r.error[k] for r in rows]) for k, n in enumerate(slider_names)}
     skipped = {} if slider_names else {"skipped": "the module has no sliders: nothing to regress"}
     return {
@@ -105,7 +107,16 @@ def proxy_metrics(name: str, slider_names: Sequence[str], fid: dict, n_val: int,
         "regression": {**regression_summary(rows), "param_mae_per_slider": per_slider, **skipped},
         "val_mae": fid["mae"],
         "val_identity_psnr": fid["identity"],
+        "val_baseline": baseline,
     }
+
+
+def baseline_line(metrics: dict[str, Any]) -> str:
+    """The report's row of the identity baseline (utils.evaluation.fidelity.BASELINES)."""
+    kind = metrics.get("val_baseline", "identity")
+    if metrics["val_identity_psnr"] is None:
+        return f"| fidelity: identity | {BASELINES[kind]} |"
+    return f"| fidelity: identity ({BASELINES[kind]}), same samples | {metrics['val_identity_psnr']:.2f} dB |"
 
 
 def proxy_report(metrics: dict[str, Any]) -> str:
@@ -114,8 +125,7 @@ def proxy_report(metrics: dict[str, Any]) -> str:
     lines = [f"# {metrics['proxy']} (darktable {metrics['darktable_version']})", "",
              "| metric | value |", "|---|---|",
              f"| fidelity: PSNR vs darktable, {metrics['val_samples']} held-out samples | {metrics['val_psnr']:.2f} dB |",
-             *([f"| fidelity: identity (the input taken as output), same samples "
-                f"| {metrics['val_identity_psnr']:.2f} dB |"] if "val_identity_psnr" in metrics else []),  # none before
+             *([baseline_line(metrics)] if "val_identity_psnr" in metrics else []),  # none before it
              f"| fidelity: SSIM | {metrics['val_ssim']:.5f} |",
              f"| fidelity: mean absolute error | {metrics['val_mae']:.3g} |"]
     if "skipped" in reg:

@@ -155,6 +155,7 @@ DEMOSAIC = ProxyType(
     operation="demosaic",
     gui_name="demosaic",
     layout="mosaic_rgb",
+    baseline="bilinear",
     # darktable's RCD computed exactly (models.darktable.demosaic), where a unet reached 30.39 dB
     # in 2 minutes
     model="exact",
@@ -191,6 +192,7 @@ COLORIN = ProxyType(
     # sign (with 0.01 a sign change is a jump of ~18 units), logarithmic over Lab's range
     value_scale=1.0,
     doc="input color profile: camera RGB -> Lab through the DNG's embedded colour matrix; no sliders",
+    baseline="none",
     sliders=(),
     sampler=("exposure", "exposure"),
     # type 10 = embedded matrix (what darktable picks for a DNG with ColorMatrix1), perceptual
@@ -213,6 +215,7 @@ COLOROUT = ProxyType(
     # in: Lab (L 0..100, a/b about -100..100), out: display-encoded sRGB (about 0..1): as colorin
     value_scale=1.0,
     doc="output color profile: Lab -> display-encoded sRGB; no sliders",
+    baseline="none",
     sliders=(),
     sampler=("colorbalancergb", "contrast"),
     fixed={"type": 1},    # 1 = sRGB, perceptual intent

@@ -19,6 +19,9 @@ from utils.proxies.slider import Slider
 
 
 LAYOUTS = ("rgb", "mosaic", "mosaic_rgb")
+# what a type's fidelity is set against (utils.evaluation.fidelity.BASELINES): the input taken
+# as output; for a demosaic the bilinear one; none where input and output are two colour spaces' values
+BASELINES = ("identity", "bilinear", "none")
 
 
 @dataclass(frozen=True)
@@ -53,12 +56,15 @@ class ProxyType:
     # options of its new networks that differ from what its family's new proxies get
     # (models.networks.new_network_options), where the type measured better with them
     network: Mapping[str, object] = field(default_factory=dict)
+    baseline: str = "identity"      # BASELINES
 
     def __post_init__(self) -> None:
         # each slider knows its owner: a sampler's slider drawn for another type keeps it
         object.__setattr__(self, "sliders", tuple(replace(s, owner=self.name) for s in self.sliders))
         if self.layout not in LAYOUTS:
             raise ValueError(f"{self.name}: layout {self.layout!r} is not one of {LAYOUTS}")
+        if self.baseline not in BASELINES:
+            raise ValueError(f"{self.name}: baseline {self.baseline!r} is not one of {BASELINES}")
         if not self.sliders and self.sampler is None:
             raise ValueError(f"{self.name}: a module without sliders needs a sampler")
 
