@@ -175,9 +175,7 @@ def censorize(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, pattern: o
     radius_1 x the pixel ``scale``, each pass reading its input clipped at 0; none at radius 0.
     The pixelation that follows is the proxy's (``ModelSpec.pixelate``, models.blocks.pixelate)."""
     sigma = sliders["radius_1"] * scale
-    blurs = sigma > 0
-    if not bool(blurs.any()):
-        return x
+    blurs = sigma > 0          # blurred whatever it says: no value read back to the host
     blurred = gaussian(x, torch.where(blurs, sigma, torch.ones_like(sigma)), floor=0.0)
     return torch.where(blurs[:, None, None, None], blurred, x)
 

@@ -67,7 +67,7 @@ def _log2_approx(x: torch.Tensor) -> torch.Tensor:
 
 def _exp2_approx(x: torch.Tensor) -> torch.Tensor:
     """Polynomial exp2: 2 ^ the integer part from the exponent bits, times the fraction's fit."""
-    x = torch.clamp(x, min=float(_c(-126.99999, x)), max=129.0)
+    x = torch.clamp(x, min=float(np.float32(-126.99999)), max=129.0)
     ip = torch.round((x - 0.5).detach()).to(torch.int32)          # round half to even, like cvtps
     fp = x - ip.to(x.dtype)
     two_ip = ((ip + 127) << 23).view(torch.float32).to(x.dtype)   # 2^ip from the exponent bits

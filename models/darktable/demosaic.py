@@ -33,6 +33,7 @@ whole image (pass the crop's own pattern).
 """
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import torch
@@ -54,9 +55,13 @@ def colour_map(pattern: str, height: int, width: int, device=None) -> torch.Tens
     ``pattern`` mosaic (its top-left 2x2 tile row by row, e.g. ``RGGB``)."""
     if pattern not in ("RGGB", "BGGR", "GRBG", "GBRG"):
         raise ValueError(f"CFA pattern {pattern!r} is not a Bayer pattern (RGGB, BGGR, GRBG, GBRG)")
-    tile = torch.tensor([[_COLOUR[pattern[0]], _COLOUR[pattern[1]]],
-                         [_COLOUR[pattern[2]], _COLOUR[pattern[3]]]], device=device)
-    return tile.repeat((height + 1) // 2, (width + 1) // 2)[:height, :width]
+    # each photosite's place in the 2x2 tile, then its colour: computed where the map is
+    # wanted, no table copied from the host (a GPU pass can then be captured as a CUDA graph)
+    place = 2 * (torch.arange(height, device=device) % 2)[:, None] + (torch.arange(width, device=device) % 2)[None, :]
+    colours = torch.full((height, width), _COLOUR[pattern[3]], dtype=torch.int64, device=device)
+    for k in (2, 1, 0):
+        colours = torch.where(place == k, _COLOUR[pattern[k]], colours)
+    return colours
 
 
 class _Taps:
@@ -415,7 +420,8 @@ def rcd_demosaic(mosaic: torch.Tensor, pattern: str | Sequence[str], scale: floa
     if h < 2 * TILE_BORDER or w < 2 * TILE_BORDER:
         return _border(x, colour, TILE_BORDER)
     border = _border_frame(x, colour, MARGIN)
-    s = torch.as_tensor(scale, dtype=x.dtype, device=x.device).detach().reshape(-1, 1, 1).clamp_min(1.0)
+    s = (x.new_full((1, 1, 1), float(scale)) if isinstance(scale, numbers.Real)       # no host copy
+         else torch.as_tensor(scale, dtype=x.dtype, device=x.device).detach().reshape(-1, 1, 1)).clamp_min(1.0)
     inv = 1.0 / s
     rcd = s[:, None] * _rcd_tiles(x.clamp_min(0.0) * inv, colour).clamp_min(0.0)
     rcd = F.pad(rcd, (MARGIN, MARGIN, MARGIN, MARGIN))
