@@ -3,9 +3,10 @@
 torch runs darktable's per-pixel loops as one whole-image operation after another: each step
 writes an image and the next reads it back. Where a loop mixes many taps per pixel, that is a
 dozen passes over memory per tap. Compiled, the whole loop is one pass, vectorised, with
-every intermediate in registers. Here: denoise's edge-aware a-trous step (113 -> 25-28 ms of
-a 512 px pass) and haze removal's box mean (32 -> 4 ms for its 13 planes). The gradient and
-GPU passes stay in torch; each kernel is tested against its torch twin
+every intermediate in registers. Here: denoise's edge-aware a-trous step and its gradient
+(a 512 px pass 113 -> 25-28 ms, with the sliders' gradient 1100 -> 180 ms) and haze
+removal's box mean (32 -> 4 ms for its 13 planes; no gradient: that one stays in torch). GPU
+passes stay in torch; each kernel is tested against its torch twin
 (tests/models/test_cpu_kernels.py).
 
 numba compiles a kernel at its first call (2-4 s) and keeps the machine code next to this
@@ -28,10 +29,11 @@ F32 = np.float32
 INSTALLED = numba is not None
 
 
-def available(x: torch.Tensor) -> bool:
-    """Whether a kernel here can compute on ``x``: float32 on the CPU, no gradient asked for."""
+def available(x: torch.Tensor, differentiable: bool = False) -> bool:
+    """Whether a kernel here can compute on ``x``: float32 on the CPU, and no gradient asked
+    for unless the kernel has one (``differentiable``)."""
     return (INSTALLED and x.device.type == "cpu" and x.dtype == torch.float32
-            and not (torch.is_grad_enabled() and x.requires_grad))
+            and (differentiable or not (torch.is_grad_enabled() and x.requires_grad)))
 
 
 def _threads() -> None:
@@ -47,9 +49,20 @@ if INSTALLED:
             return builder.bitcast(args[0], ir.FloatType())
         return types.float32(types.int32), codegen
 
+    @numba.njit(inline="always")
+    def _difference(p0, p1, p2, n0, n1, n2, i):
+        """The three channels' differences of pixels p and n at ``i`` and their squares' sum,
+        in the order the torch pass sums them."""
+        a0 = p0[i] - n0[i]
+        a1 = p1[i] - n1[i]
+        a2 = p2[i] - n2[i]
+        d2 = a0 * a0 + a1 * a1
+        return a0, a1, a2, d2 + a2 * a2
+
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def _eaw_coarse(padded, pad, mult, inv_sigma2, tap_dy, tap_dx, tap_weight, centre, cut, coarse):
-        """The coarse image of one edge-aware a-trous step; see :func:`eaw_coarse`."""
+    def _eaw_coarse(padded, pad, mult, inv_sigma2, tap_dy, tap_dx, tap_weight, centre, cut, coarse, weights):
+        """The coarse image of one edge-aware a-trous step, and each pixel's sum of weights;
+        see :func:`eaw_coarse`."""
         n, _, h, w = coarse.shape
         c002, nine, zero = F32(0.02), F32(9.0), F32(0.0)
         minus_mantissa, one_bits = F32(-8388608.0), F32(1065353216.0)
@@ -71,11 +84,7 @@ if INSTALLED:
                 n0, n1, n2 = (padded[b, 0, yc + dy, x0:x0 + w], padded[b, 1, yc + dy, x0:x0 + w],
                               padded[b, 2, yc + dy, x0:x0 + w])
                 for x in range(w):
-                    a0 = p0[x] - n0[x]
-                    a1 = p1[x] - n1[x]
-                    a2 = p2[x] - n2[x]
-                    d2 = a0 * a0 + a1 * a1
-                    d2 = d2 + a2 * a2
+                    _, _, _, d2 = _difference(p0, p1, p2, n0, n1, n2, x)
                     bits = max(d2 * inv_sigma2 * c002 - nine, zero) * minus_mantissa + one_bits
                     weight = _int_bits_as_float(np.int32(bits)) * f if bits > cut else zero
                     wsum[x] += weight
@@ -86,6 +95,98 @@ if INSTALLED:
                 coarse[b, 0, y, x] = s0[x] / wsum[x]
                 coarse[b, 1, y, x] = s1[x] / wsum[x]
                 coarse[b, 2, y, x] = s2[x] / wsum[x]
+                weights[b, y, x] = wsum[x]
+
+    @numba.njit(inline="always")
+    def _weight_and_slope(d2, inv_sigma2, f, cut):
+        """A tap's weight f 2^-x, x = max(0, 0.02 d2 inv_sigma2 - 9), in darktable's bit trick,
+        and its derivative in d2 as the torch pass takes it (the piecewise-linear function the
+        bits follow, zero where x is clamped or the weight dropped)."""
+        raw = d2 * inv_sigma2 * F32(0.02) - F32(9.0)
+        bits = max(raw, F32(0.0)) * F32(-8388608.0) + F32(1065353216.0)
+        if not bits > cut:
+            return F32(0.0), F32(0.0)
+        weight = _int_bits_as_float(np.int32(bits)) * f
+        if raw < F32(0.0):
+            return weight, F32(0.0)
+        n = np.int32(np.floor(raw))                            # 2^-(n + 1): the slope's size
+        return weight, -_int_bits_as_float(np.int32((126 - n) << 23)) * f * (inv_sigma2 * F32(0.02))
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def _eaw_backward_own(padded, pad, mult, inv_sigma2, tap_dy, tap_dx, tap_weight, centre, cut,
+                          coarse, weights, grad, g, gc, own):
+        """Per pixel p, with G the gradient of its coarse value and W its weight sum: g = G / W,
+        gc = G . coarse / W, and the gradient its own value gets: centre g, and through each
+        tap's weight w(|p - n|^2), sum (g . n - gc) w' 2 (p - n)."""
+        nb, _, h, w = coarse.shape
+        two = F32(2.0)
+        for row in numba.prange(nb * h):
+            b, y = row // h, row % h
+            yc = y + pad
+            p0, p1, p2 = padded[b, 0, yc, pad:pad + w], padded[b, 1, yc, pad:pad + w], padded[b, 2, yc, pad:pad + w]
+            g0, g1, g2, gcr = g[b, 0, y], g[b, 1, y], g[b, 2, y], gc[b, y]
+            o0, o1, o2 = own[b, 0, y], own[b, 1, y], own[b, 2, y]
+            for x in range(w):
+                inv_w = F32(1.0) / weights[b, y, x]
+                g0[x] = grad[b, 0, y, x] * inv_w
+                g1[x] = grad[b, 1, y, x] * inv_w
+                g2[x] = grad[b, 2, y, x] * inv_w
+                gcr[x] = g0[x] * coarse[b, 0, y, x] + g1[x] * coarse[b, 1, y, x] + g2[x] * coarse[b, 2, y, x]
+                o0[x] = centre * g0[x]
+                o1[x] = centre * g1[x]
+                o2[x] = centre * g2[x]
+            for k in range(tap_dy.shape[0]):
+                dy, dx = mult * tap_dy[k], mult * tap_dx[k]
+                x0 = pad + dx
+                n0, n1, n2 = (padded[b, 0, yc + dy, x0:x0 + w], padded[b, 1, yc + dy, x0:x0 + w],
+                              padded[b, 2, yc + dy, x0:x0 + w])
+                for x in range(w):
+                    a0, a1, a2, d2 = _difference(p0, p1, p2, n0, n1, n2, x)
+                    _, slope = _weight_and_slope(d2, inv_sigma2, tap_weight[k], cut)
+                    t = (g0[x] * n0[x] + g1[x] * n1[x] + g2[x] * n2[x] - gcr[x]) * slope * two
+                    o0[x] += t * a0
+                    o1[x] += t * a1
+                    o2[x] += t * a2
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def _eaw_backward_gather(padded, pad, mult, inv_sigma2, tap_dy, tap_dx, tap_weight, cut, g, gc, own, out):
+        """The gradient of every pixel q of ``padded``: its own part where it is in the image,
+        and, for each tap d of each pixel p = q - d in the image, as that tap's neighbour:
+        w g_p (its value in p's mean) - (g_p . q - gc_p) w' 2 (p - q) (its weight)."""
+        nb, _, hp, wp = padded.shape
+        h, w = hp - 2 * pad, wp - 2 * pad
+        two = F32(2.0)
+        for row in numba.prange(nb * hp):
+            b, qy = row // hp, row % hp
+            for x in range(wp):
+                out[b, 0, qy, x] = F32(0.0)
+                out[b, 1, qy, x] = F32(0.0)
+                out[b, 2, qy, x] = F32(0.0)
+            if pad <= qy < pad + h:
+                for x in range(w):
+                    out[b, 0, qy, pad + x] = own[b, 0, qy - pad, x]
+                    out[b, 1, qy, pad + x] = own[b, 1, qy - pad, x]
+                    out[b, 2, qy, pad + x] = own[b, 2, qy - pad, x]
+            for k in range(tap_dy.shape[0]):
+                dy, dx = mult * tap_dy[k], mult * tap_dx[k]
+                py = qy - dy - pad                          # p's row in the image
+                if py < 0 or py >= h:
+                    continue
+                lo, hi = max(0, pad + dx), min(wp, pad + w + dx)     # q's columns whose p is in the image
+                q0, q1, q2 = padded[b, 0, qy, lo:hi], padded[b, 1, qy, lo:hi], padded[b, 2, qy, lo:hi]
+                o0, o1, o2 = out[b, 0, qy, lo:hi], out[b, 1, qy, lo:hi], out[b, 2, qy, lo:hi]
+                p0, p1, p2 = (padded[b, 0, py + pad, lo - dx:hi - dx], padded[b, 1, py + pad, lo - dx:hi - dx],
+                              padded[b, 2, py + pad, lo - dx:hi - dx])
+                i0, i1 = lo - dx - pad, hi - dx - pad             # p's columns in the image
+                g0, g1, g2, gcp = g[b, 0, py, i0:i1], g[b, 1, py, i0:i1], g[b, 2, py, i0:i1], gc[b, py, i0:i1]
+                f = tap_weight[k]
+                for i in range(hi - lo):
+                    a0, a1, a2, d2 = _difference(p0, p1, p2, q0, q1, q2, i)
+                    weight, slope = _weight_and_slope(d2, inv_sigma2, f, cut)
+                    t = (g0[i] * q0[i] + g1[i] * q1[i] + g2[i] * q2[i] - gcp[i]) * slope * two
+                    o0[i] += weight * g0[i] - t * a0
+                    o1[i] += weight * g1[i] - t * a1
+                    o2[i] += weight * g2[i] - t * a2
 
 
     @numba.njit(parallel=True, cache=True, nogil=True)
@@ -152,12 +253,52 @@ def eaw_coarse(padded: torch.Tensor, pad: int, mult: int, inv_sigma2: float,
     repeated; each pixel's weighted mean of itself (weight ``centre``) and its neighbours at
     ``mult`` x (dy, dx) for each of ``taps`` (dy, dx, spline weight), in that order, each
     weighted by 2^-max(0, 0.02 |difference|^2 x ``inv_sigma2`` - 9) in darktable's bit trick.
-    Returns (B, 3, H, W)."""
-    _threads()
-    b, c, hp, wp = padded.shape
-    coarse = torch.empty((b, c, hp - 2 * pad, wp - 2 * pad), dtype=torch.float32)
-    tap_dy, tap_dx, tap_weight = (np.array(col, dtype=dt) for col, dt in
-                                  zip(zip(*taps), (np.int64, np.int64, np.float32)))
-    _eaw_coarse(padded.contiguous().numpy(), pad, mult, F32(inv_sigma2), tap_dy, tap_dx, tap_weight,
-                F32(centre), F32(SMALLEST_WEIGHT_BITS), coarse.numpy())
-    return coarse
+    Returns (B, 3, H, W), differentiable in ``padded`` (compiled too: the torch pass's
+    gradient, with the weights' piecewise-linear slope)."""
+    return _EawCoarse.apply(padded, _EawArgs(pad, mult, F32(inv_sigma2), taps, F32(centre)))
+
+
+class _EawArgs:
+    """eaw_coarse's settings as the kernels take them."""
+
+    def __init__(self, pad: int, mult: int, inv_sigma2, taps, centre):
+        self.pad, self.mult, self.inv_sigma2, self.centre = pad, mult, inv_sigma2, centre
+        self.tap_dy, self.tap_dx, self.tap_weight = (np.array(col, dtype=dt) for col, dt in
+                                                     zip(zip(*taps), (np.int64, np.int64, np.float32)))
+        self.cut = F32(SMALLEST_WEIGHT_BITS)
+
+    def taps(self) -> tuple:
+        return self.pad, self.mult, self.inv_sigma2, self.tap_dy, self.tap_dx, self.tap_weight
+
+
+class _EawCoarse(torch.autograd.Function):
+    """eaw_coarse's pass and its gradient, each as compiled loops: the gradient gathers what
+    each pixel gets as a centre and as every tap's neighbour, so that no two threads write one
+    pixel."""
+
+    @staticmethod
+    def forward(ctx, padded: torch.Tensor, args: _EawArgs) -> torch.Tensor:
+        _threads()
+        padded = padded.detach().contiguous()
+        b, c, hp, wp = padded.shape
+        coarse = torch.empty((b, c, hp - 2 * args.pad, wp - 2 * args.pad), dtype=torch.float32)
+        weights = torch.empty((b, hp - 2 * args.pad, wp - 2 * args.pad), dtype=torch.float32)
+        _eaw_coarse(padded.numpy(), *args.taps(), args.centre, args.cut, coarse.numpy(), weights.numpy())
+        ctx.args = args
+        ctx.save_for_backward(padded, coarse, weights)
+        return coarse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        _threads()
+        padded, coarse, weights = ctx.saved_tensors
+        args = ctx.args
+        grad = grad.contiguous().to(torch.float32)
+        g, own = torch.empty_like(coarse), torch.empty_like(coarse)
+        gc = torch.empty_like(weights)
+        _eaw_backward_own(padded.numpy(), *args.taps(), args.centre, args.cut, coarse.numpy(), weights.numpy(),
+                          grad.numpy(), g.numpy(), gc.numpy(), own.numpy())
+        out = torch.empty_like(padded)
+        _eaw_backward_gather(padded.numpy(), *args.taps(), args.cut, g.numpy(), gc.numpy(), own.numpy(), out.numpy())
+        return out, None

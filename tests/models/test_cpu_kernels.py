@@ -30,20 +30,63 @@ def test_the_compiled_edge_aware_step_is_the_tap_by_tap_filter(size, scale):
     torch.testing.assert_close(detail, img - coarse)
 
 
-def test_denoise_without_a_gradient_runs_the_kernel_and_agrees_with_torch(monkeypatch):
+def _denoise_args():
+    return (torch.tensor([3.0]), torch.tensor([0.5]), torch.tensor([0.25]), torch.tensor([[2.05, 1.0, 1.65]]), 4)
+
+
+def test_denoise_runs_the_kernel_and_agrees_with_torch(monkeypatch):
     torch.manual_seed(0)
     rgb = torch.rand(1, 3, 48, 40) * 0.8
-    args = (torch.tensor([3.0]), torch.tensor([0.5]), torch.tensor([0.25]), torch.tensor([[2.05, 1.0, 1.65]]), 4)
     calls = []
     kernel = cpu_kernels.eaw_coarse
     monkeypatch.setattr(cpu_kernels, "eaw_coarse", lambda *a: calls.append(1) or kernel(*a))
     with torch.no_grad():
-        compiled = denoise.denoise_rgb(rgb, *args)
+        compiled = denoise.denoise_rgb(rgb, *_denoise_args())
     assert len(calls) == 4                                       # one per scale
-    with_torch = denoise.denoise_rgb(rgb.requires_grad_(), *args).detach()   # the gradient's path: torch
+    monkeypatch.setattr(cpu_kernels, "INSTALLED", False)
+    with torch.no_grad():
+        with_torch = denoise.denoise_rgb(rgb, *_denoise_args())
     assert len(calls) == 4
     torch.testing.assert_close(compiled, with_torch, rtol=1e-5, atol=1e-6)
-    assert (compiled - rgb.detach()).abs().max() > 1e-3          # it did denoise
+    assert (compiled - rgb).abs().max() > 1e-3                   # it did denoise
+
+
+@pytest.mark.parametrize("size, scale", [((12, 17), 0), ((40, 33), 1), ((9, 11), 2), ((64, 64), 3)])
+def test_the_compiled_step_has_the_gradient_of_the_torch_step(size, scale, monkeypatch):
+    """Every weight across its range (the clamp's flat part, the slopes, the dropped ones),
+    taps past the image (their gradient goes to the edge pixels they repeat): the gradient of
+    the compiled step is the torch step's to float32 rounding."""
+    torch.manual_seed(scale)
+    img = torch.rand(2, 3, *size) * 60
+
+    def gradient(installed: bool) -> torch.Tensor:
+        monkeypatch.setattr(cpu_kernels, "INSTALLED", installed)
+        x = img.clone().requires_grad_()
+        coarse, detail = denoise._dn_decompose(x, scale)
+        weights = torch.linspace(-1, 1, coarse.numel()).view_as(coarse)
+        ((coarse * weights).sum() + 0.01 * (detail ** 2).sum()).backward()
+        return x.grad
+
+    compiled, with_torch = gradient(True), gradient(False)
+    torch.testing.assert_close(compiled, with_torch, rtol=0, atol=2e-5 * float(with_torch.abs().max()))
+
+
+def test_denoise_has_the_sliders_gradient_of_its_torch_pass(monkeypatch):
+    """The whole profiled denoise, its sliders' gradient through the compiled steps."""
+    torch.manual_seed(1)
+    rgb = torch.rand(1, 3, 40, 36) * 0.8
+    strength, shadows, scale, wb, scales = _denoise_args()
+
+    def gradients(installed: bool) -> torch.Tensor:
+        monkeypatch.setattr(cpu_kernels, "INSTALLED", installed)
+        sliders = torch.stack([strength, shadows]).requires_grad_()
+        y = denoise.denoise_rgb(rgb, sliders[0], sliders[1], scale, wb, scales)
+        (y * torch.linspace(0, 1, y.numel()).view_as(y)).sum().backward()
+        return sliders.grad
+
+    compiled, with_torch = gradients(True), gradients(False)
+    assert with_torch.abs().min() > 0
+    torch.testing.assert_close(compiled, with_torch, rtol=1e-4, atol=0)
 
 
 @pytest.mark.parametrize("shape, w", [((1, 13, 64, 48), 9), ((2, 3, 37, 21), 9), ((1, 4, 5, 30), 6), ((1, 1, 3, 2), 6)])
