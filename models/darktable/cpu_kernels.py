@@ -1,11 +1,11 @@
-"""darktable's loops compiled for the CPU (numba), for exact passes without a gradient.
+"""darktable's loops compiled for the CPU (numba), for the exact passes.
 
 torch runs darktable's per-pixel loops as one whole-image operation after another: each step
 writes an image and the next reads it back. Where a loop mixes many taps per pixel, that is a
 dozen passes over memory per tap. Compiled, the whole loop is one pass, vectorised, with
 every intermediate in registers. Here: denoise's edge-aware a-trous step and its gradient
 (a 512 px pass 113 -> 25-28 ms, with the sliders' gradient 1100 -> 180 ms) and haze
-removal's box mean (32 -> 4 ms for its 13 planes; no gradient: that one stays in torch). GPU
+removal's box mean (32 -> 4 ms for its 13 planes; with a gradient it runs in torch). GPU
 passes stay in torch; each kernel is tested against its torch twin
 (tests/models/test_cpu_kernels.py).
 

@@ -28,8 +28,10 @@ BASELINES = {"identity": "the input taken as output",
 def identity_psnr(data: TapoutDataset, baseline: str = "identity") -> float | None:
     """The baseline next to every fidelity figure: the mean PSNR of each sample's input taken
     as its output (:func:`input_as_output`); None where there is none."""
+    if baseline == "none":
+        return None
     scores = [input_as_output(x, y, data, i, baseline) for i, (x, y, _) in enumerate(data)]
-    return float(np.mean(scores)) if scores and baseline != "none" else None
+    return float(np.mean(scores)) if scores else float("nan")
 
 
 def input_as_output(x: torch.Tensor, y: torch.Tensor, data: TapoutDataset, i: int,
