@@ -36,6 +36,18 @@ def available(x: torch.Tensor, differentiable: bool = False) -> bool:
             and (differentiable or not (torch.is_grad_enabled() and x.requires_grad)))
 
 
+def _jit(**options):
+    """numba.njit keeping the machine code for later processes, or, where there is nowhere to
+    keep it (a read-only checkout and no writable cache folder: numba refuses at decoration),
+    compiling it again in each process."""
+    def compile_(function):
+        try:
+            return numba.njit(cache=True, **options)(function)
+        except RuntimeError:
+            return numba.njit(**options)(function)
+    return compile_
+
+
 def _threads() -> None:
     """As many kernel threads as torch uses (``--threads``, OMP_NUM_THREADS), within numba's pool."""
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
@@ -59,7 +71,7 @@ if INSTALLED:
         d2 = a0 * a0 + a1 * a1
         return a0, a1, a2, d2 + a2 * a2
 
-    @numba.njit(parallel=True, cache=True, nogil=True)
+    @_jit(parallel=True, nogil=True)
     def _eaw_coarse(padded, pad, mult, inv_sigma2, tap_dy, tap_dx, tap_weight, centre, cut, coarse, weights):
         """The coarse image of one edge-aware a-trous step, and each pixel's sum of weights;
         see :func:`eaw_coarse`."""
@@ -112,7 +124,7 @@ if INSTALLED:
         n = np.int32(np.floor(raw))                            # 2^-(n + 1): the slope's size
         return weight, -_int_bits_as_float(np.int32((126 - n) << 23)) * f * (inv_sigma2 * F32(0.02))
 
-    @numba.njit(parallel=True, cache=True, nogil=True)
+    @_jit(parallel=True, nogil=True)
     def _eaw_backward_own(padded, pad, mult, inv_sigma2, tap_dy, tap_dx, tap_weight, centre, cut,
                           coarse, weights, grad, g, gc, own):
         """Per pixel p, with G the gradient of its coarse value and W its weight sum: g = G / W,
@@ -148,7 +160,7 @@ if INSTALLED:
                     o1[x] += t * a1
                     o2[x] += t * a2
 
-    @numba.njit(parallel=True, cache=True, nogil=True)
+    @_jit(parallel=True, nogil=True)
     def _eaw_backward_gather(padded, pad, mult, inv_sigma2, tap_dy, tap_dx, tap_weight, cut, g, gc, own, out):
         """The gradient of every pixel q of ``padded``: its own part where it is in the image,
         and, for each tap d of each pixel p = q - d in the image, as that tap's neighbour:
@@ -189,7 +201,7 @@ if INSTALLED:
                     o2[i] += weight * g2[i] - t * a2
 
 
-    @numba.njit(parallel=True, cache=True, nogil=True)
+    @_jit(parallel=True, nogil=True)
     def _box_mean_rows(x, w, out):
         """Each row of ``x`` (N, n) averaged over i - w .. i + w, cut at its ends; see :func:`box_mean`."""
         rows, n = x.shape
@@ -204,7 +216,7 @@ if INSTALLED:
                 box = sums[hi] - sums[lo] if lo >= 0 else sums[hi] - 0.0
                 out[r, i] = np.float32(box / np.float64(hi + 1 - max(lo + 1, 0)))
 
-    @numba.njit(parallel=True, cache=True, nogil=True)
+    @_jit(parallel=True, nogil=True)
     def _box_mean_columns(x, w, out):
         """Each column of every plane of ``x`` (P, H, W) averaged likewise, a row of sums at a time."""
         planes, h, width = x.shape

@@ -100,3 +100,17 @@ def test_the_compiled_box_mean_is_the_cumulative_sums_to_the_bit(shape, w):
     assert torch.equal(compiled, dehaze._running_mean(dehaze._running_mean(x, w, 3), w, 2))
     corner = x[0, 0, :w + 1, :w + 1].double().mean()          # the box of the top-left pixel
     torch.testing.assert_close(compiled[0, 0, 0, 0].double(), corner, rtol=1e-6, atol=1e-6)
+
+
+def test_kernels_compile_where_their_machine_code_cannot_be_kept(monkeypatch):
+    """numba refuses to decorate for a cache with nowhere to write it: the kernel is then
+    compiled in each process instead of the import failing."""
+    njit = cpu_kernels.numba.njit
+
+    def no_cache_folder(*args, cache=False, **kwargs):
+        if cache:
+            raise RuntimeError("cannot cache function: no locator available")
+        return njit(*args, **kwargs)
+    monkeypatch.setattr(cpu_kernels.numba, "njit", no_cache_folder)
+    twice = cpu_kernels._jit()(lambda v: 2 * v)
+    assert twice(21) == 42
