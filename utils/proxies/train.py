@@ -8,6 +8,7 @@ each process trains on its share of the data; rank 0 alone writes checkpoints, l
 """
 from __future__ import annotations
 
+import atexit
 import csv
 import io
 import logging
@@ -128,6 +129,9 @@ class _Dist:
         if self.size > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                     timeout=timedelta(minutes=30))
+            # left at exit while Python still runs: a group left to the interpreter's teardown
+            # can abort the process there (gloo's threads still hold tensors; seen once in CI)
+            atexit.register(_leave_group)
             if device.type == "cuda":
                 torch.cuda.set_device(device)
 
@@ -149,6 +153,11 @@ class _Dist:
         t = torch.tensor([float(flag)])
         dist.all_reduce(t)
         return bool(t.item())
+
+
+def _leave_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def train(proxy_type: ProxyType, sliders: Sequence[Slider], name: str, stage1: Path,
