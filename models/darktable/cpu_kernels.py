@@ -71,43 +71,10 @@ if INSTALLED:
         d2 = a0 * a0 + a1 * a1
         return a0, a1, a2, d2 + a2 * a2
 
-    @_jit(parallel=True, nogil=True)
-    def _eaw_coarse(padded, pad, mult, inv_sigma2, tap_dy, tap_dx, tap_weight, centre, cut, coarse, weights):
-        """The coarse image of one edge-aware a-trous step, and each pixel's sum of weights;
-        see :func:`eaw_coarse`."""
-        n, _, h, w = coarse.shape
-        c002, nine, zero = F32(0.02), F32(9.0), F32(0.0)
-        minus_mantissa, one_bits = F32(-8388608.0), F32(1065353216.0)
-        for row in numba.prange(n * h):
-            b, y = row // h, row % h
-            yc = y + pad
-            p0, p1, p2 = padded[b, 0, yc, pad:pad + w], padded[b, 1, yc, pad:pad + w], padded[b, 2, yc, pad:pad + w]
-            wsum, s0, s1, s2 = (np.empty(w, np.float32), np.empty(w, np.float32), np.empty(w, np.float32),
-                                np.empty(w, np.float32))
-            for x in range(w):
-                wsum[x] = centre
-                s0[x] = p0[x] * centre
-                s1[x] = p1[x] * centre
-                s2[x] = p2[x] * centre
-            for k in range(tap_dy.shape[0]):
-                f = tap_weight[k]
-                dy, dx = mult * tap_dy[k], mult * tap_dx[k]
-                x0 = pad + dx
-                n0, n1, n2 = (padded[b, 0, yc + dy, x0:x0 + w], padded[b, 1, yc + dy, x0:x0 + w],
-                              padded[b, 2, yc + dy, x0:x0 + w])
-                for x in range(w):
-                    _, _, _, d2 = _difference(p0, p1, p2, n0, n1, n2, x)
-                    bits = max(d2 * inv_sigma2 * c002 - nine, zero) * minus_mantissa + one_bits
-                    weight = _int_bits_as_float(np.int32(bits)) * f if bits > cut else zero
-                    wsum[x] += weight
-                    s0[x] += weight * n0[x]
-                    s1[x] += weight * n1[x]
-                    s2[x] += weight * n2[x]
-            for x in range(w):
-                coarse[b, 0, y, x] = s0[x] / wsum[x]
-                coarse[b, 1, y, x] = s1[x] / wsum[x]
-                coarse[b, 2, y, x] = s2[x] / wsum[x]
-                weights[b, y, x] = wsum[x]
+    @numba.njit(inline="always")
+    def _channels(image, b, y, x0, w):
+        """The three channels of image ``b``'s row ``y``, columns x0 .. x0 + w."""
+        return image[b, 0, y, x0:x0 + w], image[b, 1, y, x0:x0 + w], image[b, 2, y, x0:x0 + w]
 
     @numba.njit(inline="always")
     def _weight_and_slope(d2, inv_sigma2, f, cut):
@@ -125,6 +92,37 @@ if INSTALLED:
         return weight, -_int_bits_as_float(np.int32((126 - n) << 23)) * f * (inv_sigma2 * F32(0.02))
 
     @_jit(parallel=True, nogil=True)
+    def _eaw_coarse(padded, pad, mult, inv_sigma2, tap_dy, tap_dx, tap_weight, centre, cut, coarse, weights):
+        """The coarse image of one edge-aware a-trous step, and each pixel's sum of weights;
+        see :func:`eaw_coarse`."""
+        n, _, h, w = coarse.shape
+        for row in numba.prange(n * h):
+            b, y = row // h, row % h
+            yc = y + pad
+            p0, p1, p2 = _channels(padded, b, yc, pad, w)
+            wsum, s0, s1, s2 = (np.empty(w, np.float32), np.empty(w, np.float32), np.empty(w, np.float32),
+                                np.empty(w, np.float32))
+            for x in range(w):
+                wsum[x] = centre
+                s0[x] = p0[x] * centre
+                s1[x] = p1[x] * centre
+                s2[x] = p2[x] * centre
+            for k in range(tap_dy.shape[0]):
+                n0, n1, n2 = _channels(padded, b, yc + mult * tap_dy[k], pad + mult * tap_dx[k], w)
+                for x in range(w):
+                    _, _, _, d2 = _difference(p0, p1, p2, n0, n1, n2, x)
+                    weight, _ = _weight_and_slope(d2, inv_sigma2, tap_weight[k], cut)
+                    wsum[x] += weight
+                    s0[x] += weight * n0[x]
+                    s1[x] += weight * n1[x]
+                    s2[x] += weight * n2[x]
+            for x in range(w):
+                coarse[b, 0, y, x] = s0[x] / wsum[x]
+                coarse[b, 1, y, x] = s1[x] / wsum[x]
+                coarse[b, 2, y, x] = s2[x] / wsum[x]
+                weights[b, y, x] = wsum[x]
+
+    @_jit(parallel=True, nogil=True)
     def _eaw_backward_own(padded, pad, mult, inv_sigma2, tap_dy, tap_dx, tap_weight, centre, cut,
                           coarse, weights, grad, g, gc, own):
         """Per pixel p, with G the gradient of its coarse value and W its weight sum: g = G / W,
@@ -135,7 +133,7 @@ if INSTALLED:
         for row in numba.prange(nb * h):
             b, y = row // h, row % h
             yc = y + pad
-            p0, p1, p2 = padded[b, 0, yc, pad:pad + w], padded[b, 1, yc, pad:pad + w], padded[b, 2, yc, pad:pad + w]
+            p0, p1, p2 = _channels(padded, b, yc, pad, w)
             g0, g1, g2, gcr = g[b, 0, y], g[b, 1, y], g[b, 2, y], gc[b, y]
             o0, o1, o2 = own[b, 0, y], own[b, 1, y], own[b, 2, y]
             for x in range(w):
@@ -148,10 +146,7 @@ if INSTALLED:
                 o1[x] = centre * g1[x]
                 o2[x] = centre * g2[x]
             for k in range(tap_dy.shape[0]):
-                dy, dx = mult * tap_dy[k], mult * tap_dx[k]
-                x0 = pad + dx
-                n0, n1, n2 = (padded[b, 0, yc + dy, x0:x0 + w], padded[b, 1, yc + dy, x0:x0 + w],
-                              padded[b, 2, yc + dy, x0:x0 + w])
+                n0, n1, n2 = _channels(padded, b, yc + mult * tap_dy[k], pad + mult * tap_dx[k], w)
                 for x in range(w):
                     a0, a1, a2, d2 = _difference(p0, p1, p2, n0, n1, n2, x)
                     _, slope = _weight_and_slope(d2, inv_sigma2, tap_weight[k], cut)
@@ -185,12 +180,12 @@ if INSTALLED:
                 if py < 0 or py >= h:
                     continue
                 lo, hi = max(0, pad + dx), min(wp, pad + w + dx)     # q's columns whose p is in the image
-                q0, q1, q2 = padded[b, 0, qy, lo:hi], padded[b, 1, qy, lo:hi], padded[b, 2, qy, lo:hi]
-                o0, o1, o2 = out[b, 0, qy, lo:hi], out[b, 1, qy, lo:hi], out[b, 2, qy, lo:hi]
-                p0, p1, p2 = (padded[b, 0, py + pad, lo - dx:hi - dx], padded[b, 1, py + pad, lo - dx:hi - dx],
-                              padded[b, 2, py + pad, lo - dx:hi - dx])
-                i0, i1 = lo - dx - pad, hi - dx - pad             # p's columns in the image
-                g0, g1, g2, gcp = g[b, 0, py, i0:i1], g[b, 1, py, i0:i1], g[b, 2, py, i0:i1], gc[b, py, i0:i1]
+                q0, q1, q2 = _channels(padded, b, qy, lo, hi - lo)
+                o0, o1, o2 = _channels(out, b, qy, lo, hi - lo)
+                p0, p1, p2 = _channels(padded, b, py + pad, lo - dx, hi - lo)
+                i0 = lo - dx - pad                                # p's first column in the image
+                g0, g1, g2 = _channels(g, b, py, i0, hi - lo)
+                gcp = gc[b, py, i0:i0 + hi - lo]
                 f = tap_weight[k]
                 for i in range(hi - lo):
                     a0, a1, a2, d2 = _difference(p0, p1, p2, q0, q1, q2, i)
