@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from models.blocks import pixelate
+from models.graphs import GraphedPasses
 from models.mosaic import nearest_rgb, pack, unpack, unpack_rgb
 from models.networks import EXACT_FAMILY, ModelSpec, build_model
 from models.priors import PRIORS
@@ -55,6 +56,9 @@ class Proxy(nn.Module):
         # autocast dtype of forward passes without gradients (None: fp32, as in training);
         # utils.devices.inference_dtype chooses it for a loaded proxy
         self.inference_dtype: torch.dtype | None = None
+        # CUDA graphs of forward passes without gradients (None: plain passes);
+        # utils.devices.for_inference sets them for a proxy loaded onto a CUDA device
+        self.graphs: GraphedPasses | None = None
 
     @property
     def slider_names(self) -> list[str]:
@@ -88,7 +92,22 @@ class Proxy(nn.Module):
         """For the ``rgb`` layout ``x`` holds the image channels, then ``spec.extra_channels``
         planes (coordinates, the fifth its pixel scale when ``spec.pixel_scale``; or an image's
         traits: utils.data.tapouts.TRAIT_PLANES); mosaic layouts
-        take the mosaic and its CFA ``pattern``."""
+        take the mosaic and its CFA ``pattern``. With ``graphs``, a pass out of training,
+        without a gradient or autocast, on the graphs' device is a replayed CUDA graph."""
+        if (self.graphs is not None and x.device.type == self.graphs.device_type and not self.training
+                and not torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type)):
+            return self.graphs(lambda x, u: self._forward(x, u, pattern), x, u,
+                               extra=pattern if isinstance(pattern, str) else tuple(pattern))
+        return self._forward(x, u, pattern)
+
+    def _apply(self, fn, *args, **kwargs):
+        """``Module._apply`` (``to``, ``cuda``, ``half``...), dropping the graphs, which read the
+        tensors they were captured with."""
+        if getattr(self, "graphs", None) is not None:
+            self.graphs.clear()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _forward(self, x: torch.Tensor, u: torch.Tensor, pattern: str | Sequence[str]) -> torch.Tensor:
         scale = self._pixel_scale(x)
         c = self._conditioning(u, scale)
         if self.spec.layout == "rgb":

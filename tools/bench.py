@@ -47,12 +47,13 @@ import torch
 
 import Constants as C
 from models.colorspace import camera_to_xyz_d50
+from models.graphs import GraphedPasses
 from models.networks import EXACT_FAMILY, FAMILIES, ModelSpec, new_network_options
 from models.proxy import Proxy
 from models.transform import to_network
 from utils.atomic import write_text_atomic
 from utils.darktable.runner import Darktable
-from utils.devices import inference_dtype, keep_freed_memory, native_bf16, training_dtype
+from utils.devices import for_inference, inference_dtype, keep_freed_memory, native_bf16, training_dtype
 from utils.data.generate import generate
 from utils.data.images import builtin_images, list_images, mosaic
 from utils.data.tapouts import TRAIT_PLANES, to_chw, with_coordinates
@@ -200,43 +201,32 @@ def in_variant_layout(proxy: Proxy, x: torch.Tensor, variant: dict[str, Any]) ->
 
 
 def inference_runner(proxy: Proxy, x: torch.Tensor, u: torch.Tensor, variant: dict[str, Any]):
-    """A no-argument function running ``proxy(x, u)`` as ``variant`` says (``scripts``: in
-    the precision a loaded proxy runs in, utils.devices.inference_dtype)."""
+    """A no-argument function running ``proxy(x, u)`` as ``variant`` says (``scripts``: as
+    a loaded proxy runs, utils.devices.for_inference: its precision, and on CUDA its graphs)."""
     if variant.get("scripts"):
-        proxy.inference_dtype = inference_dtype(x.device, proxy.spec.family)
+        for_inference(proxy, x.device)
     proxy, x = in_variant_layout(proxy, x, variant)
     net = proxy
     if variant.get("compile"):
         net = torch.compile(net)
     dtype = variant.get("dtype")
 
-    def run() -> torch.Tensor:
+    def run(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         # a graph replays the casts it captured: autocast's cache would hold tensors of the capture
         with torch.inference_mode(), torch.autocast(x.device.type, dtype=dtype or torch.bfloat16,
                                                     enabled=dtype is not None,
                                                     cache_enabled=not variant.get("graph")):
             return net(x, u)
-    return cuda_graphed(run, x.device) if variant.get("graph") else run
+    return cuda_graphed(run, x, u) if variant.get("graph") else lambda: run(x, u)
 
 
-def cuda_graphed(run: Callable[[], torch.Tensor], device: torch.device) -> Callable[[], torch.Tensor]:
-    """``run`` captured once as a CUDA graph, then replayed: one launch for all of its kernels
-    (a pass over one image launches hundreds of small ones, each costing microseconds of CPU
-    time). The replay writes into the same output tensor every time."""
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(3):     # outside the capture: cuDNN's algorithm choices, the allocator
-            run()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = run()
-
-    def replay() -> torch.Tensor:
-        graph.replay()
-        return out
-    return replay
+def cuda_graphed(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
+                 u: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """``fn(x, u)`` captured once as a CUDA graph (models.graphs), then replayed: one launch for
+    all of its kernels, where a pass over one image launches hundreds of small ones, each
+    costing microseconds of CPU time. The replay writes into the same output tensor every
+    time (the scripts' passes, variant ``scripts``, also copy their inputs in and it out)."""
+    return GraphedPasses().cuda_capture(fn, (x, u))
 
 
 def bench_proxies(families: list[str], size: str, x_hwc, device: torch.device, repeats: int,
@@ -309,9 +299,9 @@ def exact_cases(tap_in, device: torch.device):
             yield proxy_type, proxy, exact_input(proxy, tap_in).to(device), u
 
 
-def exact_pass(proxy: Proxy, x: torch.Tensor, u: torch.Tensor) -> Callable[[], torch.Tensor]:
+def exact_pass(proxy: Proxy) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """A pass of an exact ``proxy`` without a gradient, as Eval.py runs it."""
-    def run() -> torch.Tensor:
+    def run(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return proxy(x, u)
     return run
@@ -325,7 +315,7 @@ def bench_exact_graphs(tap_in, device: torch.device, repeats: int, out: dict[str
     for proxy_type, proxy, x, u in exact_cases(tap_in, device):
         row = out.setdefault(proxy_type.name, {})
         try:
-            graphed = cuda_graphed(exact_pass(proxy, x, u), device)
+            graphed = cuda_graphed(exact_pass(proxy), x, u)
             row["graph_ms"] = median_seconds(graphed, device, repeats) * 1000
             log.info("exact %s as a CUDA graph: %.2f ms", proxy_type.name, row["graph_ms"])
         except Exception as e:
@@ -356,7 +346,7 @@ def bench_exact(tap_in, device: torch.device, repeats: int, out: dict[str, Any] 
 
         row = out[proxy_type.name] = {"shape": list(x.shape)}
         try:
-            row["ms"] = median_seconds(exact_pass(proxy, x, u), device, repeats) * 1000
+            row["ms"] = median_seconds(lambda: exact_pass(proxy)(x, u), device, repeats) * 1000
             row["with_gradient_ms"] = median_seconds(step, device, repeats) * 1000
             log.info("exact %s: %.1f ms, %.1f ms with the sliders' gradient", proxy_type.name,
                      row["ms"], row["with_gradient_ms"])

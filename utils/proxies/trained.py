@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 
 from models.proxy import IncompatibleCheckpoint, Proxy, load_proxy, read_checkpoint
-from utils.devices import inference_dtype
+from utils.devices import for_inference
 from utils.errors import UserError
 from utils.pipeline.config import BlockLine
 from utils.proxies.registry import split_proxy_name
@@ -18,8 +18,7 @@ log = logging.getLogger(__name__)
 
 def load_trained(paths: RunPaths, name: str, device: torch.device) -> tuple[Proxy, dict]:
     """The trained proxy NAME under ROOT (best.pt, else last.pt), its forward passes without
-    gradients in the precision utils.devices.inference_dtype chooses for ``device``, or a
-    one-line error."""
+    gradients run as utils.devices.for_inference sets them for ``device``, or a one-line error."""
     folder = paths.weights(name)
     for candidate in ("best.pt", "last.pt"):
         if (folder / candidate).exists():
@@ -27,8 +26,7 @@ def load_trained(paths: RunPaths, name: str, device: torch.device) -> tuple[Prox
                 proxy, checkpoint = load_proxy(folder / candidate, device)
             except IncompatibleCheckpoint as e:
                 raise UserError(f"{e}; retrain the proxy with this version") from None
-            proxy.inference_dtype = inference_dtype(device, proxy.spec.family)
-            return proxy, checkpoint
+            return for_inference(proxy, device), checkpoint
     raise UserError(f"no trained proxy {name!r}: {folder} holds no best.pt or last.pt; train it with "
                     "'python Darktable_proxies.py PROXY -n N' (and the same -p/-c), or pass --out ROOT")
 
