@@ -31,12 +31,16 @@ pixel. Scale is built in rather than learned:
    function of the sliders (``slider_outputs``), and the module's values multiplied first by
    exp of a per-image curve of a guided filter of their luminance (``curve``, toneequal's).
 
-The cost per pixel is a few thousand multiply-adds, whatever the blur size. The blurs are
-sums of shifted slices and the per-pixel part runs over slices of PIXEL_CHUNK pixels: both
-several times faster on a CPU than a depthwise convolution and the whole image at once.
+The cost per pixel is a few thousand multiply-adds, whatever the blur size. On a CPU the
+blurs are sums of shifted slices and the per-pixel part runs over slices of PIXEL_CHUNK
+pixels: both several times faster there than a depthwise convolution and the whole image at
+once. On a GPU, where a pass over one image is bound by its kernel launches, the blurs and
+expand are depthwise convolutions and the per-pixel part takes the whole image (:func:`sliced`):
+about 190 launches a 512 px pass of size ``base``, where the slices take about 420.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -87,9 +91,55 @@ def _separable(x: torch.Tensor, taps: list, stride: int = 1) -> torch.Tensor:
     convolutions of channel-first images took 5-25 ms for a 3-tap blur of 7 channels at
     512 x 512 px, where the slices take 2.5 (the pyramid: 35 -> 7 ms; the results agree to the bit)."""
     r = len(taps) // 2
+    if not sliced(x):
+        return _separable_conv(x, taps, stride)
     h, w = x.shape[-2:]
     y = _taps_sum(F.pad(x, (r, r, 0, 0), mode="replicate"), taps, 3, -(-w // stride), stride)
     return _taps_sum(F.pad(y, (0, 0, r, r), mode="replicate"), taps, 2, -(-h // stride), stride)
+
+
+def sliced(x: torch.Tensor) -> bool:
+    """Whether the blurs of ``x`` are sums of shifted slices (a CPU: several times faster there
+    than depthwise convolutions) or depthwise convolutions (a GPU: 3 kernel launches a blur
+    where the slices take 2 (taps + 1), and a pass over one image is bound by its launches)."""
+    return x.device.type == "cpu"
+
+
+def _separable_conv(x: torch.Tensor, taps: list, stride: int) -> torch.Tensor:
+    """:func:`_separable` as two depthwise convolutions of ``x`` padded once (a row of the
+    padding blurred along W is the blurred edge row, as the slices pad it after)."""
+    b, c, h, w = x.shape
+    r = len(taps) // 2
+    x = F.pad(x, (r, r, r, r), mode="replicate")
+    if isinstance(taps[0], torch.Tensor):       # one kernel per image: the images' channels as groups
+        row = torch.cat(taps, 1).reshape(b, 1, 1, len(taps)).to(x.dtype).repeat_interleave(c, 0)
+        column = row.transpose(2, 3).contiguous()
+        x = x.reshape(1, b * c, h + 2 * r, w + 2 * r)
+    else:
+        row, column = _depthwise(tuple(taps), c, x.dtype, x.device)
+    y = _depthwise_conv(_depthwise_conv(x, row, (1, stride)), column, (stride, 1))
+    return y.view(b, c, *y.shape[-2:])
+
+
+def _depthwise_conv(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int] = (1, 1)) -> torch.Tensor:
+    """``F.conv2d(x, weight)`` with a group per channel of ``x``. In float32 and channel-first
+    memory torch computes it in its own depthwise kernel, with float32 sums (cuDNN would round
+    through TF32 by default), if there are two groups or more: one channel goes in twice."""
+    if x.shape[1] == 1:
+        return F.conv2d(torch.cat([x, x], 1), torch.cat([weight, weight]), stride=stride,
+                        groups=2)[:, :weight.shape[0]]
+    return F.conv2d(x, weight, stride=stride, groups=x.shape[1])
+
+
+@functools.cache
+def _depthwise(taps: tuple[float, ...], channels: int, dtype: torch.dtype,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights (channels, 1, 1, K) and (channels, 1, K, 1) of a depthwise blur by ``taps``
+    along W and along H, made once per device (a constant copied from the host at every pass
+    could not be captured in a CUDA graph), for passes with and without gradients."""
+    with torch.inference_mode(False), torch.no_grad():
+        row = torch.tensor(taps, dtype=dtype, device=device).view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
+        return row, row.transpose(2, 3).contiguous()
 
 
 def _taps_sum(y: torch.Tensor, taps: list, dim: int, n: int, stride: int) -> torch.Tensor:
@@ -150,6 +200,8 @@ def expand(g: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     blocks (``F.interpolate``) shifts (at odd sizes, stretches) every level by up to half a
     pixel of the one above it, (2^l - 1) / 2 px at level l: that cost the lowpass mix 4.6 dB
     of its best fit (docs/proxies.md)."""
+    if not sliced(g):
+        return _expand_conv(g, size)
     return _expand_along(_expand_along(g, size[0], 2), size[1], 3)
 
 
@@ -160,6 +212,26 @@ def _expand_along(g: torch.Tensor, n: int, dim: int) -> torch.Tensor:
     if torch.compiler.is_compiling():
         return _expand_plain(g, n, dim)
     return _ExpandAlong.apply(g, n, dim)
+
+
+def _expand_conv(g: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """:func:`expand` as one depthwise convolution of ``g`` padded once (a GPU's way, as
+    :func:`sliced` says): per input pixel, the 2 x 2 output pixels it is the even or odd
+    sample of, from its 3 x 3 neighbourhood (an even sample's taps [1, 6, 1] / 8, an odd one's
+    [0, 4, 4] / 8 along each axis), then interleaved (``pixel_shuffle``)."""
+    b, c, h, w = g.shape
+    y = _depthwise_conv(F.pad(g, (1, 1, 1, 1), mode="replicate"), _expand_weight(c, g.dtype, g.device))
+    return F.pixel_shuffle(y, 2)[..., :size[0], :size[1]]
+
+
+@functools.cache
+def _expand_weight(channels: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(4 channels, 1, 3, 3): for each channel the even-even, even-odd, odd-even and odd-odd
+    output's taps (:func:`_expand_conv`), made once per device as :func:`_depthwise`'s."""
+    with torch.inference_mode(False), torch.no_grad():
+        phases = torch.tensor([[1.0, 6.0, 1.0], [0.0, 4.0, 4.0]], dtype=torch.float64) / 8
+        taps = torch.stack([torch.outer(phases[i], phases[j]) for i in (0, 1) for j in (0, 1)])
+        return taps.to(dtype).repeat(channels, 1, 1)[:, None].to(device)
 
 
 def _expand_plain(g: torch.Tensor, n: int, dim: int) -> torch.Tensor:

@@ -317,3 +317,32 @@ def test_a_glow_plane_is_the_lightness_blooms_gathers_and_its_threshold_a_search
     with torch.no_grad():
         torch.testing.assert_close(proxy(lab, u), lab, atol=1e-3, rtol=0)
     assert proxy.steps == [BLOOM.sliders.index(BLOOM.slider("threshold"))]
+
+
+def test_a_gpus_convolutions_compute_what_a_cpus_slices_do(monkeypatch):
+    """On a GPU the blurs and expand run as depthwise convolutions (``sliced``): checked here on
+    the CPU, where both can run, at odd sizes and strides, per-image kernels, and through a
+    whole pass of the family with its gradients (the slices' figures, float64)."""
+    import models.multiscale as ms
+    x = torch.randn(2, 3, 11, 8, dtype=torch.float64, requires_grad=True)
+    sigma = torch.tensor([0.6, 1.7], dtype=torch.float64, requires_grad=True)
+    net = build_model(ModelSpec("multiscale", "tiny", 3, 3, 2, fine=2, upsample="expand", curve=4)).double()
+    with torch.no_grad():                # weights that use the sliders and every part of the pass
+        for p in net.parameters():
+            p.normal_(0, 0.2)
+    sliders = torch.rand(2, 2, dtype=torch.float64)
+
+    def run():
+        outputs = [separable_blur(x, BINOMIAL5, stride=2), separable_blur(x, BINOMIAL3),
+                   ms.gaussian_blur(x, sigma), ms.expand(x, (21, 16)), ms.expand(x, (22, 15)),
+                   separable_blur(x[:1, :1], BINOMIAL5, stride=2), ms.expand(x[:1, 1:2], (22, 16)),
+                   ms.gaussian_blur(x[:1, 2:], sigma[1:]),
+                   net(torch.tanh(x), sliders)]
+        grads = torch.autograd.grad(sum(o.square().sum() for o in outputs), (x, sigma, *net.parameters()))
+        return outputs, grads
+
+    sliced = run()
+    monkeypatch.setattr(ms, "sliced", lambda t: False)
+    convolved = run()
+    for a, b in zip(sliced[0] + list(sliced[1]), convolved[0] + list(convolved[1])):
+        torch.testing.assert_close(a, b)
