@@ -17,6 +17,17 @@ def and_one(sliders: torch.Tensor) -> torch.Tensor:
     return torch.cat([sliders, sliders.new_ones(sliders.shape[0], 1)], 1)
 
 
+def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, stride: int | tuple[int, int] = 1) -> torch.Tensor:
+    """``F.conv2d(x, weight)`` with a group per channel of ``x`` (B, C, H, W), in float32 sums
+    on CUDA too: there, in float32 and channel-first memory, torch computes a depthwise
+    convolution of two groups or more in its own kernel, where cuDNN (a single group) would
+    round through TF32 by default; a single channel therefore goes in twice on a GPU."""
+    if x.shape[1] == 1 and x.device.type == "cuda":
+        return F.conv2d(torch.cat([x, x], 1), torch.cat([weight, weight]), stride=stride,
+                        groups=2)[:, :weight.shape[0]]
+    return F.conv2d(x, weight, stride=stride, groups=x.shape[1])
+
+
 def linear_columns(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """A Linear layer applied to every column of (B, C, N): (B, C_out, N)."""
     return torch.baddbmm(layer.bias[None, :, None], layer.weight.expand(x.shape[0], -1, -1), x)

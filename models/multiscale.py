@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.blocks import and_one, in_pixel_slices, linear_columns
+from models.blocks import and_one, depthwise_conv, in_pixel_slices, linear_columns
 from models.transform import asinh, sinh
 
 # pixels per slice of the per-pixel part of a forward pass: its intermediates (features x
@@ -117,18 +117,8 @@ def _separable_conv(x: torch.Tensor, taps: list, stride: int) -> torch.Tensor:
         x = x.reshape(1, b * c, h + 2 * r, w + 2 * r)
     else:
         row, column = _depthwise(tuple(taps), c, x.dtype, x.device)
-    y = _depthwise_conv(_depthwise_conv(x, row, (1, stride)), column, (stride, 1))
+    y = depthwise_conv(depthwise_conv(x, row, (1, stride)), column, (stride, 1))
     return y.view(b, c, *y.shape[-2:])
-
-
-def _depthwise_conv(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int] = (1, 1)) -> torch.Tensor:
-    """``F.conv2d(x, weight)`` with a group per channel of ``x``. In float32 and channel-first
-    memory torch computes it in its own depthwise kernel, with float32 sums (cuDNN would round
-    through TF32 by default), if there are two groups or more: one channel goes in twice."""
-    if x.shape[1] == 1:
-        return F.conv2d(torch.cat([x, x], 1), torch.cat([weight, weight]), stride=stride,
-                        groups=2)[:, :weight.shape[0]]
-    return F.conv2d(x, weight, stride=stride, groups=x.shape[1])
 
 
 @functools.cache
@@ -220,7 +210,7 @@ def _expand_conv(g: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     sample of, from its 3 x 3 neighbourhood (an even sample's taps [1, 6, 1] / 8, an odd one's
     [0, 4, 4] / 8 along each axis), then interleaved (``pixel_shuffle``)."""
     b, c, h, w = g.shape
-    y = _depthwise_conv(F.pad(g, (1, 1, 1, 1), mode="replicate"), _expand_weight(c, g.dtype, g.device))
+    y = depthwise_conv(F.pad(g, (1, 1, 1, 1), mode="replicate"), _expand_weight(c, g.dtype, g.device))
     return F.pixel_shuffle(y, 2)[..., :size[0], :size[1]]
 
 

@@ -69,6 +69,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from models.blocks import depthwise_conv
 from models.colorspace import profile_to_lab
 from models.darktable.bilateral import bilateral_base
 from models.darktable.boxblur import bloom_lab, soften_rgb
@@ -187,25 +188,29 @@ def sharpen(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, pattern: obj
     """darktable's sharpen of Lab ``x`` (B, 3, H, W): an unsharp mask of L, its Gaussian's
     sigma the radius times the pixel ``scale``, cut at ceil(2.5 sigma) px (at most
     SHARPEN_MAX_RADIUS) and normalised; the detail over the threshold, times the amount, is
-    added to L inside a border as wide as the kernel's reach, which stays as it is."""
-    out = []
-    for image, sigma, amount, threshold in zip(x, sliders["radius"] * scale, sliders["amount"], sliders["threshold"]):
-        reach = min(SHARPEN_MAX_RADIUS, math.ceil(2.5 * float(sigma.detach())))
-        h, w = image.shape[-2:]
-        if reach < 1 or h <= 2 * reach or w <= 2 * reach:
-            out.append(image)
-            continue
-        taps = torch.arange(-reach, reach + 1, dtype=torch.float64, device=x.device)
-        kernel = torch.exp(-taps ** 2 / (2 * sigma ** 2))
-        kernel = (kernel / kernel.sum()).to(x.dtype)
-        L = image[:1][None]                                                   # (1, 1, H, W)
-        blurred = F.conv2d(F.conv2d(L, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))
-        inner = L[..., reach:h - reach, reach:w - reach]
-        diff = inner - blurred
-        detail = torch.sign(diff) * (diff.abs() - threshold.to(x.dtype)).clamp_min(0)
-        sharpened = L + F.pad(detail * amount.to(x.dtype), (reach, reach, reach, reach))
-        out.append(torch.cat([sharpened[0], image[1:]]))
-    return torch.stack(out)
+    added to L inside a border as wide as the kernel's reach, which stays as it is (the whole
+    image, where the kernel is under 1 px or does not fit in it).
+
+    Every image's kernel spans SHARPEN_MAX_RADIUS px, zero beyond its reach, so that no size
+    follows a value and the pass can be captured as a CUDA graph (models.graphs): the zero
+    taps read the zero padding, and the border they would blur wrongly stays as it is."""
+    b, _, h, w = x.shape
+    sigma = sliders["radius"] * scale                                          # (B,) px
+    reach = torch.ceil(2.5 * sigma.detach()).clamp(max=SHARPEN_MAX_RADIUS)
+    taps = torch.arange(-SHARPEN_MAX_RADIUS, SHARPEN_MAX_RADIUS + 1, dtype=torch.float64, device=x.device)
+    kernel = torch.where(taps.abs() <= reach[:, None], torch.exp(-taps ** 2 / (2 * sigma[:, None] ** 2)),
+                         torch.zeros_like(taps))
+    kernel = (kernel / kernel.sum(1, keepdim=True)).to(x.dtype)                # (B, taps)
+    L = F.pad(x[:, :1], (SHARPEN_MAX_RADIUS,) * 4).view(1, b, h + 2 * SHARPEN_MAX_RADIUS, -1)
+    blurred = depthwise_conv(depthwise_conv(L, kernel.view(b, 1, 1, -1)), kernel.view(b, 1, -1, 1)).view(b, 1, h, w)
+    diff = x[:, :1] - blurred
+    detail = torch.sign(diff) * (diff.abs() - sliders["threshold"].to(x.dtype).view(-1, 1, 1, 1)).clamp_min(0)
+    rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    edge = torch.minimum(torch.minimum(rows, h - 1 - rows)[:, None], torch.minimum(cols, w - 1 - cols)[None])
+    fits = (reach >= 1) & (h > 2 * reach) & (w > 2 * reach)
+    inside = (edge >= reach.view(-1, 1, 1, 1)) & fits.view(-1, 1, 1, 1)       # (B, 1, H, W)
+    added = torch.where(inside, detail * sliders["amount"].to(x.dtype).view(-1, 1, 1, 1), torch.zeros_like(detail))
+    return torch.cat([x[:, :1] + added, x[:, 1:]], 1)
 
 
 TEMPERATURE_DEFAULTS = {"red": 2.0, "green": 1.0, "blue": 1.6}

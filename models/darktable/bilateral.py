@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.blocks import depthwise_conv
+
 MAX_CELLS = 3000        # darktable's DT_COMMON_BILATERAL_MAX_RES_S
 MAX_RANGE_CELLS = 50    # DT_COMMON_BILATERAL_MAX_RES_R
 LIGHTNESS_RANGE = 100.0
@@ -84,6 +86,7 @@ def _filter(grid: torch.Tensor, taps: tuple[float, ...], dim: int) -> torch.Tens
     """``grid`` correlated with ``taps`` / 16 along ``dim``, zero beyond its ends (as
     darktable's in-place line blurs)."""
     g = grid.movedim(dim, -1)
-    kernel = torch.tensor(taps, dtype=grid.dtype, device=grid.device)[None, None] / 16
-    out = F.conv1d(g.reshape(-1, 1, g.shape[-1]), kernel, padding=len(taps) // 2)
+    kernel = torch.tensor(taps, dtype=grid.dtype, device=grid.device).view(1, 1, 1, -1) / 16
+    r = len(taps) // 2
+    out = depthwise_conv(F.pad(g.reshape(-1, 1, 1, g.shape[-1]), (r, r)), kernel)   # float32 sums on CUDA too
     return out.reshape(g.shape).movedim(-1, dim)

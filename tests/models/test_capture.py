@@ -12,7 +12,6 @@ from tools.bench import exact_cases, synthetic_image
 
 # what keeps the others from being captured: sizes that follow a value of the image or a slider
 NOT_CAPTURABLE = {
-    "sharpen": "its kernel's reach follows the radius",
     "shadhi": "its bilateral grid's size follows the radius",
     "bloom": "its box follows the size",
     "soften": "its box follows the size and the full image's",

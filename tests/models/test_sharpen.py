@@ -48,6 +48,24 @@ def test_sharpen_is_sharpen_c_pass_by_pass(sigma, amount, threshold):
                                rtol=0, atol=1e-9)
 
 
+def test_each_image_of_a_batch_is_sharpened_at_its_own_radius():
+    """One pass for a batch whose kernels reach 1, 4 and 8 px (and 12, which does not fit in
+    the image: left as it is): each image as sharpen.c computes it alone."""
+    rng = np.random.default_rng(5)
+    labs = [np.stack([rng.random((30, 24)) * 100, rng.normal(0, 20, (30, 24)), rng.normal(0, 20, (30, 24))], -1)
+            for _ in range(4)]
+    sigmas, amounts, thresholds = (0.3, 1.5, 3.1, 20.0), (1.2, 0.5, 2.0, 1.0), (0.3, 0.0, 1.0, 0.1)
+    ours = PRIORS["sharpen"](torch.from_numpy(np.stack(labs).transpose(0, 3, 1, 2)),
+                             {"radius": torch.tensor(sigmas, dtype=torch.float64),
+                              "amount": torch.tensor(amounts, dtype=torch.float64),
+                              "threshold": torch.tensor(thresholds, dtype=torch.float64)},
+                             torch.ones(4, dtype=torch.float64))
+    for i, lab in enumerate(labs[:3]):
+        np.testing.assert_allclose(ours[i].numpy().transpose(1, 2, 0), loop_sharpen(lab, sigmas[i], amounts[i],
+                                                                                    thresholds[i]), rtol=0, atol=1e-9)
+    assert torch.equal(ours[3], torch.from_numpy(labs[3].transpose(2, 0, 1)))    # 2 x 12 px do not fit in 24
+
+
 def test_an_image_narrower_than_the_kernel_is_left_as_it_is_and_sliders_have_gradients():
     sliders = {k: torch.tensor([v], dtype=torch.float64, requires_grad=True)
                for k, v in (("radius", 3.0), ("amount", 1.0), ("threshold", 0.2))}
