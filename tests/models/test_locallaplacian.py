@@ -28,6 +28,15 @@ def test_the_pyramid_steps_are_the_binomial_convolutions_with_darktables_borders
     torch.testing.assert_close(ll._expand(coarse, h, w), up, rtol=0, atol=1e-14)
 
 
+@pytest.mark.parametrize("h, w", [(12, 9), (7, 10), (5, 6)])
+def test_the_pyramid_steps_backward_passes_are_their_adjoints(h, w):
+    """Written out (through autograd every slice took a zero-filled buffer of its input)."""
+    x = torch.rand(2, 1, h, w, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(ll._reduce, (x,))
+    coarse = torch.rand(2, 1, (h - 1) // 2 + 1, (w - 1) // 2 + 1, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda c: ll._expand(c, h, w), (coarse,))
+
+
 @pytest.mark.parametrize("h, w, border", [(20, 24, 4), (37, 50, 2), (70, 41, 8)])
 def test_a_window_of_the_expansion_is_the_expansion_there(h, w, border):
     """The finest level is collapsed only where the image is, inside the padding."""
