@@ -73,10 +73,38 @@ def box_mean(x: torch.Tensor, w: int) -> torch.Tensor:
     """The mean of (B, C, H, W) over a (2w + 1)^2 box, over the pixels inside the image:
     along rows, then columns (a cut box is a rectangle, its count a product), each from
     cumulative sums in float64 (torch's average pooling took 44 ms a pass at 512 x 512 px);
-    without a gradient on the CPU, the same sums compiled (models.darktable.cpu_kernels)."""
+    on the CPU, the same sums compiled (models.darktable.cpu_kernels). Its gradient is the
+    same pass again (:class:`_BoxMean`)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _BoxMean.apply(x, w)
     if cpu_kernels.available(x):
         return cpu_kernels.box_mean(x, w)
     return _running_mean(_running_mean(x, w, 3), w, 2)
+
+
+class _BoxMean(torch.autograd.Function):
+    """:func:`box_mean` and its adjoint. A box's sum is symmetric (pixel j is in i's box when
+    i is in j's), so the gradient is the box mean of grad / count, times count, where count
+    is the number of pixels in each cut box: the same pass. Through autograd the cumulative
+    sums' reversal and the slices' zero-filled buffers made about half of haze removal's
+    pass with the sliders' gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: int) -> torch.Tensor:
+        ctx.w = w
+        return box_mean(x, w)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        h, w = grad.shape[-2:]
+        count = (_box_counts(h, ctx.w, grad.device)[:, None] * _box_counts(w, ctx.w, grad.device)).to(grad.dtype)
+        return box_mean(grad / count, ctx.w) * count, None
+
+
+def _box_counts(n: int, w: int, device: torch.device) -> torch.Tensor:
+    """The pixels of each box of 2w + 1 along an axis of ``n``, cut at its ends: (n,) float64."""
+    at = torch.arange(n, device=device)
+    return ((at + w + 1).clamp(max=n) - (at - w).clamp(min=0)).double()
 
 
 def _running_mean(x: torch.Tensor, w: int, dim: int) -> torch.Tensor:
@@ -85,8 +113,7 @@ def _running_mean(x: torch.Tensor, w: int, dim: int) -> torch.Tensor:
     # S[j] = the sum of x[: clamp(j - w, 0, n)]: the box around i sums S[i + 2w + 1] - S[i]
     sums = F.pad(x.double().cumsum(dim), (w + 1, 0) if row else (0, 0, w + 1, 0))
     sums = F.pad(sums, (0, w, 0, 0) if row else (0, 0, 0, w), mode="replicate")
-    at = torch.arange(n, device=x.device)
-    count = ((at + w + 1).clamp(max=n) - (at - w).clamp(min=0)).double()
+    count = _box_counts(n, w, x.device)
     count = count if row else count[:, None]
     return ((sums.narrow(dim, 2 * w + 1, n) - sums.narrow(dim, 0, n)) / count).to(x.dtype)
 

@@ -31,6 +31,19 @@ def test_box_filters_are_hazeremoval_c_boxes_cut_at_the_edges(w):
         np.testing.assert_allclose(ours(a[None, None], w)[0, 0].numpy(), loop_box(a.numpy(), w, reduce), rtol=1e-12)
 
 
+@pytest.mark.parametrize("w", [1, 3])
+def test_the_box_means_gradient_is_its_adjoint(w):
+    """Written out as the same pass (the box's symmetry), in float64 (torch's sums) and float32
+    (the compiled kernel on the CPU), against autograd through the cumulative sums."""
+    a = torch.rand(2, 3, 9, 14, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: dehaze.box_mean(x, w), (a,))
+    x = torch.rand(2, 3, 17, 12, requires_grad=True)
+    g = torch.rand(2, 3, 17, 12)
+    ours, = torch.autograd.grad(dehaze.box_mean(x, w), x, g)
+    plain, = torch.autograd.grad(dehaze._running_mean(dehaze._running_mean(x, w, 3), w, 2), x, g)
+    torch.testing.assert_close(ours, plain, rtol=1e-6, atol=1e-7)
+
+
 def loop_guided(guide: np.ndarray, p: np.ndarray, w: int, eps: float) -> np.ndarray:
     """(H, W): guided_filter.c per box: the regularised least-squares map of the guide's colour
     to ``p``, the maps averaged over the boxes around each pixel and applied to its colour."""
