@@ -45,10 +45,13 @@ def _decompose_tap_by_tap(img: torch.Tensor, scale: int) -> torch.Tensor:
     return num / den
 
 
+@pytest.mark.parametrize("unfolded", [False, True], ids=["pairs", "unfolded"])
 @pytest.mark.parametrize("size, scale", [((12, 17), 0), ((12, 17), 1), ((9, 11), 2), ((6, 5), 3)])
-def test_each_pair_of_taps_shares_its_weights_as_the_tap_by_tap_filter(size, scale):
+def test_each_pair_of_taps_shares_its_weights_as_the_tap_by_tap_filter(size, scale, unfolded, monkeypatch):
     """The weights of opposite taps, computed once per pair, give the tap-by-tap filter,
-    with and without a gradient (in place), also where the taps reach past the image."""
+    with and without a gradient (in place), also where the taps reach past the image; and so
+    do all 25 taps at once, a GPU's way (``denoise.unfolds``, forced here on the CPU)."""
+    monkeypatch.setattr(denoise, "unfolds", lambda img: unfolded)
     torch.manual_seed(scale)
     img = torch.rand(2, 3, *size, dtype=torch.float64) * 60     # differences across the weights' bend
     expected = _decompose_tap_by_tap(img, scale)
