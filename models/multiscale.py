@@ -36,7 +36,7 @@ blurs are sums of shifted slices and the per-pixel part runs over slices of PIXE
 pixels: both several times faster there than a depthwise convolution and the whole image at
 once. On a GPU, where a pass over one image is bound by its kernel launches, the blurs and
 expand are depthwise convolutions and the per-pixel part takes the whole image (:func:`sliced`):
-about 190 launches a 512 px pass of size ``base``, where the slices take about 420.
+about 200 launches a 512 px pass of size ``base``, where the slices take about 420.
 """
 from __future__ import annotations
 
