@@ -291,7 +291,9 @@ def _train_epoch(run: _Run, model: nn.Module, loss_fn: Callable, epoch: int) -> 
     spent); the mean training loss over all processes."""
     cfg, world, data = run.cfg, run.world, run.train_set
     model.train()
-    total, count = 0.0, 0
+    # the losses summed where they are computed: reading one back each step would make a GPU
+    # wait for every step before the next is launched (its steps are launch-bound)
+    total, count = torch.zeros((), dtype=torch.float64, device=run.device), 0
     steps_per_epoch = max(1, len(data) * data.crops_per_sample // world.size // cfg.batch_size)
     run.steps_per_epoch = steps_per_epoch
     shuffle = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)   # same order on every rank
@@ -299,13 +301,16 @@ def _train_epoch(run: _Run, model: nn.Module, loss_fn: Callable, epoch: int) -> 
     torch.manual_seed((cfg.seed * 100003 + epoch) * 1009 + world.rank)
     for step, batch in enumerate(data.batches(cfg.batch_size, shuffle, world.rank, world.size)):
         _schedule(run, (epoch - 1 + step / steps_per_epoch) / cfg.epochs)
-        loss = _step(run, model, loss_fn, batch, epoch)
-        total, count = total + loss * len(batch[0]), count + len(batch[0])
+        loss = _step(run, model, loss_fn, batch)
+        total, count = total + loss.double() * len(batch[0]), count + len(batch[0])
         if time.monotonic() - run.started > run.budget:
             run.stopped = True
             break
+    mean = float(total) / max(count, 1)
+    if not math.isfinite(mean):        # checked once an epoch; nothing of the epoch is saved
+        raise _diverged(f"the training loss became {mean}", epoch, run)
     run.stopped = world.any(run.stopped)
-    return world.mean(total / max(count, 1), count)
+    return world.mean(mean, count)
 
 
 def fused_adam(device: torch.device) -> bool:
@@ -323,23 +328,29 @@ def _schedule(run: _Run, epochs_progress: float) -> None:
         group["lr"] = cosine_lr(run.cfg.lr, min(progress, 1.0))
 
 
-def _step(run: _Run, model: nn.Module, loss_fn: Callable, batch: Sequence[torch.Tensor],
-          epoch: int) -> float:
-    """One optimiser step on ``batch`` (x, y, u); its loss."""
-    x, y, u = (t.to(run.device) for t in batch)
+def _step(run: _Run, model: nn.Module, loss_fn: Callable, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One optimiser step on ``batch`` (x, y, u); its loss, on the device, without a gradient.
+    Nothing is read back: a loss that is not finite is caught at the end of the epoch."""
+    x, y, u = (to_device(t, run.device) for t in batch)
     dtype = training_dtype(run.device, run.proxy.spec.family)
     with torch.autocast(run.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         pred = model(x, u)                                          # (B, C_out, h, w)
     # the loss compares in the network domain, where every decade counts alike
     loss = loss_fn(to_network(pred.float(), run.proxy.scale), to_network(y, run.proxy.scale))
     loss = loss + AUXILIARY_LOSS_WEIGHT * run.proxy.auxiliary_loss(x, y, u, pred.float())
-    if not torch.isfinite(loss):
-        raise _diverged(f"the training loss became {loss.item()}", epoch, run)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.optimizer.step()
     _update_average(run)
-    return loss.item()
+    return loss.detach()
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch's tensor on ``device``; onto a GPU from pinned memory without waiting (a copy
+    from pageable memory makes the host wait for the GPU's queue)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 @torch.no_grad()
