@@ -4,6 +4,7 @@ one output tensor it overwrites at every replay. On CUDA itself: tests/models/te
 import pytest
 import torch
 
+from models.fixed import ImageContext
 from models.graphs import GraphedPasses
 from tools.bench import make_proxy
 from utils.devices import for_inference
@@ -96,6 +97,11 @@ def test_a_proxy_replays_only_passes_without_gradients_out_of_training():
     for y in outputs:
         assert torch.allclose(y, expected.detach(), atol=1e-6)
     assert not torch.allclose(other[1], outputs[2])
+    with torch.no_grad():                   # a chain's image context: its values would stay in the graph
+        context = ImageContext(pattern="RGGB")
+        for _ in range(3):
+            proxy(x, u, context)
+    assert recorder.captures == 1 and recorder.replays == 4
     proxy.to(torch.float64)                 # the graphs read the tensors they were captured with
     assert len(proxy.graphs) == 0
 
