@@ -100,8 +100,9 @@ def _separable(x: torch.Tensor, taps: list, stride: int = 1) -> torch.Tensor:
 
 def sliced(x: torch.Tensor) -> bool:
     """Whether the blurs of ``x`` are sums of shifted slices (a CPU: several times faster there
-    than depthwise convolutions) or depthwise convolutions (a GPU: 3 kernel launches a blur
-    where the slices take 2 (taps + 1), and a pass over one image is bound by its launches)."""
+    than depthwise convolutions) or depthwise convolutions (a GPU, where a pass over one image
+    is bound by its kernel launches: 3 a blur, where the slices launch a pad and one per tap
+    in each direction)."""
     return x.device.type == "cpu"
 
 
