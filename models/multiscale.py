@@ -32,9 +32,10 @@ pixel. Scale is built in rather than learned:
    exp of a per-image curve of a guided filter of their luminance (``curve``, toneequal's).
 
 The cost per pixel is a few thousand multiply-adds, whatever the blur size. On a CPU the
-blurs are sums of shifted slices and the per-pixel part runs over slices of PIXEL_CHUNK
-pixels: both several times faster there than a depthwise convolution and the whole image at
-once. On a GPU, where a pass over one image is bound by its kernel launches, the blurs and
+blurs are sums of shifted slices (without a gradient, at stride 1, the same sums compiled:
+models.darktable.cpu_kernels.separable, one pass per direction) and the per-pixel part runs
+over slices of PIXEL_CHUNK pixels: both several times faster there than a depthwise
+convolution and the whole image at once. On a GPU, where a pass over one image is bound by its kernel launches, the blurs and
 expand are depthwise convolutions and the per-pixel part takes the whole image (:func:`sliced`):
 about 200 launches a 512 px pass of size ``base``, where the slices take about 420.
 """
@@ -49,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.blocks import and_one, depthwise_conv, in_pixel_slices, linear_columns
+from models.darktable import cpu_kernels
 from models.transform import asinh, sinh
 
 # pixels per slice of the per-pixel part of a forward pass: its intermediates (features x
@@ -93,9 +95,18 @@ def _separable(x: torch.Tensor, taps: list, stride: int = 1) -> torch.Tensor:
     r = len(taps) // 2
     if not sliced(x):
         return _separable_conv(x, taps, stride)
+    if stride == 1 and cpu_kernels.available(x) and not torch.is_grad_enabled():
+        return cpu_kernels.separable(x, _tap_table(taps, len(x)))
     h, w = x.shape[-2:]
     y = _taps_sum(F.pad(x, (r, r, 0, 0), mode="replicate"), taps, 3, -(-w // stride), stride)
     return _taps_sum(F.pad(y, (0, 0, r, r), mode="replicate"), taps, 2, -(-h // stride), stride)
+
+
+def _tap_table(taps: list, images: int) -> torch.Tensor:
+    """``taps`` (numbers, or (B, 1, 1, 1) tensors) as one row per image (B, K)."""
+    if isinstance(taps[0], torch.Tensor):
+        return torch.cat([t.reshape(-1, 1) for t in taps], 1)
+    return torch.tensor(taps, dtype=torch.float32).expand(images, -1)
 
 
 def sliced(x: torch.Tensor) -> bool:

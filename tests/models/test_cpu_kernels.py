@@ -114,3 +114,19 @@ def test_kernels_compile_where_their_machine_code_cannot_be_kept(monkeypatch):
     monkeypatch.setattr(cpu_kernels.numba, "njit", no_cache_folder)
     twice = cpu_kernels._jit()(lambda v: 2 * v)
     assert twice(21) == 42
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 37, 45), (1, 2, 5, 4), (3, 1, 16, 1)])
+def test_the_compiled_separable_blur_is_the_slices_sums(shape, monkeypatch):
+    """The multiscale family's blurs without a gradient (fixed taps; a Gaussian per image whose
+    13 taps reach past small images): what its slices sum, to float32 rounding."""
+    from models import multiscale
+    torch.manual_seed(len(shape))
+    x = torch.randn(shape) * 10
+    sigma = torch.linspace(0.3, 2.4, shape[0])
+    with torch.no_grad():
+        compiled = [multiscale.separable_blur(x, multiscale.BINOMIAL5), multiscale.gaussian_blur(x, sigma)]
+        monkeypatch.setattr(cpu_kernels, "available", lambda *a, **k: False)
+        sliced = [multiscale.separable_blur(x, multiscale.BINOMIAL5), multiscale.gaussian_blur(x, sigma)]
+    for a, b in zip(compiled, sliced):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)
