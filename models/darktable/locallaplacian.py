@@ -29,6 +29,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from models.darktable.bilateral import BINOMIAL    # [1 4 6 4 1] / 16, darktable's 5-tap binomial
+
 GAMMAS = 6            # the remapped copies
 MAX_LEVELS = 30
 ONE_BITS = 1065353216.0          # the bits of 1.0f
@@ -126,9 +128,6 @@ def _expand(c: torch.Tensor, h: int, w: int) -> torch.Tensor:
         pad = (1, n - 1 - last, 0, 0) if dim == -1 else (0, 0, 1, n - 1 - last)
         c = F.pad(fine, pad, mode="replicate")
     return c
-
-
-BINOMIAL = (1.0, 4.0, 6.0, 4.0, 1.0)    # / 16
 
 
 class _BinomialAtEven(torch.autograd.Function):
