@@ -81,6 +81,12 @@ def _fast_mexp2(x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
     return exact + (pl - pl.detach())
 
 
+def _edge_weight(d2: torch.Tensor) -> torch.Tensor:
+    """A tap's edge-aware weight 2^-max(0, 0.02 d2 - 9) from its squared difference ``d2``
+    (over sigma^2), differentiable (the pass without a gradient computes it in place)."""
+    return _fast_mexp2(torch.clamp(d2 * 0.02 - 9.0, min=0.0))
+
+
 # The 24 taps around the centre as (dy, dx, spline weight) in steps of the scale, in the order
 # _dn_decompose sums them: each pair of opposite taps, the one ahead then the one behind.
 TAPS = [(sign * (jj - 2), sign * (ii - 2), B3[ii] * B3[jj])
@@ -138,7 +144,7 @@ def _dn_decompose(img: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch.Te
             if grad:
                 diff = here - there
                 d2 = (diff * diff).sum(1, keepdim=True) * inv_sigma2
-                weight = _fast_mexp2(torch.clamp(d2 * 0.02 - 9.0, min=0.0)) * (B3[ii] * B3[jj])
+                weight = _edge_weight(d2) * (B3[ii] * B3[jj])
             else:   # the same steps in place, on tensors of its own
                 d2 = _squared_distance(here, there).mul_(inv_sigma2).mul_(0.02).sub_(9.0).clamp_(min=0.0)
                 weight = _fast_mexp2(d2, in_place=True).mul_(B3[ii] * B3[jj])
@@ -185,7 +191,7 @@ def _coarse_unfolded(padded: torch.Tensor, img: torch.Tensor, mult: int, inv_sig
     near = torch.nn.functional.unfold(padded, 5, dilation=mult).view(b, c, 25, h, w)   # tap (jj, ii) at jj * 5 + ii
     diff = near - img[:, :, None]
     d2 = (diff * diff).sum(1, keepdim=True) * inv_sigma2                                # (B, 1, 25, H, W)
-    weight = _fast_mexp2(torch.clamp(d2 * 0.02 - 9.0, min=0.0)) * _spline(img.dtype, img.device)
+    weight = _edge_weight(d2) * _spline(img.dtype, img.device)
     return (weight * near).sum(2) / weight.sum(2)
 
 
