@@ -95,11 +95,11 @@ class Proxy(nn.Module):
         take the mosaic and its CFA ``pattern``. With ``graphs``, a pass out of training,
         without a gradient or autocast, on the graphs' device, given CFA pattern names (not a
         chain's image context, whose values a graph would keep) is a replayed CUDA graph."""
-        names = (pattern,) if isinstance(pattern, str) else tuple(pattern) if isinstance(pattern, (list, tuple)) else ()
         if (self.graphs is not None and x.device.type == self.graphs.device_type and not self.training
-                and not torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type)
-                and names and all(isinstance(n, str) for n in names)):
-            return self.graphs(lambda x, u: self._forward(x, u, pattern), x, u, extra=names)
+                and not torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type)):
+            names = (pattern,) if isinstance(pattern, str) else tuple(pattern) if isinstance(pattern, (list, tuple)) else ()
+            if names and all(isinstance(n, str) for n in names):
+                return self.graphs(lambda x, u: self._forward(x, u, pattern), x, u, extra=names)
         return self._forward(x, u, pattern)
 
     def _apply(self, fn, *args, **kwargs):
