@@ -12,9 +12,10 @@ from utils.darktable.files import read_tiff
 from utils.data.manifest import read_manifest
 from utils.data.tapouts import TapoutDataset, to_chw
 from models.darktable.demosaic import colour_map
-from utils.evaluation.fidelity import bilinear_demosaic, identity_psnr
+from utils.evaluation.fidelity import BASELINES, bilinear_demosaic, identity_psnr
 from utils.evaluation.metrics import psnr
 from utils.evaluation.report import proxy_report
+from utils.proxies import schema
 from utils.proxies.registry import PROXIES
 
 
@@ -62,3 +63,8 @@ def test_the_bilinear_demosaic_keeps_photosites_and_interpolates_ramps_exactly(p
     torch.testing.assert_close(out[:, 1:-1, 1:-1], rgb[:, 1:-1, 1:-1], rtol=0, atol=1e-12)   # inside: exact
     if pattern == "RGGB":                                      # at the red corner: what lies inside
         assert out[1, 0, 0] == (mosaic[0, 0, 1] + mosaic[0, 1, 0]) / 2 and out[2, 0, 0] == mosaic[0, 1, 1]
+
+
+def test_every_baseline_a_type_may_name_has_its_line_in_the_report():
+    """The registry's names (validated by ProxyType) and the report's lines are one list."""
+    assert set(BASELINES) == set(schema.BASELINES)
