@@ -264,20 +264,17 @@ def bloom(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, pattern: objec
 SOFTEN_DEFAULTS = {"size": 50.0, "saturation": 100.0, "brightness": 0.33, "amount": 50.0}
 
 
-def full_sizes(planes: torch.Tensor, scale: torch.Tensor) -> list[tuple[int, int]]:
-    """Each whole image's full size (W, H) from its coordinate planes (B, >= 4, H, W) and pixel
-    ``scale`` (B,): the long side its pixels over the scale, the other by the image's shape
-    the planes span (utils.data.tapouts.coordinate_planes)."""
+def full_sizes(planes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Each whole image's full size (B, 2) (W, H), whole numbers in float64 on the planes'
+    device, from its coordinate planes (B, >= 4, H, W) and pixel ``scale`` (B,): the long side
+    its pixels over the scale, the other by the image's shape the planes span
+    (utils.data.tapouts.coordinate_planes); nothing is read back to the host."""
     h, w = planes.shape[-2:]
-    sizes = []
-    for p, k in zip(planes.double(), scale.double().tolist()):
-        shape = []
-        for axis in (0, 1):    # x then y: the planes in half the longest side over those in half this side
-            at = int(p[axis].abs().flatten().argmax())
-            shape.append(float(p[axis + 2].flatten()[at] / p[axis].flatten()[at]))
-        longest = max(h, w) / k
-        sizes.append((round(longest * shape[0]), round(longest * shape[1])))
-    return sizes
+    p = planes[:, :4].double().flatten(2)                                 # (B, 4, N)
+    # x then y: the planes in half the longest side over those in half this side, where largest
+    at = p[:, :2].abs().argmax(2, keepdim=True)                           # (B, 2, 1)
+    shape = (p[:, 2:4].gather(2, at) / p[:, :2].gather(2, at))[..., 0]   # (B, 2)
+    return torch.round(max(h, w) / scale.double()[:, None] * shape)
 
 
 def soften(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, planes: torch.Tensor) -> torch.Tensor:
@@ -356,7 +353,7 @@ def denoiseprofile(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, plane
     """darktable's profiled denoise of camera RGB ``x`` (B, 3, H, W), a whole image whose
     planes carry its coordinates and scale (its full size: the number of wavelet scales) and
     then its white balance (utils.data.tapouts.WB_PLANES) (models.darktable.denoise)."""
-    sizes, out = full_sizes(planes[:, :4], scale), []
+    sizes, out = full_sizes(planes[:, :4], scale).long().tolist(), []
     for k in range(len(x)):
         scales = max_scale_for(*sizes[k], float(scale[k]))
         out.append(denoise_rgb(x[k:k + 1], sliders["strength"][k:k + 1], sliders["shadows"][k:k + 1],

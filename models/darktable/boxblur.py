@@ -6,16 +6,20 @@ replaces a pixel by the mean of the pixels within ``radius`` of it along the axi
 the image (no padding: fewer pixels near the edges). Here each pass is a difference of
 cumulative sums, in float64 (darktable sums in float32: the difference is far below the
 120 dB cap), differentiable in the image. The passes along an axis are linear: up to
-MATRIX_SIDE pixels their product is one matrix, made once per side and radius by running the
-passes on the identity, and a blur is two matrix products (29 ms at 512 x 512 on one core,
-against 160 ms pass by pass); larger images go pass by pass, in time linear in their size.
-Radii are whole pixels: a module's size slider acts on them in steps.
+MATRIX_SIDE pixels their product is one matrix, and a blur is two matrix products (29 ms at
+512 x 512 on one core, against 160 ms pass by pass); larger images go pass by pass, in time
+linear in their size. Radii are whole pixels: a module's size slider acts on them in steps.
+
+On a CPU, where reading a value back costs nothing, each side and radius's matrix is made
+once by running the passes on the identity, and cached. Off the CPU the radii stay on the
+device, and so do the matrices: one pass is a band matrix (1 / the count where |i - j| is
+within the radius), and the passes are its power, made at every blur (a few matrix products,
+microseconds on a GPU). No size then follows a value, and the pass can be captured as a CUDA
+graph (models.graphs), up to MATRIX_SIDE px.
 """
 from __future__ import annotations
 
-import math
 from functools import lru_cache
-from typing import Sequence
 
 import torch
 
@@ -48,11 +52,15 @@ def _box_matrix(n: int, radius: int, iterations: int, device: str) -> torch.Tens
     return m
 
 
-def box_mean(x: torch.Tensor, radii: Sequence[int], iterations: int = BOX_ITERATIONS) -> torch.Tensor:
-    """darktable's ``dt_box_mean`` of (B, C, H, W) ``x`` at each image's whole-pixel radius."""
+def box_mean(x: torch.Tensor, radii: torch.Tensor, iterations: int = BOX_ITERATIONS) -> torch.Tensor:
+    """darktable's ``dt_box_mean`` of (B, C, H, W) ``x`` at each image's whole-pixel radius,
+    ``radii`` (B,) (0 leaves an image as it is)."""
     h, w = x.shape[-2:]
+    if not _reads_back(x) and max(h, w) <= MATRIX_SIDE:
+        rows, cols = (band_power(n, radii, iterations).to(x.dtype)[:, None] for n in (h, w))
+        return rows @ x @ cols.transpose(-1, -2)
     out = []
-    for image, radius in zip(x, radii):
+    for image, radius in zip(x, (int(r) for r in radii.tolist())):
         if radius < 1:
             out.append(image)
         elif max(h, w) <= MATRIX_SIDE:
@@ -67,16 +75,26 @@ def box_mean(x: torch.Tensor, radii: Sequence[int], iterations: int = BOX_ITERAT
     return torch.stack(out)
 
 
-def _float32(v: torch.Tensor) -> torch.Tensor:
-    return v.detach().to(torch.float32).cpu()
+def _reads_back(x: torch.Tensor) -> bool:
+    """Whether the box's radii are read back to the host (a CPU) or stay on ``x``'s device."""
+    return x.device.type == "cpu"
 
 
-def bloom_radius(size: torch.Tensor, scale: torch.Tensor) -> list[int]:
-    """bloom's box radius in pixels of the pipe for each image's ``size`` (%) and pixel
+def band_power(n: int, radii: torch.Tensor, iterations: int) -> torch.Tensor:
+    """(B, n, n) float64 P on the radii's device: ``iterations`` passes at each of the ``radii``
+    (B,) along an axis of ``n`` pixels, as y = P x. One pass is a band matrix: the mean of the
+    pixels within the radius that lie in the image."""
+    i = torch.arange(n, dtype=torch.float64, device=radii.device)
+    band = ((i[:, None] - i[None]).abs() <= radii.to(torch.float64).view(-1, 1, 1)).to(torch.float64)
+    return torch.linalg.matrix_power(band / band.sum(-1, keepdim=True), iterations)
+
+
+def bloom_radius(size: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """bloom's box radius in pixels of the pipe (B,) for each image's ``size`` (%) and pixel
     ``scale``: 256 px x min(100, size + 1) / 100 at full size, truncated, then times the
-    scale, rounded up, at most 256 (darktable's float32 steps)."""
-    full = torch.trunc(256.0 * ((_float32(size) + 1).double().clamp(max=100) / 100))
-    return [int(r) for r in torch.ceil(full.float() * _float32(scale)).clamp(max=256).tolist()]
+    scale, rounded up, at most 256 (darktable's float32 steps); on the sliders' device."""
+    full = torch.trunc(256.0 * ((size.detach().float() + 1).double().clamp(max=100) / 100))
+    return torch.ceil(full.float() * scale.detach().float()).clamp(max=256).double()
 
 
 def bloom_lab(lab: torch.Tensor, size: torch.Tensor, threshold: torch.Tensor, strength: torch.Tensor,
@@ -92,16 +110,15 @@ def bloom_lab(lab: torch.Tensor, size: torch.Tensor, threshold: torch.Tensor, st
     return torch.cat([screened.to(lab.dtype), lab[:, 1:]], 1)
 
 
-def soften_radius(size: torch.Tensor, full_sizes: Sequence[tuple[int, int]], scale: torch.Tensor) -> list[int]:
-    """soften's box radius in pixels of the pipe for each image's ``size`` (%), full size (W,
-    H) and pixel ``scale``: 1 % of the full image's diagonal, truncated (the most), times
-    min(100, size + 1) %, truncated, then times the scale, rounded up (darktable's float32 steps)."""
-    radii = []
-    for s, (w, h), k in zip(_float32(size).tolist(), full_sizes, _float32(scale).tolist()):
-        most = int(torch.tensor(math.hypot(float(w), float(h)), dtype=torch.float32) * torch.tensor(0.01))
-        rad = int(most * (min(100.0, float(torch.tensor(s, dtype=torch.float32) + 1)) / 100))
-        radii.append(min(most, math.ceil(float(torch.tensor(rad, dtype=torch.float32) * torch.tensor(k)))))
-    return radii
+def soften_radius(size: torch.Tensor, full_sizes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """soften's box radius in pixels of the pipe (B,) for each image's ``size`` (%), full size
+    ``full_sizes`` (B, 2) (W, H) and pixel ``scale``: 1 % of the full image's diagonal,
+    truncated (the most), times min(100, size + 1) %, truncated, then times the scale, rounded
+    up (darktable's float32 steps); on the sliders' device."""
+    diagonal = full_sizes.to(torch.float64).square().sum(1).sqrt().float()
+    most = torch.trunc(diagonal * torch.tensor(0.01, dtype=torch.float32)).double()
+    rad = torch.trunc(most * ((size.detach().float() + 1).double().clamp(max=100) / 100))
+    return torch.minimum(most, torch.ceil(rad.float() * scale.detach().float()).double())
 
 
 def overexposed(rgb: torch.Tensor, saturation: torch.Tensor, brightness: torch.Tensor) -> torch.Tensor:
@@ -125,9 +142,9 @@ def overexposed(rgb: torch.Tensor, saturation: torch.Tensor, brightness: torch.T
 
 
 def soften_rgb(rgb: torch.Tensor, size: torch.Tensor, saturation: torch.Tensor, brightness: torch.Tensor,
-               amount: torch.Tensor, scale: torch.Tensor, full_sizes: Sequence[tuple[int, int]]) -> torch.Tensor:
+               amount: torch.Tensor, scale: torch.Tensor, full_sizes: torch.Tensor) -> torch.Tensor:
     """darktable's soften of linear RGB ``rgb`` (B, 3, H, W) (the sliders and pixel ``scale``
-    (B,) float64; each image's ``full_sizes`` (W, H)): the brightened copy (saturation %,
+    (B,) float64; each image's ``full_sizes`` (B, 2) (W, H)): the brightened copy (saturation %,
     brightness EV), box-blurred, mixed in by ``amount`` % (no clip)."""
     v = rgb.double()
     bright = overexposed(v, saturation / 100, torch.exp2(brightness))

@@ -29,22 +29,40 @@ def loop_box_mean(image: np.ndarray, radius: int, iterations: int = 8) -> np.nda
 
 
 @pytest.mark.parametrize("radius", [1, 3, 40])
-def test_the_box_mean_is_box_filters_c_on_both_paths(radius, monkeypatch):
+def test_the_box_mean_is_box_filters_c_on_every_path(radius, monkeypatch):
     x = torch.rand(1, 1, 9, 14, dtype=torch.float64)
+    radii = torch.tensor([float(radius)], dtype=torch.float64)
     expected = loop_box_mean(x[0, 0].numpy(), radius)
-    np.testing.assert_allclose(box_mean(x, [radius])[0, 0].numpy(), expected, atol=1e-12)   # matrices
+    np.testing.assert_allclose(box_mean(x, radii)[0, 0].numpy(), expected, atol=1e-12)   # cached matrices
+    monkeypatch.setattr(boxblur, "_reads_back", lambda x: False)
+    np.testing.assert_allclose(box_mean(x, radii)[0, 0].numpy(), expected, atol=1e-12)   # a GPU's band matrices
+    monkeypatch.undo()
     monkeypatch.setattr(boxblur, "MATRIX_SIDE", 4)
-    np.testing.assert_allclose(box_mean(x, [radius])[0, 0].numpy(), expected, atol=1e-12)   # pass by pass
-    assert torch.equal(box_mean(x, [0]), x)
+    np.testing.assert_allclose(box_mean(x, radii)[0, 0].numpy(), expected, atol=1e-12)   # pass by pass
+    assert torch.equal(box_mean(x, torch.zeros(1)), x)
+
+
+def test_a_gpus_band_matrices_blur_each_image_at_its_own_radius(monkeypatch):
+    """Off the CPU the radii stay on the device: per image, its own matrices (a radius of 0
+    leaves the image as it is, one past the image averages all of it)."""
+    x = torch.rand(4, 2, 7, 10, dtype=torch.float64)
+    radii = torch.tensor([0.0, 1.0, 5.0, 30.0], dtype=torch.float64)
+    expected = box_mean(x, radii)
+    monkeypatch.setattr(boxblur, "_reads_back", lambda x: False)
+    np.testing.assert_allclose(box_mean(x, radii).numpy(), expected.numpy(), atol=1e-12)
+    np.testing.assert_allclose(box_mean(x, radii)[0].numpy(), x[0].numpy(), atol=1e-15)
+    for n, r in ((7, 1), (10, 5), (10, 30)):
+        assert torch.allclose(boxblur.band_power(n, torch.tensor([float(r)]), 8)[0],
+                              boxblur._box_matrix(n, r, 8, "cpu").T, atol=1e-15)
 
 
 def test_a_box_mean_first_made_in_inference_mode_still_serves_a_gradient():
     boxblur._box_matrix.cache_clear()
     x = torch.rand(1, 1, 9, 14, dtype=torch.float64)
     with torch.inference_mode():
-        box_mean(x, [2])                        # caches the axes' matrices
+        box_mean(x, torch.tensor([2.0]))        # caches the axes' matrices
     y = x.clone().requires_grad_()
-    box_mean(y, [2]).sum().backward()
+    box_mean(y, torch.tensor([2.0])).sum().backward()
     assert y.grad is not None and torch.isfinite(y.grad).all()
 
 
@@ -53,9 +71,11 @@ def test_radii_follow_darktables_rounding():
     soften: 1 % of the diagonal, truncated, times min(100, size + 1) %, truncated, times the
     scale, rounded up."""
     size, scale = torch.tensor([20.0, 99.5, 4.0]), torch.tensor([0.25, 1.0, 0.5])
-    assert bloom_radius(size, scale) == [14, 256, 6]          # 53.76 -> 53 x 0.25; 256; 12.8 -> 12 x 0.5
-    assert soften_radius(torch.tensor([50.0, 50.0]), [(4000, 3000), (450, 300)], torch.tensor([0.032, 0.25])) == [1, 1]
-    assert soften_radius(torch.tensor([100.0]), [(4000, 3000)], torch.tensor([1.0])) == [50]    # at most 1 %
+    assert bloom_radius(size, scale).tolist() == [14, 256, 6]          # 53.76 -> 53 x 0.25; 256; 12.8 -> 12 x 0.5
+    full = torch.tensor([(4000.0, 3000.0), (450.0, 300.0)])
+    assert soften_radius(torch.tensor([50.0, 50.0]), full, torch.tensor([0.032, 0.25])).tolist() == [1, 1]
+    assert soften_radius(torch.tensor([100.0]), full[:1], torch.tensor([1.0])).tolist() == [50]    # at most 1 %
+    assert soften_radius(torch.tensor([100.0, 0.0]), full, torch.tensor([0.25, 0.25])).tolist() == [13, 0]
 
 
 def test_the_brightened_copy_is_hsl_there_and_back():
@@ -73,7 +93,7 @@ def test_full_sizes_come_back_from_the_planes_and_the_scale():
     for full, (h, w) in (((450, 300), (85, 128)), ((300, 451), (128, 85)), ((4000, 3000), (96, 128))):
         scale = pixel_scale((h, w), full)
         planes = coordinate_planes(h, w, SCALED_PLANES, scale, full)[None]
-        assert priors.full_sizes(planes, torch.tensor([scale], dtype=torch.float64)) == [full]
+        assert priors.full_sizes(planes, torch.tensor([scale], dtype=torch.float64)).tolist() == [list(full)]
 
 
 @pytest.mark.parametrize("name, values", [("bloom", {"size": 30.0, "threshold": 60.0, "strength": 70.0}),

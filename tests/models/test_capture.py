@@ -13,8 +13,6 @@ from tools.bench import exact_cases, synthetic_image
 # what keeps the others from being captured: sizes that follow a value of the image or a slider
 NOT_CAPTURABLE = {
     "shadhi": "its bilateral grid's size follows the radius",
-    "bloom": "its box follows the size",
-    "soften": "its box follows the size and the full image's",
     "denoiseprofile": "its number of wavelet scales follows the full image's size",
     "hazeremoval": "its ambient light is selected on the host",
 }
