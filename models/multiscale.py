@@ -37,13 +37,15 @@ models.darktable.cpu_kernels.separable, one pass per direction) and the per-pixe
 over slices of PIXEL_CHUNK pixels: both several times faster there than a depthwise
 convolution and the whole image at once. On a GPU, where a pass over one image is bound by its kernel launches, the blurs and
 expand are depthwise convolutions and the per-pixel part takes the whole image (:func:`sliced`):
-about 200 launches a 512 px pass of size ``base``, where the slices take about 420.
+about 130 launches a 512 px pass of size ``base``, where the slices take about 420: a pyramid
+level's two blurs share their convolutions (:func:`_level_blurs`), and so do the fine blurs
+(:func:`fine_details`).
 """
 from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -81,11 +83,17 @@ BORDER_UNIT = 4.0                       # px; the untouched border is this times
 def separable_blur(x: torch.Tensor, taps: tuple[float, ...], stride: int = 1) -> torch.Tensor:
     """Depthwise separable blur of (B, C, H, W) by the normalised ``taps``, edges replicated;
     with ``stride`` 2 it also keeps every second row and column (sizes rounded up)."""
+    return _separable(x, _normalised(tuple(taps)), stride)
+
+
+@functools.cache
+def _normalised(taps: tuple[float, ...]) -> tuple[float, ...]:
+    """``taps`` over their sum, in float64, computed once."""
     k = torch.tensor(taps, dtype=torch.float64)
-    return _separable(x, (k / k.sum()).tolist(), stride)
+    return tuple((k / k.sum()).tolist())
 
 
-def _separable(x: torch.Tensor, taps: list, stride: int = 1) -> torch.Tensor:
+def _separable(x: torch.Tensor, taps: Sequence, stride: int = 1) -> torch.Tensor:
     """``x`` (B, C, H, W) convolved along W, then H, with ``taps`` (numbers, or (B, 1, 1, 1)
     tensors: one kernel per image), edges replicated, every ``stride``-th output kept.
 
@@ -102,7 +110,7 @@ def _separable(x: torch.Tensor, taps: list, stride: int = 1) -> torch.Tensor:
     return _taps_sum(F.pad(y, (0, 0, r, r), mode="replicate"), taps, 2, -(-h // stride), stride)
 
 
-def _tap_table(taps: list, images: int) -> torch.Tensor:
+def _tap_table(taps: Sequence, images: int) -> torch.Tensor:
     """``taps`` (numbers, or (B, 1, 1, 1) tensors) as one row per image (B, K)."""
     if isinstance(taps[0], torch.Tensor):
         return torch.cat([t.reshape(-1, 1) for t in taps], 1)
@@ -117,7 +125,7 @@ def sliced(x: torch.Tensor) -> bool:
     return x.device.type == "cpu"
 
 
-def _separable_conv(x: torch.Tensor, taps: list, stride: int) -> torch.Tensor:
+def _separable_conv(x: torch.Tensor, taps: Sequence, stride: int) -> torch.Tensor:
     """:func:`_separable` as two depthwise convolutions of ``x`` padded once (a row of the
     padding blurred along W is the blurred edge row, as the slices pad it after)."""
     b, c, h, w = x.shape
@@ -144,7 +152,7 @@ def _depthwise(taps: tuple[float, ...], channels: int, dtype: torch.dtype,
         return row, row.transpose(2, 3).contiguous()
 
 
-def _taps_sum(y: torch.Tensor, taps: list, dim: int, n: int, stride: int) -> torch.Tensor:
+def _taps_sum(y: torch.Tensor, taps: Sequence, dim: int, n: int, stride: int) -> torch.Tensor:
     """sum_i taps[i] * (``y`` from i along ``dim``, every ``stride``-th of ``n``)."""
     out = None
     for i, k in enumerate(taps):
@@ -165,10 +173,42 @@ def pyramid_scales(f: torch.Tensor, levels: int) -> list[tuple[torch.Tensor, tor
     decimated l times (1/2^l of the resolution, at least 1 px)."""
     out, g = [], f
     for level in range(levels + 1):
-        if level:
+        if level == levels:
+            out.append((g, separable_blur(g, BINOMIAL3)))
+        elif sliced(g):
+            out.append((g, separable_blur(g, BINOMIAL3)))
             g = separable_blur(g, BINOMIAL5, stride=2)
-        out.append((g, separable_blur(g, BINOMIAL3)))
+        else:
+            blurred, below = _level_blurs(g)
+            out.append((g, blurred))
+            g = below
     return out
+
+
+def _level_blurs(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A pyramid level's 3-tap blur and the level below it (its 5-tap blur at every second
+    pixel) in one pad and one pair of depthwise convolutions (a GPU's way, :func:`sliced`),
+    where each takes a pad and two: every channel gives both blurs, the 3-tap one as five taps
+    with zeros at the ends, and the 5-tap one is taken at stride 1 and sampled (the same sums
+    at the pixels it keeps)."""
+    b, c, h, w = g.shape
+    row, column = _level_weights(c, g.dtype, g.device)
+    y = depthwise_conv(depthwise_conv(F.pad(g, (2, 2, 2, 2), mode="replicate"), row), column)
+    y = y.view(b, c, 2, h, w)
+    return y[:, :, 0], y[:, :, 1, ::2, ::2]
+
+
+@functools.cache
+def _level_weights(channels: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights (2 channels, 1, 1, 5) and (2 channels, 1, 5, 1) of :func:`_level_blurs`:
+    per channel the 3-tap blur's then the 5-tap one's, along W and along H, made once per
+    device as :func:`_depthwise`'s."""
+    with torch.inference_mode(False), torch.no_grad():
+        three = torch.tensor((0.0, *BINOMIAL3, 0.0), dtype=torch.float64)
+        five = torch.tensor(BINOMIAL5, dtype=torch.float64)
+        taps = torch.stack([three / three.sum(), five / five.sum()]).to(dtype).repeat(channels, 1)
+        row = taps.view(2 * channels, 1, 1, 5).to(device)
+        return row, row.transpose(2, 3).contiguous()
 
 
 def mix_scales(scales: list[tuple[torch.Tensor, torch.Tensor]], weights: torch.Tensor,
@@ -295,9 +335,32 @@ UPSAMPLES = {"bilinear": _bilinear, "expand": expand}
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int = FINE_RADIUS) -> torch.Tensor:
     """Separable Gaussian blur of (B, C, H, W), one ``sigma`` (B,) per image (differentiable in
     it), taps -radius..radius normalised, edges replicated."""
-    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = (-offsets ** 2 / (2 * sigma[:, None] ** 2)).softmax(-1)              # (B, taps)
+    k = _gaussian_taps(sigma[:, None], radius, x.dtype)[:, 0]                  # (B, taps)
     return _separable(x, list(k[:, :, None, None, None].unbind(1)))
+
+
+def _gaussian_taps(sigmas: torch.Tensor, radius: int, dtype: torch.dtype) -> torch.Tensor:
+    """(B, F, 2 radius + 1): the normalised taps -radius..radius of a Gaussian at each of
+    ``sigmas`` (B, F)."""
+    offsets = torch.arange(-radius, radius + 1, dtype=dtype, device=sigmas.device)
+    return (-offsets ** 2 / (2 * sigmas[..., None].to(dtype) ** 2)).softmax(-1)
+
+
+def fine_details(v: torch.Tensor, sigmas: torch.Tensor) -> list[torch.Tensor]:
+    """Per column of ``sigmas`` (B, F), the details of (B, C, H, W) ``v`` in VALUE_UNITs: v
+    minus its :func:`gaussian_blur` at that sigma, as (B, C, H W) tables. On a GPU
+    (:func:`sliced`) all F blurs take one pad and one pair of depthwise convolutions, each
+    channel of each image giving F blurred ones, where a blur on its own takes three."""
+    if sliced(v):
+        return [((v - gaussian_blur(v, sigma)) / VALUE_UNIT).flatten(2) for sigma in sigmas.unbind(1)]
+    b, c, h, w = v.shape
+    fine, r = sigmas.shape[1], FINE_RADIUS
+    k = _gaussian_taps(sigmas, r, v.dtype)                                     # (B, F, taps)
+    row = k[:, None].expand(b, c, fine, 2 * r + 1).reshape(b * c * fine, 1, 1, 2 * r + 1)
+    y = F.pad(v, (r, r, r, r), mode="replicate").reshape(1, b * c, h + 2 * r, w + 2 * r)
+    y = depthwise_conv(depthwise_conv(y, row), row.transpose(2, 3).contiguous())
+    details = (v[:, :, None] - y.view(b, c, fine, h, w)) / VALUE_UNIT
+    return [details[:, :, i].flatten(2) for i in range(fine)]
 
 
 def scale_weights(position: torch.Tensor, n_scales: int, width: float = 0.6) -> torch.Tensor:
@@ -404,7 +467,7 @@ class SliderMultiscale(nn.Module):
         blurred = mix_scales(pyramid_scales(torch.cat([v, learned], 1), self.levels), weights, m,
                              self.upsample)
         blurred = blurred.view(b, m, q, h * w)                                # (B, mixes, q, HW)
-        details = [((v - gaussian_blur(v, sigma)) / VALUE_UNIT).flatten(2) for sigma in self._fine_sigmas(fine)]
+        details = fine_details(v, self._fine_sigmas(fine)) if self.fine else []
         per_pixel = (t.flatten(2), v.flatten(2), learned.flatten(2), blurred, *details, extra.flatten(2))
         if self.curve:   # the guided log luminance, the last table
             per_pixel += (torch.log(guided_luminance(v, F.softplus(feathering + GUIDED_FEATHERING_AT_START))).flatten(2),)
@@ -498,12 +561,12 @@ class SliderMultiscale(nn.Module):
         weighted = linear_columns(self.out_sliders, hid).view(b, self.slider_outputs, -1, hid.shape[2])
         return y + (weighted * mix[:, :, None, None]).sum(1)
 
-    def _fine_sigmas(self, z: torch.Tensor) -> list[torch.Tensor]:
-        """The fine blurs' sigmas (B,) from their heads: spread over FINE_SIGMA at the start
+    def _fine_sigmas(self, z: torch.Tensor) -> torch.Tensor:
+        """The fine blurs' sigmas (B, fine) from their heads: spread over FINE_SIGMA at the start
         (the heads are zero), anywhere in it after."""
         lo, hi = FINE_SIGMA
         start = torch.linspace(-1.5, 1.5, self.fine, dtype=z.dtype, device=z.device) if self.fine > 1 else z.new_zeros(1)
-        return [lo + (hi - lo) * torch.sigmoid(z[:, i] + start[i]) for i in range(self.fine)]
+        return lo + (hi - lo) * torch.sigmoid(z + start)
 
 
 def guided_luminance(v: torch.Tensor, feathering: torch.Tensor) -> torch.Tensor:

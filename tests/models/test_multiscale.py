@@ -146,7 +146,7 @@ def test_fine_blurs_start_at_the_identity_and_make_an_unsharp_mask_exact():
         net.heads.bias.zero_()
         net.heads.bias[sum(sizes[:4]) + net.n_linear - 1] = 0.8     # the detail's coefficient
     v = torch.sinh(x)
-    sigma = net._fine_sigmas(torch.zeros(2, 1, dtype=torch.float64))[0]
+    sigma = net._fine_sigmas(torch.zeros(2, 1, dtype=torch.float64))[:, 0]
     torch.testing.assert_close(net(x, u), torch.asinh(v + 0.8 * (v - gaussian_blur(v, sigma))))
 
 
@@ -337,6 +337,9 @@ def test_a_gpus_convolutions_compute_what_a_cpus_slices_do(monkeypatch):
                    ms.gaussian_blur(x, sigma), ms.expand(x, (21, 16)), ms.expand(x, (22, 15)),
                    separable_blur(x[:1, :1], BINOMIAL5, stride=2), ms.expand(x[:1, 1:2], (22, 16)),
                    ms.gaussian_blur(x[:1, 2:], sigma[1:]),
+                   *(g for level in pyramid_scales(x, 3) for g in level),
+                   *ms.fine_details(x, torch.stack([sigma, sigma.flip(0) * 0.7], 1)),
+                   *ms.fine_details(x[:1, :1], sigma[:1, None]),
                    net(torch.tanh(x), sliders)]
         grads = torch.autograd.grad(sum(o.square().sum() for o in outputs), (x, sigma, *net.parameters()))
         return outputs, grads
