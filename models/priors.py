@@ -76,7 +76,7 @@ from models.darktable.boxblur import bloom_lab, soften_rgb
 from models.darktable.colorbalance import colorbalance_lab
 from models.darktable.dehaze import hazeremoval as dehaze
 from models.darktable.demosaic import rcd_demosaic
-from models.darktable.denoise import denoise_rgb, max_scale_for
+from models.darktable.denoise import denoise_rgb, max_scales
 from models.darktable.locallaplacian import local_contrast_lab
 from models.darktable.lowpass import gaussian, lowpass_lab
 from models.darktable.toneequal import toneequal_rgb
@@ -352,13 +352,14 @@ DENOISEPROFILE_DEFAULTS = {"strength": 1.0, "shadows": 1.0}
 def denoiseprofile(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, planes: torch.Tensor) -> torch.Tensor:
     """darktable's profiled denoise of camera RGB ``x`` (B, 3, H, W), a whole image whose
     planes carry its coordinates and scale (its full size: the number of wavelet scales) and
-    then its white balance (utils.data.tapouts.WB_PLANES) (models.darktable.denoise)."""
-    sizes, out = full_sizes(planes[:, :4], scale).long().tolist(), []
-    for k in range(len(x)):
-        scales = max_scale_for(*sizes[k], float(scale[k]))
-        out.append(denoise_rgb(x[k:k + 1], sliders["strength"][k:k + 1], sliders["shadows"][k:k + 1],
-                               scale[k:k + 1], planes[k:k + 1, 5:8, 0, 0], scales))
-    return torch.cat(out)
+    then its white balance (utils.data.tapouts.WB_PLANES) (models.darktable.denoise). On a
+    CPU, where reading a value back costs nothing, each image runs its own number of scales;
+    elsewhere the batch runs as one pass, each image's number on the device (capturable)."""
+    scales, wb = max_scales(full_sizes(planes[:, :4], scale), scale), planes[:, 5:8, 0, 0]
+    if x.device.type != "cpu":
+        return denoise_rgb(x, sliders["strength"], sliders["shadows"], scale, wb, scales)
+    return torch.cat([denoise_rgb(x[k:k + 1], sliders["strength"][k:k + 1], sliders["shadows"][k:k + 1],
+                                  scale[k:k + 1], wb[k:k + 1], n) for k, n in enumerate(scales.tolist())])
 
 
 VIGNETTE_DEFAULTS = {"scale": 80.0, "falloff_scale": 50.0, "brightness": -0.5, "saturation": -0.5}

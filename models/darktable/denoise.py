@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import math
 
-import numpy as np
 import torch
 
 from models.darktable import cpu_kernels
@@ -39,24 +38,24 @@ B3 = (1.0 / 16, 4.0 / 16, 6.0 / 16, 4.0 / 16, 1.0 / 16)
 VARF = math.sqrt(2.0 + 2.0 * 16.0 + 36.0) / 16.0
 
 
-def max_scale_for(full_w: int, full_h: int, s: float) -> int:
-    """The number of wavelet scales darktable runs for an image of ``full_w`` x ``full_h`` at
-    full size at pipe scale ``s``: the most whose support at full size stays within a fifth of
-    the long side (at most 257 px), in darktable's float32 steps."""
-    f32 = np.float32
-    in_scale = min(f32(s), f32(1.0))
-    supp0 = min(f32(2 * (2 << (MAX_MAX_SCALE - 1)) + 1), f32(max(full_w, full_h)) * f32(0.2))
-    i0 = np.log2(f32((supp0 - f32(1.0)) * f32(0.5)))
-    ms = 0
-    while ms < MAX_MAX_SCALE:
-        supp = f32(2 * (2 << ms) + 1)
-        supp_in = supp * (f32(1.0) / in_scale)
-        i_in = np.log2(f32((supp_in - f32(1)) * f32(0.5))) - f32(1.0)
-        t = f32(1.0) - (i_in + f32(0.5)) / i0
-        if t < 0:
-            break
-        ms += 1
-    return ms
+def max_scales(full: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """The number of wavelet scales darktable runs (B,) (int64) for each image of full size
+    ``full`` (B, 2) (W, H) at pipe scale ``s`` (B,): the most whose support at full size stays
+    within a fifth of the long side (at most 257 px), in darktable's float32 steps; on their
+    device, nothing read back (the same as numpy's float32 on 82,000 sizes and scales)."""
+    f32 = torch.float32
+    inverse = 1 / s.to(f32).clamp(max=1.0)
+    longest = full.max(1).values.to(f32)
+    supp0 = (longest * 0.2).clamp(max=float(2 * (2 << (MAX_MAX_SCALE - 1)) + 1))
+    i0 = torch.log2((supp0 - 1) * 0.5)
+    going = torch.ones(s.shape, dtype=torch.bool, device=s.device)
+    count = torch.zeros(s.shape, dtype=torch.int64, device=s.device)
+    for ms in range(MAX_MAX_SCALE):   # darktable stops at the first support whose t < 0
+        supp_in = float(2 * (2 << ms) + 1) * inverse
+        i_in = torch.log2((supp_in - 1) * 0.5) - 1
+        going = going & ~(1 - (i_in + 0.5) / i0 < 0)
+        count = count + going
+    return count
 
 
 ONE_BITS = 1065353216.0   # the bits of 1.0f, as a float
@@ -223,13 +222,25 @@ def _conversion_matrices(wb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def denoise_rgb(rgb: torch.Tensor, strength: torch.Tensor, shadows: torch.Tensor, scale: torch.Tensor,
-                wb: torch.Tensor, max_scale: int, a: float = GENERIC_A, b: float = GENERIC_B,
+                wb: torch.Tensor, max_scale: int | torch.Tensor, a: float = GENERIC_A, b: float = GENERIC_B,
                 bias: float = 0.0) -> torch.Tensor:
     """darktable's profiled denoise of camera RGB ``rgb`` (B, 3, H, W), computed in its dtype (``strength``,
     ``shadows`` and the pipe ``scale`` (B,); ``wb`` (B, 3) the white-balance coefficients the
-    pipe ran with; ``max_scale`` wavelet scales, :func:`max_scale_for`)."""
+    pipe ran with; ``max_scale`` wavelet scales, :func:`max_scales`).
+
+    ``max_scale`` is a number, for every image, or each image's (B,) on the device: then the
+    pass runs the most scales the image's shape allows (darktable leaves an image whose
+    largest scale does not fit as it is), and an image's bands past its own number are added
+    back as they are, not thresholded. Its last coarse image is then the sum of those bands
+    and the pass's last one (the same to float rounding), and no size follows a value: the
+    pass can be captured as a CUDA graph (models.graphs)."""
     B, C, H, W = rgb.shape
     dt = rgb.dtype
+    per_image = None
+    if isinstance(max_scale, torch.Tensor):
+        per_image, max_scale = max_scale.view(B, 1, 1, 1), min(MAX_MAX_SCALE, int(math.log2(min(H, W))))
+        if max_scale < 1:
+            return rgb
     max_mult = 1 << (max_scale - 1)
     if W < 2 * max_mult or H < 2 * max_mult:
         return rgb
@@ -266,7 +277,10 @@ def denoise_rgb(rgb: torch.Tensor, strength: torch.Tensor, shadows: torch.Tensor
         std_x = torch.sqrt(torch.clamp(var_y - sb2, min=1e-6))
         adjt = 8.0 * (0.5 * 0.5 * 4.0)   # flat force curves y = 0.5
         thrs = (adjt * sb2 / std_x)[:, :, None, None]
-        out = out + (detail - torch.clamp(detail, -thrs, thrs))       # soft threshold
+        shrunk = detail - torch.clamp(detail, -thrs, thrs)             # soft threshold
+        if per_image is not None:
+            shrunk = torch.where(sidx < per_image, shrunk, detail)
+        out = out + shrunk
         buf = coarse
     out = out + buf
 
@@ -277,7 +291,10 @@ def denoise_rgb(rgb: torch.Tensor, strength: torch.Tensor, shadows: torch.Tensor
     delta = xx * xx + (bias_eff * wbs)[:, :, None, None]
     z1 = (xx + torch.sqrt(torch.clamp(delta, min=0.0))) * \
         (torch.sqrt(a_eff) * (2.0 - p) / 4.0)[:, :, None, None]
-    return _power(z1, (1.0 / (1.0 - p / 2.0))[:, :, None, None]) - b
+    out = _power(z1, (1.0 / (1.0 - p / 2.0))[:, :, None, None]) - b
+    if per_image is None:
+        return out
+    return torch.where(per_image <= max_scale, out, rgb)     # its largest scale fits in the image
 
 
 def _power(x: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:

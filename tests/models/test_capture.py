@@ -13,7 +13,6 @@ from tools.bench import exact_cases, synthetic_image
 # what keeps the others from being captured: sizes that follow a value of the image or a slider
 NOT_CAPTURABLE = {
     "shadhi": "its bilateral grid's size follows the radius",
-    "denoiseprofile": "its number of wavelet scales follows the full image's size",
     "hazeremoval": "its ambient light is selected on the host",
 }
 
@@ -39,9 +38,9 @@ def _blocker(proxy, x, u, monkeypatch) -> str:
     for name in ("tensor", "as_tensor"):     # a constant made on the device is copied from the host
         made = getattr(torch, name)
 
-        def watched(data, *args, _made=made, **kwargs):
+        def watched(data, *args, _made=made, _name=name, **kwargs):
             device = kwargs.get("device")
-            literals[name] += device is not None and torch.device(device).type != "cpu" \
+            literals[_name] += device is not None and torch.device(device).type != "cpu" \
                 and not isinstance(data, torch.Tensor)
             return _made(data, *args, **kwargs)
         monkeypatch.setattr(torch, name, watched)

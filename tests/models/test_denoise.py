@@ -24,8 +24,48 @@ def test_the_colour_matrices_invert_and_the_scales_follow_the_size():
     wb = torch.tensor([[2.05, 1.0, 1.65]], dtype=torch.float64)
     to_y, to_rgb = denoise._conversion_matrices(wb)
     np.testing.assert_allclose((to_rgb @ to_y)[0].numpy(), np.eye(3), atol=1e-12)
-    assert denoise.max_scale_for(450, 300, 128 / 450) == 4            # the table's images
-    assert denoise.max_scale_for(6000, 4000, 1.0) > denoise.max_scale_for(6000, 4000, 0.05)
+    full = torch.tensor([[450.0, 300.0], [6000.0, 4000.0], [6000.0, 4000.0], [4000.0, 6000.0]], dtype=torch.float64)
+    scales = denoise.max_scales(full, torch.tensor([128 / 450, 1.0, 0.05, 0.05], dtype=torch.float64)).tolist()
+    assert scales[0] == 4                                               # the table's images
+    assert scales[1] > scales[2] == scales[3]
+
+
+def test_darktables_number_of_scales_in_its_float32_steps():
+    """max_scales against darktable's loop (denoiseprofile.c) written out in numpy float32."""
+    f32 = np.float32
+
+    def darktables(w: int, h: int, s: float) -> int:
+        in_scale = min(f32(s), f32(1.0))
+        supp0 = min(f32(2 * (2 << (denoise.MAX_MAX_SCALE - 1)) + 1), f32(max(w, h)) * f32(0.2))
+        i0 = np.log2(f32((supp0 - f32(1.0)) * f32(0.5)))
+        for ms in range(denoise.MAX_MAX_SCALE):
+            supp_in = f32(2 * (2 << ms) + 1) * (f32(1.0) / in_scale)
+            if f32(1.0) - (np.log2(f32((supp_in - f32(1)) * f32(0.5))) - f32(1.0) + f32(0.5)) / i0 < 0:
+                return ms
+        return denoise.MAX_MAX_SCALE
+
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(16, 12000, (400, 2))
+    s = np.concatenate([rng.uniform(0.005, 1.2, 300), 512 / sizes[300:].max(1)])
+    got = denoise.max_scales(torch.tensor(sizes, dtype=torch.float64), torch.tensor(s, dtype=torch.float64))
+    assert got.tolist() == [darktables(w, h, k) for (w, h), k in zip(sizes.tolist(), s.tolist())]
+    assert len(set(got.tolist())) >= 5
+
+
+def test_a_batch_with_each_images_scales_is_each_image_on_its_own(monkeypatch):
+    """Off the CPU the batch runs the most scales its shape allows and each image's bands past
+    its own number go back unthresholded: the same as each image on its own (float rounding);
+    an image whose largest scale does not fit stays as it is."""
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 20, 24, dtype=torch.float64) * 0.5
+    strength, shadows = torch.tensor([1.0, 3.0, 0.5, 2.0], dtype=torch.float64), torch.full((4,), 1.2, dtype=torch.float64)
+    s, wb = torch.full((4,), 0.3, dtype=torch.float64), torch.tensor([[2.0, 1.0, 1.5]] * 4, dtype=torch.float64)
+    n = torch.tensor([1, 2, 4, 5])                     # 2^5 > 20 px: the last does not fit
+    alone = [denoise.denoise_rgb(x[k:k + 1], strength[k:k + 1], shadows[k:k + 1], s[k:k + 1], wb[k:k + 1], int(n[k]))
+             for k in range(4)]
+    together = denoise.denoise_rgb(x, strength, shadows, s, wb, n)
+    torch.testing.assert_close(together, torch.cat(alone), rtol=1e-12, atol=1e-12)
+    assert torch.equal(together[3], x[3]) and not torch.allclose(together[2], x[2])
 
 
 def _decompose_tap_by_tap(img: torch.Tensor, scale: int) -> torch.Tensor:
