@@ -348,7 +348,7 @@ def _gaussian_taps(sigmas: torch.Tensor, radius: int, dtype: torch.dtype) -> tor
 
 def fine_details(v: torch.Tensor, sigmas: torch.Tensor) -> list[torch.Tensor]:
     """Per column of ``sigmas`` (B, F), the details of (B, C, H, W) ``v`` in VALUE_UNITs: v
-    minus its :func:`gaussian_blur` at that sigma, as (B, C, H W) tables. On a GPU
+    minus its :func:`gaussian_blur` at that sigma, as (B, C, H x W) tables. On a GPU
     (:func:`sliced`) all F blurs take one pad and one pair of depthwise convolutions, each
     channel of each image giving F blurred ones, where a blur on its own takes three."""
     if sliced(v):

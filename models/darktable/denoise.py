@@ -42,7 +42,7 @@ def max_scales(full: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """The number of wavelet scales darktable runs (B,) (int64) for each image of full size
     ``full`` (B, 2) (W, H) at pipe scale ``s`` (B,): the most whose support at full size stays
     within a fifth of the long side (at most 257 px), in darktable's float32 steps; on their
-    device, nothing read back (the same as numpy's float32 on 82,000 sizes and scales)."""
+    device, nothing read back (the same as numpy's float32 on 66,000 sizes and scales)."""
     f32 = torch.float32
     inverse = 1 / s.to(f32).clamp(max=1.0)
     longest = full.max(1).values.to(f32)
