@@ -31,10 +31,12 @@ INSTALLED = numba is not None
 
 
 def available(x: torch.Tensor, differentiable: bool = False) -> bool:
-    """Whether a kernel here can compute on ``x``: float32 on the CPU, and no gradient asked
-    for unless the kernel has one (``differentiable``)."""
+    """Whether a kernel here can compute on ``x``: float32 on the CPU, no gradient asked for
+    unless the kernel has one (``differentiable``), and not under ``torch.compile``, which
+    cannot trace a kernel that reads tensors as numpy arrays (it compiles the torch twin)."""
     return (INSTALLED and x.device.type == "cpu" and x.dtype == torch.float32
-            and (differentiable or not (torch.is_grad_enabled() and x.requires_grad)))
+            and (differentiable or not (torch.is_grad_enabled() and x.requires_grad))
+            and not torch.compiler.is_compiling())
 
 
 def _jit(**options):
