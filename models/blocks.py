@@ -17,6 +17,13 @@ def and_one(sliders: torch.Tensor) -> torch.Tensor:
     return torch.cat([sliders, sliders.new_ones(sliders.shape[0], 1)], 1)
 
 
+def values_on_host(x: torch.Tensor) -> bool:
+    """Whether ``x`` lies on the CPU, where a pass may read a value back to size or select a
+    step at no cost; elsewhere such a read makes the host wait for the device and keeps the
+    pass out of a CUDA graph (models.graphs)."""
+    return x.device.type == "cpu"
+
+
 def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, stride: int | tuple[int, int] = 1) -> torch.Tensor:
     """``F.conv2d(x, weight)`` with a group per channel of ``x`` (B, C, H, W), in float32 sums
     on CUDA too: there, in float32 and channel-first memory, torch computes a depthwise

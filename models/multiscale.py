@@ -128,17 +128,26 @@ def sliced(x: torch.Tensor) -> bool:
 def _separable_conv(x: torch.Tensor, taps: Sequence, stride: int) -> torch.Tensor:
     """:func:`_separable` as two depthwise convolutions of ``x`` padded once (a row of the
     padding blurred along W is the blurred edge row, as the slices pad it after)."""
+    if isinstance(taps[0], torch.Tensor):       # one kernel per image
+        return _per_image_conv(x, _tap_table(taps, len(x))[:, None], stride)[:, :, 0]
     b, c, h, w = x.shape
     r = len(taps) // 2
-    x = F.pad(x, (r, r, r, r), mode="replicate")
-    if isinstance(taps[0], torch.Tensor):       # one kernel per image: the images' channels as groups
-        row = torch.cat(taps, 1).reshape(b, 1, 1, len(taps)).to(x.dtype).repeat_interleave(c, 0)
-        column = row.transpose(2, 3).contiguous()
-        x = x.reshape(1, b * c, h + 2 * r, w + 2 * r)
-    else:
-        row, column = _depthwise(tuple(taps), c, x.dtype, x.device)
-    y = depthwise_conv(depthwise_conv(x, row, (1, stride)), column, (stride, 1))
+    row, column = _depthwise(tuple(taps), c, x.dtype, x.device)
+    y = depthwise_conv(depthwise_conv(F.pad(x, (r, r, r, r), mode="replicate"), row, (1, stride)), column, (stride, 1))
     return y.view(b, c, *y.shape[-2:])
+
+
+def _per_image_conv(x: torch.Tensor, kernels: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    """(B, C, H, W) ``x`` blurred along W, then H, by each of its image's ``kernels`` (B, F,
+    K), edges replicated, every ``stride``-th output kept: (B, C, F, h, w). Two depthwise
+    convolutions of ``x`` padded once, the images' channels as groups, each giving F."""
+    b, c, h, w = x.shape
+    f, k = kernels.shape[1:]
+    r = k // 2
+    row = kernels[:, None].expand(b, c, f, k).reshape(b * c * f, 1, 1, k).to(x.dtype)
+    y = F.pad(x, (r, r, r, r), mode="replicate").reshape(1, b * c, h + 2 * r, w + 2 * r)
+    y = depthwise_conv(depthwise_conv(y, row, (1, stride)), row.transpose(2, 3).contiguous(), (stride, 1))
+    return y.view(b, c, f, *y.shape[-2:])
 
 
 @functools.cache
@@ -173,15 +182,13 @@ def pyramid_scales(f: torch.Tensor, levels: int) -> list[tuple[torch.Tensor, tor
     decimated l times (1/2^l of the resolution, at least 1 px)."""
     out, g = [], f
     for level in range(levels + 1):
-        if level == levels:
-            out.append((g, separable_blur(g, BINOMIAL3)))
-        elif sliced(g):
-            out.append((g, separable_blur(g, BINOMIAL3)))
-            g = separable_blur(g, BINOMIAL5, stride=2)
-        else:
+        if level < levels and not sliced(g):
             blurred, below = _level_blurs(g)
-            out.append((g, blurred))
-            g = below
+        else:
+            blurred = separable_blur(g, BINOMIAL3)
+            below = separable_blur(g, BINOMIAL5, stride=2) if level < levels else None
+        out.append((g, blurred))
+        g = below
     return out
 
 
@@ -353,14 +360,8 @@ def fine_details(v: torch.Tensor, sigmas: torch.Tensor) -> list[torch.Tensor]:
     channel of each image giving F blurred ones, where a blur on its own takes three."""
     if sliced(v):
         return [((v - gaussian_blur(v, sigma)) / VALUE_UNIT).flatten(2) for sigma in sigmas.unbind(1)]
-    b, c, h, w = v.shape
-    fine, r = sigmas.shape[1], FINE_RADIUS
-    k = _gaussian_taps(sigmas, r, v.dtype)                                     # (B, F, taps)
-    row = k[:, None].expand(b, c, fine, 2 * r + 1).reshape(b * c * fine, 1, 1, 2 * r + 1)
-    y = F.pad(v, (r, r, r, r), mode="replicate").reshape(1, b * c, h + 2 * r, w + 2 * r)
-    y = depthwise_conv(depthwise_conv(y, row), row.transpose(2, 3).contiguous())
-    details = (v[:, :, None] - y.view(b, c, fine, h, w)) / VALUE_UNIT
-    return [details[:, :, i].flatten(2) for i in range(fine)]
+    details = (v[:, :, None] - _per_image_conv(v, _gaussian_taps(sigmas, FINE_RADIUS, v.dtype))) / VALUE_UNIT
+    return [details[:, :, i].flatten(2) for i in range(sigmas.shape[1])]
 
 
 def scale_weights(position: torch.Tensor, n_scales: int, width: float = 0.6) -> torch.Tensor:

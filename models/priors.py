@@ -69,7 +69,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from models.blocks import depthwise_conv
+from models.blocks import depthwise_conv, values_on_host
 from models.colorspace import profile_to_lab
 from models.darktable.bilateral import bilateral_base
 from models.darktable.boxblur import bloom_lab, soften_rgb
@@ -199,7 +199,7 @@ def sharpen(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, pattern: obj
     b, _, h, w = x.shape
     sigma = sliders["radius"] * scale                                          # (B,) px
     reach = torch.ceil(2.5 * sigma.detach()).clamp(max=SHARPEN_MAX_RADIUS)
-    span = int(reach.max().clamp(min=0)) if x.device.type == "cpu" else SHARPEN_MAX_RADIUS
+    span = int(reach.max().clamp(min=0)) if values_on_host(x) else SHARPEN_MAX_RADIUS
     taps = torch.arange(-span, span + 1, dtype=torch.float64, device=x.device)
     kernel = torch.where(taps.abs() <= reach[:, None], torch.exp(-taps ** 2 / (2 * sigma[:, None] ** 2)),
                          torch.zeros_like(taps))
@@ -356,7 +356,7 @@ def denoiseprofile(x: torch.Tensor, sliders: Sliders, scale: torch.Tensor, plane
     CPU, where reading a value back costs nothing, each image runs its own number of scales;
     elsewhere the batch runs as one pass, each image's number on the device (capturable)."""
     scales, wb = max_scales(full_sizes(planes[:, :4], scale), scale), planes[:, 5:8, 0, 0]
-    if x.device.type != "cpu":
+    if not values_on_host(x):
         return denoise_rgb(x, sliders["strength"], sliders["shadows"], scale, wb, scales)
     return torch.cat([denoise_rgb(x[k:k + 1], sliders["strength"][k:k + 1], sliders["shadows"][k:k + 1],
                                   scale[k:k + 1], wb[k:k + 1], n) for k, n in enumerate(scales.tolist())])

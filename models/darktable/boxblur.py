@@ -23,6 +23,8 @@ from functools import lru_cache
 
 import torch
 
+from models.blocks import values_on_host
+
 BOX_ITERATIONS = 8      # box_filters.h: eight passes make the box a close Gaussian
 MATRIX_SIDE = 1024      # px: up to this side an axis' passes are one (cached) matrix
 
@@ -56,7 +58,7 @@ def box_mean(x: torch.Tensor, radii: torch.Tensor, iterations: int = BOX_ITERATI
     """darktable's ``dt_box_mean`` of (B, C, H, W) ``x`` at each image's whole-pixel radius,
     ``radii`` (B,) (0 leaves an image as it is)."""
     h, w = x.shape[-2:]
-    if not _reads_back(x) and max(h, w) <= MATRIX_SIDE:
+    if not values_on_host(x) and max(h, w) <= MATRIX_SIDE:
         rows, cols = (band_power(n, radii, iterations).to(x.dtype)[:, None] for n in (h, w))
         return rows @ x @ cols.transpose(-1, -2)
     out = []
@@ -75,11 +77,6 @@ def box_mean(x: torch.Tensor, radii: torch.Tensor, iterations: int = BOX_ITERATI
     return torch.stack(out)
 
 
-def _reads_back(x: torch.Tensor) -> bool:
-    """Whether the box's radii are read back to the host (a CPU) or stay on ``x``'s device."""
-    return x.device.type == "cpu"
-
-
 def band_power(n: int, radii: torch.Tensor, iterations: int) -> torch.Tensor:
     """(B, n, n) float64 P on the radii's device: ``iterations`` passes at each of the ``radii``
     (B,) along an axis of ``n`` pixels, as y = P x. One pass is a band matrix: the mean of the
@@ -89,11 +86,16 @@ def band_power(n: int, radii: torch.Tensor, iterations: int) -> torch.Tensor:
     return torch.linalg.matrix_power(band / band.sum(-1, keepdim=True), iterations)
 
 
+def _size_share(size: torch.Tensor) -> torch.Tensor:
+    """min(100, ``size`` + 1) / 100 of a size slider (%), its sum in float32 as darktable's."""
+    return (size.detach().float() + 1).double().clamp(max=100) / 100
+
+
 def bloom_radius(size: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """bloom's box radius in pixels of the pipe (B,) for each image's ``size`` (%) and pixel
     ``scale``: 256 px x min(100, size + 1) / 100 at full size, truncated, then times the
     scale, rounded up, at most 256 (darktable's float32 steps); on the sliders' device."""
-    full = torch.trunc(256.0 * ((size.detach().float() + 1).double().clamp(max=100) / 100))
+    full = torch.trunc(256.0 * _size_share(size))
     return torch.ceil(full.float() * scale.detach().float()).clamp(max=256).double()
 
 
@@ -117,7 +119,7 @@ def soften_radius(size: torch.Tensor, full_sizes: torch.Tensor, scale: torch.Ten
     up (darktable's float32 steps); on the sliders' device."""
     diagonal = full_sizes.to(torch.float64).square().sum(1).sqrt().float()
     most = torch.trunc(diagonal * torch.tensor(0.01, dtype=torch.float32)).double()
-    rad = torch.trunc(most * ((size.detach().float() + 1).double().clamp(max=100) / 100))
+    rad = torch.trunc(most * _size_share(size))
     return torch.minimum(most, torch.ceil(rad.float() * scale.detach().float()).double())
 
 

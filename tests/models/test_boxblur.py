@@ -34,7 +34,7 @@ def test_the_box_mean_is_box_filters_c_on_every_path(radius, monkeypatch):
     radii = torch.tensor([float(radius)], dtype=torch.float64)
     expected = loop_box_mean(x[0, 0].numpy(), radius)
     np.testing.assert_allclose(box_mean(x, radii)[0, 0].numpy(), expected, atol=1e-12)   # cached matrices
-    monkeypatch.setattr(boxblur, "_reads_back", lambda x: False)
+    monkeypatch.setattr(boxblur, "values_on_host", lambda x: False)
     np.testing.assert_allclose(box_mean(x, radii)[0, 0].numpy(), expected, atol=1e-12)   # a GPU's band matrices
     monkeypatch.undo()
     monkeypatch.setattr(boxblur, "MATRIX_SIDE", 4)
@@ -48,7 +48,7 @@ def test_a_gpus_band_matrices_blur_each_image_at_its_own_radius(monkeypatch):
     x = torch.rand(4, 2, 7, 10, dtype=torch.float64)
     radii = torch.tensor([0.0, 1.0, 5.0, 30.0], dtype=torch.float64)
     expected = box_mean(x, radii)
-    monkeypatch.setattr(boxblur, "_reads_back", lambda x: False)
+    monkeypatch.setattr(boxblur, "values_on_host", lambda x: False)
     np.testing.assert_allclose(box_mean(x, radii).numpy(), expected.numpy(), atol=1e-12)
     np.testing.assert_allclose(box_mean(x, radii)[0].numpy(), x[0].numpy(), atol=1e-15)
     for n, r in ((7, 1), (10, 5), (10, 30)):
